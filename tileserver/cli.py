@@ -1,0 +1,114 @@
+"""Command line: ``tileserver info|...``. Errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tileserver.errors import TileserverError
+from tileserver.geometry import Region
+from tileserver.sources import BACKENDS, SlideSource, open_slide
+
+EXIT_ERROR = 1
+
+# Reading a slide should not need more than this many pixels to prove its data decodes.
+_CHECK_PIXELS = 1024 * 1024
+
+
+def slide_summary(source: SlideSource) -> dict[str, Any]:
+    info = source.info
+    return {
+        "file": source.name,
+        "backend": info.backend,
+        "vendor": info.vendor,
+        "dimensions": list(info.dimensions),
+        "levels": [
+            {
+                "width": lv.size.width,
+                "height": lv.size.height,
+                "downsample": round(lv.downsample, 4),
+                "tile": list(lv.tile) if lv.tile else None,
+            }
+            for lv in info.levels
+        ],
+        "mpp": list(info.mpp) if info.mpp else None,
+        "objective_power": info.objective_power,
+        "associated": list(info.associated),
+        "icc_profile": info.icc_profile is not None,
+        "properties": dict(info.properties),
+    }
+
+
+def check_pixels(source: SlideSource) -> None:
+    """Decode a bounded corner of the smallest level, so broken pixel data shows up now."""
+    level = len(source.info.levels) - 1
+    size = source.info.levels[level].size
+    side = int(_CHECK_PIXELS**0.5)
+    source.read_region(level, Region(0, 0, min(size.width, side), min(size.height, side)))
+
+
+def _format_info(summary: dict[str, Any]) -> str:
+    mpp = summary["mpp"]
+    lines = [
+        f"file:            {summary['file']}",
+        f"vendor:          {summary['vendor']} (backend {summary['backend']})",
+        f"dimensions:      {summary['dimensions'][0]} x {summary['dimensions'][1]}",
+        f"mpp:             {f'{mpp[0]:.4g} x {mpp[1]:.4g} um/px' if mpp else 'unknown'}",
+        f"objective power: {summary['objective_power'] or 'unknown'}",
+        f"associated:      {', '.join(summary['associated']) or 'none'}",
+        f"ICC profile:     {'yes' if summary['icc_profile'] else 'no'}",
+        f"levels:          {len(summary['levels'])}",
+    ]
+    for i, lv in enumerate(summary["levels"]):
+        tile = f"tile {lv['tile'][0]}x{lv['tile'][1]}" if lv["tile"] else "untiled"
+        lines.append(
+            f"  [{i}] {lv['width']:>7} x {lv['height']:<7} downsample {lv['downsample']:<9g} {tile}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with open_slide(args.slide, backend=args.backend) as source:
+        if not args.no_check:
+            check_pixels(source)
+        summary = slide_summary(source)
+    print(json.dumps(summary, indent=2) if args.json else _format_info(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tileserver", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe a slide file")
+    info.add_argument("slide", type=Path)
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
+    info.add_argument(
+        "--no-check", action="store_true", help="skip decoding a corner of the smallest level"
+    )
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # it logs every odd tag it skips
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except TileserverError as exc:
+        print(f"tileserver: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tileserver: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The exception tree: every error the project raises on purpose derives from one root.
+
+    TileserverError
+    ├── SlideError                 a slide file cannot be used (carries the file name)
+    │   ├── SlideNotFound          (also FileNotFoundError) no such file
+    │   ├── UnsupportedFormat      no backend reads this kind of file
+    │   │   └── UnsupportedFeature the format is known, but uses a feature no backend reads right
+    │   └── CorruptSlide           the file claims a format but its bytes are broken
+    ├── RegionError                (also ValueError) a request outside the slide or over a cap
+    └── ConfigError                settings that are missing, invalid or unsafe
+
+Messages name the file and the reason in one line, so the CLI can print them as they are
+and the server can map them to statuses in one table.
+"""
+
+from __future__ import annotations
+
+
+class TileserverError(Exception):
+    """Root of every error raised on purpose by this package."""
+
+
+class SlideError(TileserverError):
+    """A slide file cannot be used."""
+
+
+class SlideNotFound(SlideError, FileNotFoundError):
+    """The slide file does not exist."""
+
+
+class UnsupportedFormat(SlideError):
+    """No backend reads this kind of file (or this backend does not)."""
+
+
+class UnsupportedFeature(UnsupportedFormat):
+    """A known format using a feature we refuse (other backends would give wrong pixels)."""
+
+
+class CorruptSlide(SlideError):
+    """The file looks like a slide but its structure or pixel data is broken."""
+
+
+class RegionError(TileserverError, ValueError):
+    """A level, region or output size outside the slide or over a configured cap."""
+
+
+class ConfigError(TileserverError):
+    """Settings that are missing, invalid or unsafe."""

@@ -1,0 +1,172 @@
+"""Numba kernels for building the image pyramid.
+
+Kernels are leaf functions: arrays in, results written into a caller-provided output array.
+They hold no allocation policy, I/O or logging, so the builder decides memory layout and
+threading. The serial kernels are compiled with ``nogil=True`` so that a thread pool gets real
+parallelism; ``downsample_2x_parallel`` uses Numba's own threads and is meant for the offline
+builder only, where nothing else competes for the cores.
+
+Every public kernel has a plain NumPy twin with the same signature in
+:mod:`tileserver.pyramid.reference`; the tests check that both agree exactly.
+
+Numba is imported only in this module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["downsample_2x", "downsample_2x_parallel", "is_uniform"]
+
+
+@njit(nogil=True, cache=False, inline="always")
+def _downsample_row(src: np.ndarray, y0: int, y1: int, out: np.ndarray, oy: int) -> None:
+    """Reduce source rows ``y0`` and ``y1`` into output row ``oy``.
+
+    On an odd last row the caller passes ``y1 == y0``; on an odd last column the pair of
+    columns is ``(x0, x0)``. Repeating a pixel makes the 4-sample sum ``2a + 2b``, so
+    ``(2a + 2b + 2) >> 2 == (a + b + 1) >> 1`` and a lone corner gives ``(4a + 2) >> 2 == a``:
+    the edge rules fall out of the same round-half-up formula without separate branches.
+    """
+    w = src.shape[1]
+    c = src.shape[2]
+    full = w // 2
+    for ox in range(full):
+        x0 = 2 * ox
+        x1 = x0 + 1
+        for k in range(c):
+            s = (
+                np.uint32(src[y0, x0, k])
+                + np.uint32(src[y0, x1, k])
+                + np.uint32(src[y1, x0, k])
+                + np.uint32(src[y1, x1, k])
+            )
+            out[oy, ox, k] = np.uint8((s + np.uint32(2)) >> np.uint32(2))
+    if w % 2:
+        x0 = w - 1
+        for k in range(c):
+            s = np.uint32(src[y0, x0, k]) + np.uint32(src[y1, x0, k])
+            out[oy, full, k] = np.uint8((s + np.uint32(1)) >> np.uint32(1))
+
+
+@njit(nogil=True, cache=False)
+def _downsample_2x_serial(src: np.ndarray, out: np.ndarray) -> None:
+    """Serial 2x2 mean; releases the GIL so callers can run it on a thread pool."""
+    h = src.shape[0]
+    for oy in range(out.shape[0]):
+        y0 = 2 * oy
+        y1 = min(y0 + 1, h - 1)
+        _downsample_row(src, y0, y1, out, oy)
+
+
+@njit(nogil=True, cache=False, parallel=True)
+def _downsample_2x_prange(src: np.ndarray, out: np.ndarray) -> None:
+    """Row-parallel 2x2 mean for the offline builder (uses Numba's thread pool)."""
+    h = src.shape[0]
+    for oy in prange(out.shape[0]):
+        y0 = 2 * oy
+        y1 = min(y0 + 1, h - 1)
+        _downsample_row(src, y0, y1, out, oy)
+
+
+@njit(nogil=True, cache=False)
+def _is_uniform_rows(rows: np.ndarray, lo: int, hi: int) -> bool:
+    """Fast path over (h, w*c) rows: a branch-free inner loop vectorizes; exit once per row."""
+    lo32 = np.int32(lo)
+    hi32 = np.int32(hi)
+    for y in range(rows.shape[0]):
+        bad = False
+        for i in range(rows.shape[1]):
+            v = np.int32(rows[y, i])
+            bad |= (v < lo32) | (v > hi32)
+        if bad:
+            return False
+    return True
+
+
+@njit(nogil=True, cache=False)
+def _is_uniform_3d(tile: np.ndarray, lo: int, hi: int) -> bool:
+    """Fallback for views whose pixels cannot be merged into one row axis."""
+    lo32 = np.int32(lo)
+    hi32 = np.int32(hi)
+    h, w, c = tile.shape
+    for y in range(h):
+        bad = False
+        for x in range(w):
+            for k in range(c):
+                v = np.int32(tile[y, x, k])
+                bad |= (v < lo32) | (v > hi32)
+        if bad:
+            return False
+    return True
+
+
+def _check_image(name: str, arr: object) -> np.ndarray:
+    """Reject anything that is not an (h, w, c) uint8 ndarray before it reaches compiled code."""
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8, got {arr.dtype}")
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must have shape (h, w, c), got shape {arr.shape}")
+    return arr
+
+
+def _check_downsample_args(src: object, out: object) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the downsample contract so the jitted code can index without checks."""
+    src = _check_image("src", src)
+    out = _check_image("out", out)
+    h, w, c = src.shape
+    expected = ((h + 1) // 2, (w + 1) // 2, c)
+    if out.shape != expected:
+        raise ValueError(
+            f"out must have shape {expected} for src of shape {src.shape}, got {out.shape}"
+        )
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if out.size and np.may_share_memory(src, out):
+        raise ValueError("src and out must not overlap in memory")
+    return src, out
+
+
+def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
+    """Write the 2x2 area mean of ``src`` into ``out``, rounding half up.
+
+    ``src`` is ``uint8[h, w, c]`` and ``out`` must be ``uint8[(h+1)//2, (w+1)//2, c]``; both may
+    be non-contiguous views. Each output sample is ``(a+b+c+d+2)//4``; on an odd last column or
+    row it is the rounded mean of the 2 remaining pixels, and a lone corner pixel is copied.
+    Raises ValueError when the shapes or dtypes do not match.
+    """
+    src, out = _check_downsample_args(src, out)
+    _downsample_2x_serial(src, out)
+
+
+def downsample_2x_parallel(src: np.ndarray, out: np.ndarray) -> None:
+    """Same contract as :func:`downsample_2x`, spread over rows with Numba's threads.
+
+    For the offline pyramid builder; a server that already runs tiles on a thread pool should
+    use :func:`downsample_2x` instead so the two levels of parallelism do not fight.
+    """
+    src, out = _check_downsample_args(src, out)
+    _downsample_2x_prange(src, out)
+
+
+def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
+    """True when every sample of ``tile`` is within ``tolerance`` of ``value``.
+
+    Used to skip chunks of uniform (e.g. white) background. The scan stops at the end of the
+    first row that holds an outlier: checking once per row keeps the inner loop vectorizable.
+    """
+    tile = _check_image("tile", tile)
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    # Clamp the window to the uint8 range so the bounds fit int32 whatever the caller passes.
+    lo = min(max(int(value) - int(tolerance), -1), 256)
+    hi = min(max(int(value) + int(tolerance), -1), 256)
+    h, w, c = tile.shape
+    try:
+        rows = tile.reshape((h, w * c), copy=False)
+    except ValueError:  # strides do not allow a view; never copy a tile just to scan it
+        return bool(_is_uniform_3d(tile, lo, hi))
+    return bool(_is_uniform_rows(rows, lo, hi))

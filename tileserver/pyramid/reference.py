@@ -1,0 +1,62 @@
+"""Plain NumPy twins of :mod:`tileserver.pyramid.kernels`.
+
+Same signatures and contracts as the kernels, written for clarity rather than speed, so the
+tests have an independent oracle. The edge cases are spelled out one by one here, whereas
+the kernel folds them into a single formula; agreement between the two checks both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["downsample_2x", "is_uniform"]
+
+
+def _check_image(name: str, arr: object) -> np.ndarray:
+    """Mirror the kernel wrapper's validation so both raise on the same inputs."""
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8, got {arr.dtype}")
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must have shape (h, w, c), got shape {arr.shape}")
+    return arr
+
+
+def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
+    """Write the round-half-up 2x2 area mean of ``src`` into ``out`` (see the kernel)."""
+    src = _check_image("src", src)
+    out = _check_image("out", out)
+    h, w, c = src.shape
+    expected = ((h + 1) // 2, (w + 1) // 2, c)
+    if out.shape != expected:
+        raise ValueError(
+            f"out must have shape {expected} for src of shape {src.shape}, got {out.shape}"
+        )
+    he, we = h - h % 2, w - w % 2
+    hf, wf = he // 2, we // 2
+    # uint16 holds the largest sum, 4 * 255 + 2 = 1022, without overflow.
+    s = src.astype(np.uint16)
+
+    # Full 2x2 blocks: (a + b + c + d + 2) // 4.
+    blocks = s[:he, :we].reshape(hf, 2, wf, 2, c).sum(axis=(1, 3), dtype=np.uint16)
+    out[:hf, :wf] = (blocks + 2) // 4
+    if w % 2:
+        # Odd last column: mean of the 2 vertical pixels.
+        col = s[:he, w - 1].reshape(hf, 2, c).sum(axis=1, dtype=np.uint16)
+        out[:hf, wf] = (col + 1) // 2
+    if h % 2:
+        # Odd last row: mean of the 2 horizontal pixels.
+        row = s[h - 1, :we].reshape(wf, 2, c).sum(axis=1, dtype=np.uint16)
+        out[hf, :wf] = (row + 1) // 2
+    if h % 2 and w % 2:
+        # Lone corner pixel is copied.
+        out[hf, wf] = src[h - 1, w - 1]
+
+
+def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
+    """True when every sample of ``tile`` is within ``tolerance`` of ``value``."""
+    tile = _check_image("tile", tile)
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    return bool(np.all(np.abs(tile.astype(np.int64) - int(value)) <= tolerance))

@@ -1,0 +1,317 @@
+"""Slide source over tifffile: tiled pyramidal TIFF, OME-TIFF, SVS and NDPI.
+
+The only module that imports ``tifffile``. Reads use ``os.pread`` on a private file
+descriptor plus tifffile's pure per-segment decoder, so any number of threads read at once
+without sharing a file position. This backend can also hand out the stored JPEG tiles as
+standalone JPEG files (tables merged in) for copying without decode/re-encode.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
+from tileserver.geometry import Region, Size, tile_count
+from tileserver.sources.base import (
+    MAX_REGION_PIXELS,
+    Level,
+    RawTile,
+    SlideInfo,
+    SlideSource,
+    to_rgb,
+)
+from tileserver.sources.metadata import allowlisted, parse_aperio_description, parse_float
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_JPEG = 7
+_PHOTOMETRIC_RGB = 2
+_ASSOCIATED = {"Thumbnail": "thumbnail", "Label": "label", "Macro": "macro"}
+# Adobe APP14 marker with transform 0: tells decoders the 3 components are RGB, not YCbCr.
+_APP14_RGB = bytes.fromhex("ffee000e41646f626500640000000000")
+_KNOWN_COMPRESSION = frozenset(int(c) for c in tifffile.COMPRESSION)
+_UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit inch, centimetre
+
+
+def is_tiff(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) in _TIFF_MAGIC
+
+
+@dataclass(frozen=True)
+class _LevelPage:
+    """What reading one level needs: the decoder and the segment table, fixed at open."""
+
+    decode: Any  # tifffile's per-segment decode closure
+    offsets: tuple[int, ...]
+    bytecounts: tuple[int, ...]
+    segment: Size  # tile or strip size in level pixels
+    grid: Size  # segments across and down
+    jpegtables: bytes | None
+    jpegheader: bytes | None  # NDPI: the header each restart-marker segment needs
+    raw_jpeg: bool  # stored tiles are baseline JPEG we can copy
+    rgb_jpeg: bool  # JPEG data in RGB colour space (Aperio), needs an APP14 marker
+
+
+class TiffSource(SlideSource):
+    """A slide read through tifffile. Thread-safe: reads use pread, decoding is pure."""
+
+    backend = "tifffile"
+
+    def __init__(self, path: Path) -> None:
+        if not is_tiff(path):
+            raise UnsupportedFormat(f"{path.name}: not a TIFF file")
+        try:
+            tif = tifffile.TiffFile(path)
+        except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
+            raise CorruptSlide(f"{path.name}: broken TIFF structure: {exc}") from exc
+        try:
+            info, self._pages, self._assoc, self._all = self._parse(tif, path)
+        except (tifffile.TiffFileError, ValueError, IndexError, KeyError, TypeError) as exc:
+            tif.close()
+            raise CorruptSlide(f"{path.name}: broken TIFF structure: {exc}") from exc
+        except Exception:
+            tif.close()
+            raise
+        self._tif = tif
+        self._fd = os.open(path, os.O_RDONLY)
+        super().__init__(path, info)
+
+    def _parse(
+        self, tif: tifffile.TiffFile, path: Path
+    ) -> tuple[SlideInfo, tuple[_LevelPage, ...], dict[str, Any], dict[str, str]]:
+        if not tif.series:
+            raise UnsupportedFormat(f"{path.name}: TIFF without images")
+        series = tif.series[0]
+        if series.dtype != np.uint8 or series.axes not in ("YXS", "YX"):
+            raise UnsupportedFormat(
+                f"{path.name}: not an 8-bit RGB or grayscale 2-D image "
+                f"(axes {series.axes}, {series.dtype})"
+            )
+        orientation = series.levels[0].keyframe.tags.valueof(274, 1)
+        if orientation not in (0, 1):  # 0 is invalid; readers treat it as the default, 1
+            # libtiff (under OpenSlide) flips each tile on its own: refuse rather than mislead.
+            raise UnsupportedFeature(f"{path.name}: TIFF Orientation {int(orientation)} is not supported")
+        file_size = path.stat().st_size
+        pages, levels = [], []
+        l0_width = l0_height = 0
+        for i, level in enumerate(series.levels):
+            page = level.keyframe
+            height, width = level.shape[:2]
+            if width <= 0 or height <= 0:
+                raise CorruptSlide(f"{path.name}: level {i} has a zero dimension {width}x{height}")
+            if i == 0:
+                l0_width, l0_height = width, height
+            if page.compression not in _KNOWN_COMPRESSION:
+                raise UnsupportedFeature(
+                    f"{path.name}: level {i} uses unknown TIFF compression {int(page.compression)}"
+                )
+            if page.planarconfig != 1 and page.samplesperpixel > 1:
+                raise UnsupportedFormat(f"{path.name}: planar (separate) samples")
+            pages.append(self._level_page(page, path, i, file_size))
+            downsample = (l0_width / width + l0_height / height) / 2
+            levels.append(Level(Size(width, height), downsample, pages[-1].segment))
+        page0 = series.levels[0].keyframe
+        props = _properties(tif, page0)
+        vendor = "aperio" if tif.is_svs else "hamamatsu" if tif.is_ndpi else (
+            "ome" if tif.is_ome else "generic-tiff"
+        )
+        assoc = {_ASSOCIATED[s.name]: s for s in tif.series[1:] if s.name in _ASSOCIATED}
+        mpp = _mpp(tif, page0, props)
+        icc_tag = page0.tags.get(34675)
+        info = SlideInfo(
+            backend=self.backend,
+            vendor=vendor,
+            levels=tuple(levels),
+            mpp=mpp,
+            objective_power=parse_float(
+                props.get("aperio.AppMag") or props.get("hamamatsu.SourceLens")
+            ),
+            associated=tuple(sorted(assoc)),
+            icc_profile=bytes(icc_tag.value) if icc_tag is not None else None,
+            properties=MappingProxyType(allowlisted(props)),
+        )
+        return info, tuple(pages), assoc, props
+
+    @staticmethod
+    def _level_page(page: Any, path: Path, level: int, file_size: int) -> _LevelPage:
+        offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
+        for offset, count in zip(offsets, counts, strict=True):
+            if count and offset + count > file_size:
+                raise CorruptSlide(
+                    f"{path.name}: level {level} data at {offset}+{count} lies past the end of "
+                    f"the file ({file_size} bytes): truncated?"
+                )
+        chunks, chunked = page.chunks, page.chunked
+        segment = Size(int(chunks[1]), int(chunks[0]))
+        grid = Size(int(chunked[1]), int(chunked[0]))
+        raw_jpeg = (
+            page.is_tiled and page.compression == _JPEG and page.samplesperpixel == 3
+            and not page.is_ndpi
+        )
+        return _LevelPage(
+            decode=page.decode,
+            offsets=offsets,
+            bytecounts=counts,
+            segment=segment,
+            grid=grid,
+            jpegtables=page.jpegtables,
+            jpegheader=page.jpegheader,
+            raw_jpeg=raw_jpeg,
+            rgb_jpeg=raw_jpeg and page.photometric == _PHOTOMETRIC_RGB,
+        )
+
+    def _segment_bytes(self, lp: _LevelPage, index: int, level: int) -> bytes | None:
+        count = lp.bytecounts[index]
+        if count == 0:
+            return None
+        data = os.pread(self._fd, count, lp.offsets[index])
+        if len(data) != count:
+            raise CorruptSlide(f"{self.name}: level {level} segment {index} is truncated")
+        return data
+
+    def read_region(self, level: int, l_region: Region) -> np.ndarray:
+        self.check_region(level, l_region)
+        lp = self._pages[level]
+        out = np.full((l_region.height, l_region.width, 3), 255, dtype=np.uint8)
+        inside = l_region.intersect(self.info.levels[level].size)
+        if inside.width == 0 or inside.height == 0:
+            return out
+        seg = lp.segment
+        t_col0, t_row0 = inside.x // seg.width, inside.y // seg.height
+        t_col1 = (inside.x + inside.width - 1) // seg.width
+        t_row1 = (inside.y + inside.height - 1) // seg.height
+        for t_row in range(t_row0, t_row1 + 1):
+            for t_col in range(t_col0, t_col1 + 1):
+                pixels = self._decode_segment(lp, level, t_col, t_row)
+                if pixels is None:
+                    continue  # an empty segment is background
+                l_x, l_y = t_col * seg.width, t_row * seg.height
+                part = Region(l_x, l_y, pixels.shape[1], pixels.shape[0]).intersect(
+                    Size(inside.x + inside.width, inside.y + inside.height)
+                )
+                x0, y0 = max(part.x, inside.x), max(part.y, inside.y)
+                x1, y1 = part.x + part.width, part.y + part.height
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = (
+                    pixels[y0 - l_y : y1 - l_y, x0 - l_x : x1 - l_x]
+                )
+        return out
+
+    def _decode_segment(
+        self, lp: _LevelPage, level: int, t_col: int, t_row: int
+    ) -> np.ndarray | None:
+        index = t_row * lp.grid.width + t_col
+        data = self._segment_bytes(lp, index, level)
+        if data is None:
+            return None
+        try:
+            segment, _, _ = lp.decode(
+                data, index, jpegtables=lp.jpegtables, jpegheader=lp.jpegheader
+            )
+        except Exception as exc:  # codecs raise many types; all mean broken data here
+            raise CorruptSlide(
+                f"{self.name}: level {level} tile ({t_col}, {t_row}) cannot be decoded: {exc}"
+            ) from exc
+        if segment is None:
+            return None
+        return to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
+
+    def read_associated(self, name: str) -> np.ndarray:
+        series = self._assoc[name]
+        height, width = series.shape[:2]
+        if width * height > MAX_REGION_PIXELS:
+            raise CorruptSlide(f"{self.name}: associated image {name} is {width}x{height}")
+        try:
+            return to_rgb(series.asarray())
+        except Exception as exc:
+            raise CorruptSlide(f"{self.name}: cannot read associated image {name}: {exc}") from exc
+
+    def raw_tile_codec(self, level: int) -> str | None:
+        return "jpeg" if self._pages[level].raw_jpeg else None
+
+    def raw_tile(self, level: int, t_col: int, t_row: int) -> RawTile | None:
+        lp = self._pages[level]
+        if not lp.raw_jpeg:
+            return None
+        if not (0 <= t_col < lp.grid.width and 0 <= t_row < lp.grid.height):
+            raise IndexError(f"tile ({t_col}, {t_row}) outside the {lp.grid} grid")
+        data = self._segment_bytes(lp, t_row * lp.grid.width + t_col, level)
+        if data is None:
+            return None
+        return RawTile(standalone_jpeg(data, lp.jpegtables, lp.rgb_jpeg), "jpeg", lp.segment)
+
+    def identifying_properties(self) -> dict[str, str]:
+        return dict(self._all)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self._tif.close()
+
+
+def standalone_jpeg(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
+    """A complete JPEG file from a TIFF JPEG tile: tables merged in, RGB colour flagged."""
+    if not data.startswith(b"\xff\xd8"):
+        raise CorruptSlide("JPEG tile does not start with SOI")
+    body = data[2:]
+    head = b"\xff\xd8"
+    if rgb:
+        head += _APP14_RGB
+    if tables:
+        # tables are an abbreviated JPEG: SOI, DQT/DHT..., EOI; keep what lies between.
+        head += tables[2:-2]
+    return head + body
+
+
+def _properties(tif: tifffile.TiffFile, page: Any) -> dict[str, str]:
+    props: dict[str, str] = {}
+    for name in ("ResolutionUnit", "XResolution", "YResolution"):
+        tag = page.tags.get(name)
+        if tag is not None:
+            value = tag.value
+            if isinstance(value, tuple) and len(value) == 2 and value[1]:
+                value = value[0] / value[1]
+            props[f"tiff.{name}"] = str(int(value) if name == "ResolutionUnit" else value)
+    if tif.is_svs:
+        props.update(parse_aperio_description(page.description))
+    if tif.is_ndpi:
+        for key, value in (page.ndpi_tags or {}).items():
+            props[f"hamamatsu.{key}"] = str(value)
+        if "hamamatsu.Magnification" in props:
+            props["hamamatsu.SourceLens"] = props["hamamatsu.Magnification"]
+    if tif.is_ome and tif.ome_metadata:
+        for key in ("PhysicalSizeX", "PhysicalSizeY", "PhysicalSizeXUnit", "PhysicalSizeYUnit"):
+            match = re.search(rf'\b{key}="([^"]+)"', tif.ome_metadata)
+            if match:
+                props[f"ome.{key}"] = match.group(1)
+    return props
+
+
+def _mpp(tif: tifffile.TiffFile, page: Any, props: dict[str, str]) -> tuple[float, float] | None:
+    if tif.is_svs:
+        mpp = parse_float(props.get("aperio.MPP"))
+        return (mpp, mpp) if mpp else None
+    if tif.is_ome:
+        x = parse_float(props.get("ome.PhysicalSizeX"))
+        y = parse_float(props.get("ome.PhysicalSizeY"))
+        units = {props.get("ome.PhysicalSizeXUnit", "µm"), props.get("ome.PhysicalSizeYUnit", "µm")}
+        if x and y and units <= {"µm", "um"}:
+            return (x, y)
+    unit = _UM_PER_UNIT.get(int(props.get("tiff.ResolutionUnit", "0") or 0))
+    x_res = parse_float(props.get("tiff.XResolution"))
+    y_res = parse_float(props.get("tiff.YResolution"))
+    if unit and x_res and y_res:
+        return (unit / x_res, unit / y_res)
+    return None
+
+
+def segment_grid(size: Size, segment: Size) -> Size:
+    return tile_count(size, segment)
