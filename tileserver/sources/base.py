@@ -107,7 +107,8 @@ class SlideSource(ABC):
     def check_region(self, level: int, l_region: Region) -> None:
         """Validate a read request before allocating anything."""
         if not 0 <= level < len(self.info.levels):
-            raise RegionError(f"{self.name}: level {level} out of range 0..{len(self.info.levels) - 1}")
+            last = len(self.info.levels) - 1
+            raise RegionError(f"{self.name}: level {level} out of range 0..{last}")
         if l_region.width <= 0 or l_region.height <= 0:
             raise RegionError(f"{self.name}: empty region {l_region.width}x{l_region.height}")
         if l_region.width * l_region.height > MAX_REGION_PIXELS:

@@ -34,7 +34,8 @@ class OpenSlideSource(SlideSource):
         except openslide.OpenSlideError as exc:
             reason = str(exc).removeprefix(f"Reading {path}: ")
             if "nsupported" in reason or "flavor" in reason or "concatenation" in reason:
-                raise UnsupportedFeature(f"{path.name}: OpenSlide cannot read it: {reason}") from exc
+                msg = f"{path.name}: OpenSlide cannot read it: {reason}"
+                raise UnsupportedFeature(msg) from exc
             raise CorruptSlide(f"{path.name}: OpenSlide cannot open it: {reason}") from exc
         try:
             info = self._parse()
@@ -76,9 +77,7 @@ class OpenSlideSource(SlideSource):
         l0_x = round(l_region.x * downsample)
         l0_y = round(l_region.y * downsample)
         try:
-            image = self._slide.read_region(
-                (l0_x, l0_y), level, (l_region.width, l_region.height)
-            )
+            image = self._slide.read_region((l0_x, l0_y), level, (l_region.width, l_region.height))
         except openslide.OpenSlideError as exc:
             raise CorruptSlide(
                 f"{self.name}: cannot read level {level} region {tuple(l_region)}: {exc}"

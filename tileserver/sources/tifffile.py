@@ -98,7 +98,8 @@ class TiffSource(SlideSource):
         orientation = series.levels[0].keyframe.tags.valueof(274, 1)
         if orientation not in (0, 1):  # 0 is invalid; readers treat it as the default, 1
             # libtiff (under OpenSlide) flips each tile on its own: refuse rather than mislead.
-            raise UnsupportedFeature(f"{path.name}: TIFF Orientation {int(orientation)} is not supported")
+            msg = f"{path.name}: TIFF Orientation {int(orientation)} is not supported"
+            raise UnsupportedFeature(msg)
         file_size = path.stat().st_size
         pages, levels = [], []
         l0_width = l0_height = 0
@@ -120,8 +121,12 @@ class TiffSource(SlideSource):
             levels.append(Level(Size(width, height), downsample, pages[-1].segment))
         page0 = series.levels[0].keyframe
         props = _properties(tif, page0)
-        vendor = "aperio" if tif.is_svs else "hamamatsu" if tif.is_ndpi else (
-            "ome" if tif.is_ome else "generic-tiff"
+        vendor = (
+            "aperio"
+            if tif.is_svs
+            else "hamamatsu"
+            if tif.is_ndpi
+            else ("ome" if tif.is_ome else "generic-tiff")
         )
         assoc = {_ASSOCIATED[s.name]: s for s in tif.series[1:] if s.name in _ASSOCIATED}
         mpp = _mpp(tif, page0, props)
@@ -153,7 +158,9 @@ class TiffSource(SlideSource):
         segment = Size(int(chunks[1]), int(chunks[0]))
         grid = Size(int(chunked[1]), int(chunked[0]))
         raw_jpeg = (
-            page.is_tiled and page.compression == _JPEG and page.samplesperpixel == 3
+            page.is_tiled
+            and page.compression == _JPEG
+            and page.samplesperpixel == 3
             and not page.is_ndpi
         )
         return _LevelPage(
@@ -201,9 +208,9 @@ class TiffSource(SlideSource):
                 x1, y1 = part.x + part.width, part.y + part.height
                 if x1 <= x0 or y1 <= y0:
                     continue
-                out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = (
-                    pixels[y0 - l_y : y1 - l_y, x0 - l_x : x1 - l_x]
-                )
+                out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = pixels[
+                    y0 - l_y : y1 - l_y, x0 - l_x : x1 - l_x
+                ]
         return out
 
     def _decode_segment(
