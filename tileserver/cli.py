@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from tileserver.errors import TileserverError
 from tileserver.geometry import Region
@@ -81,6 +84,56 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    # Imported here: the builder pulls in Numba, which `info` does not need.
+    from tileserver.pyramid.jobs import convert_file
+    from tileserver.pyramid.plan import ConvertOptions
+
+    try:
+        options = ConvertOptions(
+            codec=args.codec,
+            quality=args.quality,
+            tile=args.tile,
+            workers=args.workers,
+            keep_associated=args.keep_associated,
+        )
+    except ValueError as exc:
+        raise TileserverError(str(exc)) from exc
+    if args.keep_associated:
+        print(
+            "tileserver: warning: --keep-associated copies label and macro images, which "
+            "carry patient identifiers, into the stores",
+            file=sys.stderr,
+        )
+    failed = 0
+    for path in args.slides:
+        try:
+            with tqdm(desc=path.name, unit="tile", disable=args.quiet, leave=False) as bar:
+
+                def progress(n: int, total: int, bar: tqdm = bar) -> None:
+                    bar.total = total
+                    bar.update(n)
+
+                result = convert_file(path, args.out, options, args.backend, progress)
+        except TileserverError as exc:
+            failed += 1
+            print(f"tileserver: error: {exc}", file=sys.stderr)
+            continue
+        if isinstance(result, str):
+            print(f"{path.name}: already converted as {result}")
+            continue
+        chunks = result.chunks
+        print(
+            f"{path.name}: {result.slide_id}  {result.l0_pixels / 1e6:.0f} Mpx in "
+            f"{result.seconds:.1f} s = {result.megapixels_per_second:.1f} Mpx/s  "
+            f"(chunks: {chunks['copied']} copied, {chunks['written']} encoded, "
+            f"{chunks['background']} background)"
+        )
+    if failed:
+        print(f"tileserver: {failed} of {len(args.slides)} slides failed", file=sys.stderr)
+    return min(failed, 100)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tileserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +145,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-check", action="store_true", help="skip decoding a corner of the smallest level"
     )
     info.set_defaults(func=cmd_info)
+
+    convert = sub.add_parser(
+        "convert",
+        help="build a store per slide (exit status: number of slides that failed)",
+    )
+    convert.add_argument("slides", type=Path, nargs="+")
+    convert.add_argument("--out", type=Path, required=True, help="directory of stores")
+    convert.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    convert.add_argument(
+        "--codec",
+        choices=["jpeg", "zstd"],
+        default="jpeg",
+        help="chunk codec: jpeg (default) or zstd (lossless)",
+    )
+    convert.add_argument("--quality", type=int, default=85, help="JPEG quality of new chunks")
+    convert.add_argument(
+        "--tile",
+        type=int,
+        default=256,
+        help="chunk edge when source tiles cannot be copied as they are",
+    )
+    convert.add_argument(
+        "--keep-associated",
+        action="store_true",
+        help="also copy label, macro and thumbnail images (identifying!)",
+    )
+    convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
+    convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -7,6 +7,7 @@
     │   │   └── UnsupportedFeature the format is known, but uses a feature no backend reads right
     │   └── CorruptSlide           the file claims a format but its bytes are broken
     ├── RegionError                (also ValueError) a request outside the slide or over a cap
+    ├── StoreError                 a store that is missing, incomplete, malformed or unwritable
     └── ConfigError                settings that are missing, invalid or unsafe
 
 Messages name the file and the reason in one line, so the CLI can print them as they are
@@ -42,6 +43,10 @@ class CorruptSlide(SlideError):
 
 class RegionError(TileserverError, ValueError):
     """A level, region or output size outside the slide or over a configured cap."""
+
+
+class StoreError(TileserverError):
+    """A store that is missing, incomplete, malformed, or cannot be written."""
 
 
 class ConfigError(TileserverError):

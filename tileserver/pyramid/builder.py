@@ -1,0 +1,194 @@
+"""Streams a slide into a store, one band of chunk rows at a time, memory bounded by width.
+
+Level 0 is read a chunk row at a time (stored JPEG tiles copied as they are when the plan
+allows, otherwise decoded regions re-encoded). Each level keeps a two-band buffer; when a
+pair of bands (or the last, lone band) is complete it is downsampled 2x2 into the next
+level's buffer and written. Peak memory is about 2 x 2 bands x width x 3 bytes summed over
+levels (~4 x 240 x 100k x 3 = 290 MB for a 100k-wide slide), independent of height.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tileserver.errors import CorruptSlide, StoreError
+from tileserver.geometry import Region
+from tileserver.pyramid.kernels import downsample_2x, is_uniform
+from tileserver.pyramid.plan import ConvertOptions, plan_layout
+from tileserver.sources.base import SlideSource
+from tileserver.store.chunks import decode_chunk, encode_chunk
+from tileserver.store.layout import FILL_VALUE, StoreLayout
+from tileserver.store.writer import StoreWriter
+
+# Called with (level-0 chunks just finished, level-0 chunks in all).
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ConvertResult:
+    slide_id: str
+    store: Path
+    l0_pixels: int
+    seconds: float
+    chunks: dict[str, int] = field(default_factory=dict)  # written, copied, background
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.l0_pixels / 1e6 / max(self.seconds, 1e-9)
+
+
+def source_metadata(source: SlideSource) -> dict[str, Any]:
+    """The allowlisted description of the source that a store keeps."""
+    info = source.info
+    return {
+        "vendor": info.vendor,
+        "mpp": list(info.mpp) if info.mpp else None,
+        "objective_power": info.objective_power,
+        "properties": dict(info.properties),
+    }
+
+
+class _Builder:
+    def __init__(
+        self,
+        source: SlideSource,
+        layout: StoreLayout,
+        writer: StoreWriter,
+        copy_level0: bool,
+        options: ConvertOptions,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        self.source = source
+        self.layout = layout
+        self.writer = writer
+        self.copy_level0 = copy_level0
+        self.options = options
+        self.pool = pool
+        tile = layout.tile
+        # Two bands per level: rows [0, tile) hold even chunk rows, [tile, 2 tile) odd ones.
+        self.buffers = [np.empty((2 * tile, s.width, 3), np.uint8) for s in layout.levels]
+        self.counts = {"written": 0, "copied": 0, "background": 0}
+
+    # -- level 0 ---------------------------------------------------------------------------
+    def build(self, progress: Progress | None) -> None:
+        grid = self.layout.grid(0)
+        for t_row in range(grid.height):
+            kinds = list(
+                self.pool.map(lambda c, r=t_row: self._level0_chunk(c, r), range(grid.width))
+            )
+            self._tally(kinds)
+            self._band_done(0, t_row)
+            if progress:
+                progress(grid.width, grid.pixels)
+
+    def _level0_chunk(self, t_col: int, t_row: int) -> str:
+        tile = self.layout.tile
+        band = self._band(0, t_row)
+        l_x = t_col * tile
+        width = min(tile, self.layout.levels[0].width - l_x)
+        raw = self.source.raw_tile(0, t_col, t_row) if self.copy_level0 else None
+        if raw is not None:
+            try:
+                pixels = decode_chunk(raw.data, "jpeg", tile)
+            except StoreError as exc:
+                msg = f"{self.source.name}: level 0 tile ({t_col}, {t_row}) is corrupt: {exc}"
+                raise CorruptSlide(msg) from exc
+        else:
+            pixels = self.source.read_region(0, Region(l_x, t_row * tile, tile, tile))
+        band[:, l_x : l_x + width] = pixels[: band.shape[0], :width]
+        return self._store_chunk(
+            0, t_col, t_row, band[:, l_x : l_x + width], raw.data if raw else None
+        )
+
+    # -- every level -----------------------------------------------------------------------
+    def _band(self, level: int, t_row: int) -> np.ndarray:
+        """The buffer rows holding chunk row ``t_row`` of a level (short for the last row)."""
+        tile = self.layout.tile
+        rows = min(tile, self.layout.levels[level].height - t_row * tile)
+        start = (t_row % 2) * tile
+        return self.buffers[level][start : start + rows]
+
+    def _store_chunk(
+        self, level: int, t_col: int, t_row: int, pixels: np.ndarray, stored: bytes | None
+    ) -> str:
+        """Write one chunk (``pixels`` is its part inside the level); returns what happened."""
+        if is_uniform(pixels, FILL_VALUE, self.options.background_tolerance):
+            pixels[...] = FILL_VALUE  # upper levels see exactly what a reader sees
+            return "background"
+        if stored is not None:
+            self.writer.write_chunk(level, t_col, t_row, stored)
+            return "copied"
+        tile = self.layout.tile
+        full = pixels
+        if pixels.shape[:2] != (tile, tile):
+            full = np.full((tile, tile, 3), FILL_VALUE, np.uint8)
+            full[: pixels.shape[0], : pixels.shape[1]] = pixels
+        data = encode_chunk(full, self.layout.codec, self.layout.quality)
+        self.writer.write_chunk(level, t_col, t_row, data)
+        return "written"
+
+    def _band_done(self, level: int, t_row: int) -> None:
+        """Chunk row ``t_row`` of ``level`` is in its buffer: make the next level's row if due."""
+        if level + 1 >= len(self.layout.levels):
+            return
+        last = t_row == self.layout.grid(level).height - 1
+        if t_row % 2 == 0 and not last:
+            return  # wait for the odd partner band
+        next_row = t_row // 2
+        tile = self.layout.tile
+        src_rows = (t_row % 2) * tile + self._band(level, t_row).shape[0]
+        src = self.buffers[level][:src_rows]
+        dst = self._band(level + 1, next_row)
+        grid = self.layout.grid(level + 1)
+
+        def chunk(t_col: int) -> str:
+            l_x = t_col * tile
+            width = min(tile, dst.shape[1] - l_x)
+            downsample_2x(src[:, 2 * l_x : 2 * l_x + 2 * width], dst[:, l_x : l_x + width])
+            return self._store_chunk(level + 1, t_col, next_row, dst[:, l_x : l_x + width], None)
+
+        self._tally(list(self.pool.map(chunk, range(grid.width))))
+        self._band_done(level + 1, next_row)
+
+    def _tally(self, kinds: list[str]) -> None:
+        for kind in kinds:
+            self.counts[kind] += 1
+
+
+def convert(
+    source: SlideSource,
+    root: Path,
+    slide_id: str,
+    options: ConvertOptions,
+    progress: Progress | None = None,
+) -> ConvertResult:
+    """Convert a whole slide into a store at ``root`` (``root.name`` is the slide ID)."""
+    started = time.perf_counter()
+    layout, copy_level0 = plan_layout(source.info, source.raw_tile_codec(0), options, slide_id)
+    writer = StoreWriter.create(root, layout, source_metadata(source))
+    with ThreadPoolExecutor(options.workers) as pool:
+        builder = _Builder(source, layout, writer, copy_level0, options, pool)
+        builder.build(progress)
+    if options.keep_associated:
+        for name in source.info.associated:
+            pixels = source.read_associated(name)
+            writer.objects.put(f"associated/{name}.jpg", encode_chunk(pixels, "jpeg", 90))
+    seconds = time.perf_counter() - started
+    result = ConvertResult(slide_id, root, source.info.dimensions.pixels, seconds, builder.counts)
+    writer.finish(
+        {
+            "slide_id": slide_id,
+            "levels": len(layout.levels),
+            "chunks": builder.counts,
+            "level0_copied": copy_level0,
+            "associated": list(source.info.associated) if options.keep_associated else [],
+        }
+    )
+    return result

@@ -1,0 +1,38 @@
+"""Chunk codecs: (tile, tile, 3) uint8 pixels <-> stored bytes. The only imagecodecs importer.
+
+"jpeg" chunks are complete baseline JPEG files (so level-0 tiles copied from a JPEG slide
+are valid chunks as they are); "zstd" chunks are the raw pixels, C order, zstd-compressed
+(exactly what zarr's bytes + zstd codecs produce).
+"""
+
+from __future__ import annotations
+
+import imagecodecs
+import numpy as np
+
+from tileserver.errors import StoreError
+
+
+def encode_chunk(pixels: np.ndarray, codec: str, quality: int) -> bytes:
+    if codec == "jpeg":
+        return bytes(imagecodecs.jpeg8_encode(pixels, level=quality))
+    if codec == "zstd":
+        return bytes(imagecodecs.zstd_encode(np.ascontiguousarray(pixels).tobytes(), level=3))
+    raise ValueError(f"unknown chunk codec {codec!r}")
+
+
+def decode_chunk(data: bytes, codec: str, tile: int) -> np.ndarray:
+    """(tile, tile, 3) uint8 pixels; StoreError when the bytes are not a valid chunk."""
+    try:
+        if codec == "jpeg":
+            pixels = np.asarray(imagecodecs.jpeg8_decode(data))
+        elif codec == "zstd":
+            raw = imagecodecs.zstd_decode(data)
+            pixels = np.frombuffer(raw, dtype=np.uint8).reshape(tile, tile, 3)
+        else:
+            raise ValueError(f"unknown chunk codec {codec!r}")
+    except Exception as exc:  # codec errors come in many types; all mean bad bytes
+        raise StoreError(f"undecodable {codec} chunk: {exc}") from exc
+    if pixels.shape != (tile, tile, 3):
+        raise StoreError(f"chunk decodes to {pixels.shape}, expected {(tile, tile, 3)}")
+    return pixels

@@ -1,0 +1,89 @@
+"""Key -> bytes objects in a local directory, with atomic writes.
+
+Keys are zarr-style relative paths ("0/c/0/3/7"); anything that could step outside the
+root (absolute paths, "..", empty parts, backslashes) is refused. A write lands in a
+temporary file that is renamed into place, so a killed writer never leaves half an object.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from tileserver.errors import StoreError
+
+_TMP_PREFIX = ".tmp-"
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise StoreError(f"invalid object key {key!r}")
+    return key
+
+
+class LocalObjects:
+    """Objects under one directory. Thread-safe: every write is its own temp file + rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StoreError(f"{self.root.name}: cannot read {key}: {exc.strerror}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def put(self, key: str, data: bytes, *, durable: bool = False) -> None:
+        """Write atomically; ``durable`` also fsyncs (for markers that must survive a crash)."""
+        path = self._path(key)
+        tmp = path.with_name(f"{_TMP_PREFIX}{secrets.token_hex(6)}-{path.name}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            if durable:
+                dir_fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            reason = "out of disk space" if exc.errno == errno.ENOSPC else exc.strerror
+            raise StoreError(f"cannot write {key} in {self.root}: {reason}") from exc
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def keys(self) -> Iterator[str]:
+        """Every object key, temporary files excluded."""
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and not path.name.startswith(_TMP_PREFIX):
+                yield path.relative_to(self.root).as_posix()
+
+    def remove_temporaries(self) -> None:
+        """Drop leftovers of writes a killed process never finished."""
+        for path in self.root.rglob(f"{_TMP_PREFIX}*"):
+            path.unlink(missing_ok=True)
