@@ -94,7 +94,7 @@ def test_bad_files_give_typed_errors(path) -> None:  # type: ignore[no-untyped-d
         assert path.name in str(exc)
         assert "\n" not in str(exc)
     else:
-        assert not path.parent.name == "broken", "a deliberately broken file read cleanly"
+        assert path.parent.name != "broken", "a deliberately broken file read cleanly"
 
 
 @pytest.mark.parametrize("path", BAD, ids=[str(p.relative_to(SLIDES)) for p in BAD])
