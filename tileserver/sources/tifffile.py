@@ -56,6 +56,7 @@ class _LevelPage:
     grid: Size  # segments across and down
     jpegtables: bytes | None
     jpegheader: bytes | None  # NDPI: the header each restart-marker segment needs
+    whole_jpeg: bool  # each segment is a complete JPEG stream (not NDPI restart pieces)
     raw_jpeg: bool  # stored tiles are baseline JPEG we can copy
     rgb_jpeg: bool  # JPEG data in RGB colour space (Aperio), needs an APP14 marker
 
@@ -171,6 +172,7 @@ class TiffSource(SlideSource):
             grid=grid,
             jpegtables=page.jpegtables,
             jpegheader=page.jpegheader,
+            whole_jpeg=page.compression == _JPEG and not page.is_ndpi,
             raw_jpeg=raw_jpeg,
             rgb_jpeg=raw_jpeg and page.photometric == _PHOTOMETRIC_RGB,
         )
@@ -221,6 +223,8 @@ class TiffSource(SlideSource):
         if data is None:
             return None
         try:
+            if lp.whole_jpeg:  # libjpeg decodes truncated data without complaint: check first
+                standalone_jpeg(data, None, rgb=False)
             segment, _, _ = lp.decode(
                 data, index, jpegtables=lp.jpegtables, jpegheader=lp.jpegheader
             )
@@ -254,7 +258,12 @@ class TiffSource(SlideSource):
         data = self._segment_bytes(lp, t_row * lp.grid.width + t_col, level)
         if data is None:
             return None
-        return RawTile(standalone_jpeg(data, lp.jpegtables, lp.rgb_jpeg), "jpeg", lp.segment)
+        try:
+            jpeg = standalone_jpeg(data, lp.jpegtables, lp.rgb_jpeg)
+        except ValueError as exc:
+            msg = f"{self.name}: level {level} tile ({t_col}, {t_row}) is corrupt: {exc}"
+            raise CorruptSlide(msg) from exc
+        return RawTile(jpeg, "jpeg", lp.segment)
 
     def identifying_properties(self) -> dict[str, str]:
         return dict(self._all)
@@ -267,7 +276,9 @@ class TiffSource(SlideSource):
 def standalone_jpeg(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
     """A complete JPEG file from a TIFF JPEG tile: tables merged in, RGB colour flagged."""
     if not data.startswith(b"\xff\xd8"):
-        raise CorruptSlide("JPEG tile does not start with SOI")
+        raise ValueError("JPEG data does not start with an SOI marker")
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise ValueError("JPEG data does not end with an EOI marker (truncated?)")
     body = data[2:]
     head = b"\xff\xd8"
     if rgb:

@@ -1,0 +1,143 @@
+"""Conversion under faults, driven through the real CLI in child processes: kills, corrupt
+tiles, full and read-only disks. Nothing is mocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from sample_data import write_svs
+from tileserver.geometry import Region
+from tileserver.store.reader import StoreReader, complete_stores
+
+CLI = [sys.executable, "-m", "tileserver.cli", "convert", "--quiet"]
+
+
+def run_convert(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def pixels_of(store: Path) -> list[np.ndarray]:
+    reader = StoreReader.open(store)
+    return [
+        reader.read_region(level, Region(0, 0, size.width, size.height))
+        for level, size in enumerate(reader.layout.levels)
+    ]
+
+
+@pytest.fixture(scope="module")
+def big_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_svs(tmp_path_factory.mktemp("big") / "big.svs", 7200, 4800, seed=11)
+
+
+def _count_objects(out: Path) -> int:
+    return sum(1 for p in out.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("kill_after_objects", [3, 150, 330])
+def test_killed_conversion_resumes_to_the_same_pixels(
+    big_svs: Path, tmp_path: Path, kill_after_objects: int
+) -> None:
+    clean = tmp_path / "clean"
+    assert run_convert(big_svs, "--out", clean).returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*CLI, str(big_svs), "--out", str(out)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _count_objects(out) < kill_after_objects and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the conversion finished before the kill"
+    assert complete_stores(out) == []  # never listed as ready
+
+    rerun = run_convert(big_svs, "--out", out)
+    assert rerun.returncode == 0, rerun.stderr
+    (slide_id,) = complete_stores(out)
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 1  # resumed, not duplicated
+    assert not list(out.rglob(".tmp-*"))
+    for a, b in zip(
+        pixels_of(out / slide_id), pixels_of(clean / complete_stores(clean)[0]), strict=True
+    ):
+        assert np.array_equal(a, b)
+    again = run_convert(big_svs, "--out", out)
+    assert again.returncode == 0 and "already converted" in again.stdout
+
+
+def _corrupt_copy(svs: Path, dest: Path) -> tuple[int, int]:
+    """Zero one tissue tile's bytes in level 0 of a copy; returns its (col, row)."""
+    shutil.copy(svs, dest)
+    with tifffile.TiffFile(dest) as tif:
+        page = tif.pages[0]
+        counts = list(page.databytecounts)
+        index = counts.index(max(counts))  # the busiest tissue tile
+        offset, count = page.dataoffsets[index], counts[index]
+        columns = -(-page.imagewidth // page.tilewidth)
+    with open(dest, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\x00" * count)
+    return index % columns, index // columns
+
+
+def test_corrupt_tile_fails_that_slide_only(synthetic_svs: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "damaged.svs"
+    col, row = _corrupt_copy(synthetic_svs, bad)
+    out = tmp_path / "out"
+    proc = run_convert(bad, synthetic_svs, bad, "--out", out)
+    assert proc.returncode == 2  # two slides failed
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tileserver: error:")]
+    assert len(errors) == 2
+    assert f"damaged.svs: level 0 tile ({col}, {row})" in errors[0]
+    assert "2 of 3 slides failed" in proc.stderr
+    assert len(complete_stores(out)) == 1
+
+
+def _in_own_mount(options: str, out: Path, slide: Path) -> subprocess.CompletedProcess[str]:
+    """Convert into a fresh tmpfs mounted (in a private mount namespace) with ``options``."""
+    out.mkdir()
+    script = f'mount -t tmpfs -o {options} tmpfs "$1" || exit 99; shift; exec "$@"'
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(out), *CLI, str(slide), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _require_mounts() -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to mount a private tmpfs")
+
+
+def test_full_disk_gives_a_clear_error(synthetic_svs: Path, tmp_path: Path) -> None:
+    _require_mounts()
+    proc = _in_own_mount("size=200k", tmp_path / "full", synthetic_svs)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "out of disk space" in proc.stderr.splitlines()[0]
+
+
+def test_read_only_output_gives_a_clear_error(synthetic_svs: Path, tmp_path: Path) -> None:
+    _require_mounts()
+    proc = _in_own_mount("ro", tmp_path / "ro", synthetic_svs)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Read-only file system" in proc.stderr.splitlines()[0]
+
+
+def test_output_path_that_is_a_file(synthetic_svs: Path, tmp_path: Path) -> None:
+    target = tmp_path / "not-a-dir"
+    target.write_text("")
+    proc = run_convert(synthetic_svs, "--out", target)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "cannot write to output directory" in proc.stderr
