@@ -1,0 +1,82 @@
+"""De-identification on ingest (security-requirements DEID-01): the planted patient name,
+barcode and other identifying fields of the synthetic SVS appear nowhere in the store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sample_data import CANARY_BARCODE, CANARY_PATIENT
+from tileserver.store.reader import StoreReader, complete_stores
+
+# Identifying values planted in the synthetic SVS description besides the two canaries.
+PLANTED = [CANARY_PATIENT, CANARY_BARCODE, "CANARY42", "03/14/24", "09:26:53", "jdoe", "SS1234"]
+
+
+def forms(text: str) -> list[bytes]:
+    raw = text.encode()
+    return [raw, text.encode("utf-16-le"), base64.b64encode(raw), raw.lower(), raw.upper()]
+
+
+def convert(slide: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tileserver.cli",
+            "convert",
+            "--quiet",
+            str(slide),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_no_identifier_reaches_the_store(synthetic_svs: Path, tmp_path: Path) -> None:
+    assert CANARY_PATIENT.encode() in synthetic_svs.read_bytes()  # the canary is planted
+    proc = convert(synthetic_svs, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (slide_id,) = complete_stores(tmp_path)
+    store = tmp_path / slide_id
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for value in PLANTED:
+            for form in forms(value):
+                assert form not in data, (value, path.relative_to(tmp_path))
+    assert not (store / "associated").exists()
+    names = {p.name.lower() for p in store.rglob("*")}
+    assert not names & {"label", "macro", "label.jpg", "macro.jpg"}
+    # The allowlist keeps what a viewer needs.
+    reader = StoreReader.open(store)
+    props = reader.source["properties"]
+    assert props["aperio.AppMag"] == "40" and props["aperio.MPP"] == "0.25"
+    assert "aperio.Filename" not in props and "aperio.Barcode" not in props
+    assert "synthetic" not in json.dumps(reader.source)  # nor the source file name
+    assert "synthetic" not in slide_id
+
+
+def test_keep_associated_is_explicit_and_loud(synthetic_svs: Path, tmp_path: Path) -> None:
+    proc = convert(synthetic_svs, tmp_path, "--keep-associated")
+    assert proc.returncode == 0, proc.stderr
+    assert "patient identifiers" in proc.stderr
+    (slide_id,) = complete_stores(tmp_path)
+    kept = sorted(p.name for p in (tmp_path / slide_id / "associated").iterdir())
+    assert kept == ["label.jpg", "macro.jpg", "thumbnail.jpg"]
+
+
+@pytest.mark.parametrize("value", PLANTED)
+def test_planted_values_really_are_in_the_source(synthetic_svs: Path, value: str) -> None:
+    """Guards the test above: a canary missing from the source would make it pass vacuously."""
+    assert value.encode() in synthetic_svs.read_bytes()
