@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tileserver.config import Settings
 from tileserver.errors import TileserverError
 from tileserver.geometry import Region
 from tileserver.sources import BACKENDS, SlideSource, open_slide
@@ -99,6 +100,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise TileserverError(str(exc)) from exc
+    keyring = None
+    if args.no_encrypt:
+        print(
+            "tileserver: WARNING: --no-encrypt writes PLAINTEXT stores: patient image data will "
+            "sit unencrypted on disk. Use only for de-identified research exports.",
+            file=sys.stderr,
+        )
+    else:
+        from tileserver.security.keys import KeyRing
+
+        keyring = KeyRing(args.settings.home)
+        keyring.current_kek()  # fail now, with a clear message, when there is no key
     if args.keep_associated:
         print(
             "tileserver: warning: --keep-associated copies label and macro images, which "
@@ -114,7 +127,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                     bar.total = total
                     bar.update(n)
 
-                result = convert_file(path, args.out, options, args.backend, progress)
+                result = convert_file(path, args.out, options, keyring, args.backend, progress)
         except TileserverError as exc:
             failed += 1
             print(f"tileserver: error: {exc}", file=sys.stderr)
@@ -132,6 +145,27 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if failed:
         print(f"tileserver: {failed} of {len(args.slides)} slides failed", file=sys.stderr)
     return min(failed, 100)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from tileserver.security.keys import KeyRing
+
+    keyring = KeyRing(args.settings.home)
+    if args.keys_command == "init":
+        key_id, created = keyring.initialise()
+        state = "created" if created else "already exists"
+        print(f"key-encryption key {key_id} {state} in {keyring.root}")
+    elif args.keys_command == "list":
+        for kek in keyring.list():
+            mark = "current" if kek.current else "retired"
+            print(f"{kek.key_id}  {mark:8} wraps {kek.slides} data key(s)")
+    elif args.keys_command == "rotate":
+        key_id, count = keyring.rotate()
+        print(f"rotated: {count} data key(s) re-wrapped under new key-encryption key {key_id}")
+    elif args.keys_command == "shred":
+        keyring.shred(args.slide_id)
+        print(f"{args.slide_id}: data key destroyed; its store can no longer be read")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,9 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also copy label, macro and thumbnail images (identifying!)",
     )
+    convert.add_argument(
+        "--no-encrypt",
+        action="store_true",
+        help="write plaintext stores (research exports of de-identified data only)",
+    )
     convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(func=cmd_convert)
+
+    keys = sub.add_parser("keys", help="manage encryption keys under TILESERVER_HOME")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("init", help="create the key-encryption key (no-op when it exists)")
+    keys_sub.add_parser("list", help="key-encryption keys and how many data keys each wraps")
+    keys_sub.add_parser("rotate", help="re-wrap every data key under a new key-encryption key")
+    shred = keys_sub.add_parser("shred", help="destroy one slide's data key (crypto-erase)")
+    shred.add_argument("slide_id")
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 
@@ -181,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # it logs every odd tag it skips
     args = build_parser().parse_args(argv)
+    args.settings = Settings.from_env()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -8,6 +8,8 @@
     │   └── CorruptSlide           the file claims a format but its bytes are broken
     ├── RegionError                (also ValueError) a request outside the slide or over a cap
     ├── StoreError                 a store that is missing, incomplete, malformed or unwritable
+    │   └── IntegrityError         a stored object failed authentication (tampered, swapped, cut)
+    ├── KeyUnavailable             a key that is missing, shredded, wrong or unsafely stored
     └── ConfigError                settings that are missing, invalid or unsafe
 
 Messages name the file and the reason in one line, so the CLI can print them as they are
@@ -47,6 +49,14 @@ class RegionError(TileserverError, ValueError):
 
 class StoreError(TileserverError):
     """A store that is missing, incomplete, malformed, or cannot be written."""
+
+
+class IntegrityError(StoreError):
+    """A sealed object failed authentication: flipped, truncated, swapped or replaced."""
+
+
+class KeyUnavailable(TileserverError):
+    """A key-encryption or data key that is missing, shredded, wrong or unsafely stored."""
 
 
 class ConfigError(TileserverError):

@@ -24,7 +24,7 @@ from tileserver.store.reader import StoreReader, complete_stores
 def build(slide: Path, out: Path, **options: object) -> ConvertResult:
     slide_id = new_slide_id()
     with open_slide(slide) as source:
-        return convert(source, out / slide_id, slide_id, ConvertOptions(**options))  # type: ignore[arg-type]
+        return convert(source, out / slide_id, slide_id, ConvertOptions(**options), None)  # type: ignore[arg-type]
 
 
 def whole(reader: StoreReader, level: int) -> np.ndarray:

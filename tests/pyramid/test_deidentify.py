@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from sample_data import CANARY_BARCODE, CANARY_PATIENT
+from tileserver.security.keys import KeyRing
+from tileserver.store.encrypted import EncryptedObjects, objects_for_reading
 from tileserver.store.reader import StoreReader, complete_stores
 
 # Identifying values planted in the synthetic SVS description besides the two canaries.
@@ -42,24 +44,31 @@ def convert(slide: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[
     )
 
 
-def test_no_identifier_reaches_the_store(synthetic_svs: Path, tmp_path: Path) -> None:
-    assert CANARY_PATIENT.encode() in synthetic_svs.read_bytes()  # the canary is planted
-    proc = convert(synthetic_svs, tmp_path)
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_no_identifier_reaches_the_store(
+    synthetic_svs: Path, tmp_path: Path, keyring: KeyRing, encrypt: bool
+) -> None:
+    out = tmp_path / "out"
+    proc = convert(synthetic_svs, out, *([] if encrypt else ["--no-encrypt"]))
     assert proc.returncode == 0, proc.stderr
-    (slide_id,) = complete_stores(tmp_path)
-    store = tmp_path / slide_id
-    files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert files
+    (slide_id,) = complete_stores(out)
+    store = out / slide_id
+    objects = objects_for_reading(store, keyring)
+    assert isinstance(objects, EncryptedObjects) == encrypt
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 10
     for path in files:
         data = path.read_bytes()
+        if path.is_relative_to(store):  # the plaintext, not (only) the ciphertext
+            data = objects.get(path.relative_to(store).as_posix()) or b""
         for value in PLANTED:
             for form in forms(value):
-                assert form not in data, (value, path.relative_to(tmp_path))
+                assert form not in data, (value, path.relative_to(out))
     assert not (store / "associated").exists()
     names = {p.name.lower() for p in store.rglob("*")}
     assert not names & {"label", "macro", "label.jpg", "macro.jpg"}
     # The allowlist keeps what a viewer needs.
-    reader = StoreReader.open(store)
+    reader = StoreReader.open(store, keyring)
     props = reader.source["properties"]
     assert props["aperio.AppMag"] == "40" and props["aperio.MPP"] == "0.25"
     assert "aperio.Filename" not in props and "aperio.Barcode" not in props
@@ -67,7 +76,9 @@ def test_no_identifier_reaches_the_store(synthetic_svs: Path, tmp_path: Path) ->
     assert "synthetic" not in slide_id
 
 
-def test_keep_associated_is_explicit_and_loud(synthetic_svs: Path, tmp_path: Path) -> None:
+def test_keep_associated_is_explicit_and_loud(
+    synthetic_svs: Path, tmp_path: Path, keyring: KeyRing
+) -> None:
     proc = convert(synthetic_svs, tmp_path, "--keep-associated")
     assert proc.returncode == 0, proc.stderr
     assert "patient identifiers" in proc.stderr

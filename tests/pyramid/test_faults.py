@@ -17,6 +17,7 @@ import tifffile
 
 from sample_data import write_svs
 from tileserver.geometry import Region
+from tileserver.security.keys import KeyRing
 from tileserver.store.reader import StoreReader, complete_stores
 
 CLI = [sys.executable, "-m", "tileserver.cli", "convert", "--quiet"]
@@ -26,8 +27,8 @@ def run_convert(*args: object, timeout: float = 300) -> subprocess.CompletedProc
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
-def pixels_of(store: Path) -> list[np.ndarray]:
-    reader = StoreReader.open(store)
+def pixels_of(store: Path, keyring: KeyRing) -> list[np.ndarray]:
+    reader = StoreReader.open(store, keyring)
     return [
         reader.read_region(level, Region(0, 0, size.width, size.height))
         for level, size in enumerate(reader.layout.levels)
@@ -45,7 +46,7 @@ def _count_objects(out: Path) -> int:
 
 @pytest.mark.parametrize("kill_after_objects", [3, 150, 330])
 def test_killed_conversion_resumes_to_the_same_pixels(
-    big_svs: Path, tmp_path: Path, kill_after_objects: int
+    big_svs: Path, tmp_path: Path, kill_after_objects: int, keyring: KeyRing
 ) -> None:
     clean = tmp_path / "clean"
     assert run_convert(big_svs, "--out", clean).returncode == 0
@@ -65,9 +66,9 @@ def test_killed_conversion_resumes_to_the_same_pixels(
     (slide_id,) = complete_stores(out)
     assert len([p for p in out.iterdir() if p.is_dir()]) == 1  # resumed, not duplicated
     assert not list(out.rglob(".tmp-*"))
-    for a, b in zip(
-        pixels_of(out / slide_id), pixels_of(clean / complete_stores(clean)[0]), strict=True
-    ):
+    resumed = pixels_of(out / slide_id, keyring)
+    uninterrupted = pixels_of(clean / complete_stores(clean)[0], keyring)
+    for a, b in zip(resumed, uninterrupted, strict=True):
         assert np.array_equal(a, b)
     again = run_convert(big_svs, "--out", out)
     assert again.returncode == 0 and "already converted" in again.stdout
@@ -88,7 +89,9 @@ def _corrupt_copy(svs: Path, dest: Path) -> tuple[int, int]:
     return index % columns, index // columns
 
 
-def test_corrupt_tile_fails_that_slide_only(synthetic_svs: Path, tmp_path: Path) -> None:
+def test_corrupt_tile_fails_that_slide_only(
+    synthetic_svs: Path, tmp_path: Path, keyring: KeyRing
+) -> None:
     bad = tmp_path / "damaged.svs"
     col, row = _corrupt_copy(synthetic_svs, bad)
     out = tmp_path / "out"
@@ -119,7 +122,9 @@ def _require_mounts() -> None:
         pytest.skip("needs root and unshare to mount a private tmpfs")
 
 
-def test_full_disk_gives_a_clear_error(synthetic_svs: Path, tmp_path: Path) -> None:
+def test_full_disk_gives_a_clear_error(
+    synthetic_svs: Path, tmp_path: Path, keyring: KeyRing
+) -> None:
     _require_mounts()
     proc = _in_own_mount("size=200k", tmp_path / "full", synthetic_svs)
     assert proc.returncode == 1, proc.stderr
@@ -127,7 +132,9 @@ def test_full_disk_gives_a_clear_error(synthetic_svs: Path, tmp_path: Path) -> N
     assert "out of disk space" in proc.stderr.splitlines()[0]
 
 
-def test_read_only_output_gives_a_clear_error(synthetic_svs: Path, tmp_path: Path) -> None:
+def test_read_only_output_gives_a_clear_error(
+    synthetic_svs: Path, tmp_path: Path, keyring: KeyRing
+) -> None:
     _require_mounts()
     proc = _in_own_mount("ro", tmp_path / "ro", synthetic_svs)
     assert proc.returncode == 1, proc.stderr
@@ -135,7 +142,7 @@ def test_read_only_output_gives_a_clear_error(synthetic_svs: Path, tmp_path: Pat
     assert "Read-only file system" in proc.stderr.splitlines()[0]
 
 
-def test_output_path_that_is_a_file(synthetic_svs: Path, tmp_path: Path) -> None:
+def test_output_path_that_is_a_file(synthetic_svs: Path, tmp_path: Path, keyring: KeyRing) -> None:
     target = tmp_path / "not-a-dir"
     target.write_text("")
     proc = run_convert(synthetic_svs, "--out", target)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from tileserver.sources.base import SlideSource
 from tileserver.store.chunks import decode_chunk, encode_chunk
 from tileserver.store.layout import FILL_VALUE, StoreLayout
 from tileserver.store.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from tileserver.security.keys import KeyRing
 
 # Called with (level-0 chunks just finished, level-0 chunks in all).
 Progress = Callable[[int, int], None]
@@ -167,12 +170,15 @@ def convert(
     root: Path,
     slide_id: str,
     options: ConvertOptions,
+    keyring: KeyRing | None,
     progress: Progress | None = None,
 ) -> ConvertResult:
-    """Convert a whole slide into a store at ``root`` (``root.name`` is the slide ID)."""
+    """Convert a whole slide into a store at ``root`` (``root.name`` is the slide ID).
+
+    With a key ring the store is encrypted; ``None`` writes a plaintext research export."""
     started = time.perf_counter()
     layout, copy_level0 = plan_layout(source.info, source.raw_tile_codec(0), options, slide_id)
-    writer = StoreWriter.create(root, layout, source_metadata(source))
+    writer = StoreWriter.create(root, layout, source_metadata(source), keyring)
     with ThreadPoolExecutor(options.workers) as pool:
         builder = _Builder(source, layout, writer, copy_level0, options, pool)
         builder.build(progress)

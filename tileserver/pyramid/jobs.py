@@ -18,6 +18,7 @@ from pathlib import Path
 from tileserver.errors import StoreError
 from tileserver.pyramid.builder import ConvertResult, Progress, convert
 from tileserver.pyramid.plan import ConvertOptions
+from tileserver.security.keys import KeyRing
 from tileserver.sources import open_slide
 from tileserver.store.layout import COMPLETE_MARKER, new_slide_id
 from tileserver.store.objects import LocalObjects
@@ -59,6 +60,7 @@ def convert_file(
     path: Path,
     out_dir: Path,
     options: ConvertOptions,
+    keyring: KeyRing | None,
     backend: str = "auto",
     progress: Progress | None = None,
 ) -> ConvertResult | str:
@@ -73,4 +75,4 @@ def convert_file(
                 slide_id = journal[key] = new_slide_id()
         if not os.access(out_dir, os.W_OK):
             raise StoreError(f"output directory {out_dir} is not writable")
-        return convert(source, out_dir / slide_id, slide_id, options, progress)
+        return convert(source, out_dir / slide_id, slide_id, options, keyring, progress)

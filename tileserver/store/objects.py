@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from tileserver.errors import StoreError
 
@@ -29,6 +30,25 @@ def check_key(key: str) -> str:
     ):
         raise StoreError(f"invalid object key {key!r}")
     return key
+
+
+class Objects(Protocol):
+    """What stores read and write through: plain local files, or sealed ones."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, data: bytes, *, durable: bool = False) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def keys(self) -> Iterator[str]: ...
+
+    def remove_temporaries(self) -> None: ...
 
 
 class LocalObjects:

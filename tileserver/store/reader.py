@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tileserver.errors import RegionError, StoreError
 from tileserver.geometry import Region
 from tileserver.store.chunks import decode_chunk
+from tileserver.store.encrypted import objects_for_reading
 from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, GROUP_METADATA, StoreLayout
-from tileserver.store.objects import LocalObjects
+from tileserver.store.objects import Objects
+
+if TYPE_CHECKING:
+    from tileserver.security.keys import KeyRing
 
 MAX_REGION_PIXELS = 1 << 28
 
@@ -20,7 +24,7 @@ MAX_REGION_PIXELS = 1 << 28
 class StoreReader:
     """An open, complete store. Immutable after open; reads are thread-safe."""
 
-    def __init__(self, objects: LocalObjects, name: str) -> None:
+    def __init__(self, objects: Objects, name: str) -> None:
         self.objects = objects
         self.name = name
         if objects.get(COMPLETE_MARKER) is None:
@@ -37,10 +41,10 @@ class StoreReader:
             raise StoreError(f"{name}: metadata names slide {self.layout.slide_id}")
 
     @classmethod
-    def open(cls, root: Path) -> StoreReader:
+    def open(cls, root: Path, keyring: KeyRing | None = None) -> StoreReader:
         if not root.is_dir():
             raise StoreError(f"{root.name}: no such store")
-        return cls(LocalObjects(root), root.name)
+        return cls(objects_for_reading(root, keyring), root.name)
 
     def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None:
         """The stored chunk, or None for a background chunk that was never written."""

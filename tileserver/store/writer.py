@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tileserver.store.encrypted import objects_for_writing
 from tileserver.store.layout import COMPLETE_MARKER, GROUP_METADATA, StoreLayout
-from tileserver.store.objects import LocalObjects
+from tileserver.store.objects import Objects
+
+if TYPE_CHECKING:
+    from tileserver.security.keys import KeyRing
 
 
 def _json(doc: dict[str, Any]) -> bytes:
@@ -17,14 +21,18 @@ def _json(doc: dict[str, Any]) -> bytes:
 class StoreWriter:
     """Thread-safe chunk writes (each object is written atomically on its own)."""
 
-    def __init__(self, objects: LocalObjects, layout: StoreLayout) -> None:
+    def __init__(self, objects: Objects, layout: StoreLayout) -> None:
         self.objects = objects
         self.layout = layout
 
     @classmethod
-    def create(cls, root: Path, layout: StoreLayout, source: dict[str, Any]) -> StoreWriter:
-        """Start (or restart) a store at ``root``: any completion marker is removed first."""
-        objects = LocalObjects(root)
+    def create(
+        cls, root: Path, layout: StoreLayout, source: dict[str, Any], keyring: KeyRing | None
+    ) -> StoreWriter:
+        """Start (or restart) a store at ``root``: any completion marker is removed first.
+
+        With a key ring every object is sealed under the slide's data key."""
+        objects = objects_for_writing(root, layout.slide_id, keyring)
         if root.exists():
             objects.delete(COMPLETE_MARKER)
             objects.remove_temporaries()
