@@ -99,8 +99,8 @@ class DeepZoomGrid:
             raise ValueError(
                 f"store_levels must be in 1..{self.level_count} for this image, got {store_levels}"
             )
-        steps = self.level_count - 1 - z
         self._check_level(z)
+        steps = self.level_count - 1 - z
         level = min(steps, store_levels - 1)
         return level, 1 << (steps - level)
 
