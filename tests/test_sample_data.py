@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import textwrap
@@ -266,24 +265,23 @@ def test_cli_writes_and_prints_path(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_large_svs_has_bounded_memory(tmp_path: Path) -> None:
+    """Peak RSS of a child writing a 20k x 20k SVS. VmHWM, not ru_maxrss: ru_maxrss survives
+    fork+exec, so a child of a big pytest process would report its parent's size."""
     path = tmp_path / "big.svs"
     code = textwrap.dedent(
         f"""
-        import resource
+        import re
         from sample_data import write_svs
         write_svs({str(path)!r}, 20000, 20000)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        status = open("/proc/self/status").read()
+        print(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
         """
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True
     )
     child_peak_mb = int(proc.stdout.split()[-1]) / 1024
-    children_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert child_peak_mb < 600
-    if children_peak_mb * 1024 > before:  # this child set the maximum over all children
-        assert children_peak_mb < 600
     with openslide.OpenSlide(path) as slide:
         assert slide.dimensions == (20000, 20000)
         assert slide.level_count == 4

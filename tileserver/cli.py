@@ -168,6 +168,26 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tileserver.server.run import ServeOptions, serve
+    from tileserver.service import ServiceSettings
+
+    if not args.directory.is_dir():
+        raise TileserverError(f"{args.directory}: not a directory")
+    options = ServeOptions(
+        directory=args.directory,
+        sources=args.sources,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        home=args.settings.home,
+        service=ServiceSettings(
+            dzi_tile=args.dzi_tile, dzi_overlap=args.dzi_overlap, threads=args.threads
+        ),
+    )
+    return serve(options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tileserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(func=cmd_convert)
+
+    serve = sub.add_parser("serve", help="serve the complete stores in a directory")
+    serve.add_argument("directory", type=Path)
+    serve.add_argument(
+        "--sources",
+        action="store_true",
+        help="serve slide files in the directory directly (no conversion)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.add_argument("--threads", type=int, default=2, help="render threads per process")
+    serve.add_argument(
+        "--dzi-tile",
+        type=int,
+        default=None,
+        help="DeepZoom tile edge (default: the store's chunk edge)",
+    )
+    serve.add_argument("--dzi-overlap", type=int, default=0)
+    serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage encryption keys under TILESERVER_HOME")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

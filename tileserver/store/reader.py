@@ -86,6 +86,10 @@ class StoreReader:
                 ]
         return out
 
+    def summary(self) -> dict[str, Any]:
+        """The completion marker's record of the conversion."""
+        return dict(json.loads(self.objects.get(COMPLETE_MARKER) or b"{}"))
+
     def _check_chunk(self, level: int, t_col: int, t_row: int) -> None:
         if not 0 <= level < len(self.layout.levels):
             raise RegionError(f"{self.name}: level {level} out of range")
@@ -99,8 +103,3 @@ def complete_stores(directory: Path) -> list[str]:
     return sorted(
         p.name for p in directory.iterdir() if p.is_dir() and (p / COMPLETE_MARKER).is_file()
     )
-
-
-def summary(reader: StoreReader) -> dict[str, Any]:
-    marker = reader.objects.get(COMPLETE_MARKER) or b"{}"
-    return dict(json.loads(marker))

@@ -1,0 +1,221 @@
+"""The slides a server can show: complete stores in a directory (or, with ``--sources``, slide
+files read directly), each presented as a ``Pyramid`` of halving levels and square chunks.
+
+Slide IDs are 32 hex digits and are looked up in an index, never joined onto a path from
+the request: a URL cannot name anything outside the directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from tileserver.errors import SlideError, SlideNotFound
+from tileserver.geometry import Region, Size
+from tileserver.render.encode import decode, resize
+from tileserver.sources import open_slide
+from tileserver.sources.base import SlideSource
+from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, is_slide_id, pyramid_sizes
+from tileserver.store.reader import StoreReader
+
+if TYPE_CHECKING:
+    from tileserver.security.keys import KeyRing
+
+SOURCE_TILE = 256
+_SOURCE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".dcm", ".bif", ".vms"}
+
+
+class Pyramid(Protocol):
+    """One slide as the protocols see it. Immutable after open; reads are thread-safe."""
+
+    slide_id: str
+    levels: tuple[Size, ...]  # level k is level 0 downsampled by 2**k
+    tile: int  # chunk edge
+    codec: str | None  # codec of ``chunk_bytes``, or None when chunks are never stored
+    generation: str  # changes whenever the slide's pixels may have changed (ETags)
+    metadata: dict[str, Any]  # vendor, mpp, objective_power, properties
+
+    @property
+    def associated(self) -> tuple[str, ...]: ...
+
+    def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None: ...
+
+    def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray: ...
+
+    def read_associated(self, name: str) -> np.ndarray: ...
+
+
+class StorePyramid:
+    """A complete store: stored chunks can be passed through as they are."""
+
+    def __init__(self, root: Path, keyring: KeyRing | None) -> None:
+        self.reader = StoreReader.open(root, keyring)
+        layout = self.reader.layout
+        self.slide_id = layout.slide_id
+        self.levels = layout.levels
+        self.tile = layout.tile
+        self.codec: str | None = layout.codec
+        # The marker is rewritten (with a fresh nonce when sealed) whenever a store is rebuilt.
+        marker = (root / COMPLETE_MARKER).read_bytes()
+        self.generation = hashlib.sha256(marker).hexdigest()[:16]
+        self.metadata = dict(self.reader.source)
+        kept = self.reader.summary().get("associated", [])
+        self._associated = tuple(sorted(kept))
+
+    @property
+    def associated(self) -> tuple[str, ...]:
+        return self._associated
+
+    def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None:
+        return self.reader.chunk_bytes(level, t_col, t_row)
+
+    def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
+        return self.reader.read_chunk(level, t_col, t_row)
+
+    def read_associated(self, name: str) -> np.ndarray:
+        data = (
+            self.reader.objects.get(f"associated/{name}.jpg") if name in self.associated else None
+        )
+        if data is None:
+            raise SlideNotFound(f"{self.slide_id}: no associated image {name!r}")
+        return decode(data)
+
+
+class SourcePyramid:
+    """A slide file read directly: virtual halving levels rendered from the nearest level."""
+
+    def __init__(self, slide_id: str, source: SlideSource) -> None:
+        self.slide_id = slide_id
+        self.source = source
+        self.tile = SOURCE_TILE
+        self.levels = pyramid_sizes(source.info.dimensions, SOURCE_TILE)
+        self.codec: str | None = None
+        stat = source.path.stat()
+        self.generation = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[
+            :16
+        ]
+        info = source.info
+        self.metadata = {
+            "vendor": info.vendor,
+            "mpp": list(info.mpp) if info.mpp else None,
+            "objective_power": info.objective_power,
+            "properties": dict(info.properties),
+        }
+
+    @property
+    def associated(self) -> tuple[str, ...]:
+        return self.source.info.associated
+
+    def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None:
+        raise NotImplementedError("slide files have no stored chunks")
+
+    def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
+        downsample = 2**level
+        size = self.levels[level]
+        l_region = Region(t_col * self.tile, t_row * self.tile, self.tile, self.tile)
+        inside = l_region.intersect(size)
+        out = np.full((self.tile, self.tile, 3), FILL_VALUE, np.uint8)
+        if inside.width == 0 or inside.height == 0:
+            return out
+        # The finest file level that is not finer than needed, then an exact resize.
+        src_levels = self.source.info.levels
+        src = max(
+            (i for i, lv in enumerate(src_levels) if lv.downsample <= downsample + 1e-6),
+            key=lambda i: src_levels[i].downsample,
+        )
+        ds = src_levels[src].downsample
+        x0 = math.floor(inside.x * downsample / ds)
+        y0 = math.floor(inside.y * downsample / ds)
+        x1 = math.ceil((inside.x + inside.width) * downsample / ds)
+        y1 = math.ceil((inside.y + inside.height) * downsample / ds)
+        pixels = self.source.read_region(src, Region(x0, y0, x1 - x0, y1 - y0))
+        out[: inside.height, : inside.width] = resize(pixels, Size(inside.width, inside.height))
+        return out
+
+    def read_associated(self, name: str) -> np.ndarray:
+        if name not in self.associated:
+            raise SlideNotFound(f"{self.slide_id}: no associated image {name!r}")
+        return self.source.read_associated(name)
+
+
+class SlideLibrary:
+    """Slide IDs -> open pyramids, with a bounded cache of open slides. Thread-safe."""
+
+    def __init__(
+        self, directory: Path, *, sources: bool, keyring: KeyRing | None, max_open: int = 64
+    ) -> None:
+        self.directory = directory.resolve()
+        self.sources = sources
+        self.keyring = keyring
+        self.max_open = max_open
+        self._open: OrderedDict[str, Pyramid] = OrderedDict()
+        self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}
+        self._source_paths: dict[str, Path] = {}
+
+    def slide_ids(self) -> list[str]:
+        """Every servable slide, sorted. Incomplete stores are never listed."""
+        if not self.sources:
+            return sorted(
+                p.name
+                for p in self.directory.iterdir()
+                if is_slide_id(p.name) and (p / COMPLETE_MARKER).is_file()
+            )
+        paths = {}
+        for root, _dirs, files in os.walk(self.directory):
+            for name in files:
+                path = Path(root) / name
+                if path.suffix.lower() in _SOURCE_SUFFIXES and path.resolve().is_relative_to(
+                    self.directory
+                ):
+                    rel = path.relative_to(self.directory).as_posix()
+                    paths[hashlib.sha256(rel.encode()).hexdigest()[:32]] = path
+        with self._lock:
+            self._source_paths = paths
+        return sorted(paths)
+
+    def get(self, slide_id: str) -> Pyramid:
+        """The open slide; SlideNotFound for anything that is not a servable slide ID."""
+        if not is_slide_id(slide_id):
+            raise SlideNotFound("no such slide")
+        with self._lock:
+            pyramid = self._open.get(slide_id)
+            if pyramid is not None:
+                self._open.move_to_end(slide_id)
+                return pyramid
+            opening = self._opening.setdefault(slide_id, threading.Lock())
+        with opening:  # one thread opens a slide; the others wait for it
+            with self._lock:
+                if slide_id in self._open:
+                    return self._open[slide_id]
+            pyramid = self._load(slide_id)
+            with self._lock:
+                self._open[slide_id] = pyramid
+                self._opening.pop(slide_id, None)
+                while len(self._open) > self.max_open:
+                    self._open.popitem(last=False)
+        return pyramid
+
+    def _load(self, slide_id: str) -> Pyramid:
+        if not self.sources:
+            root = self.directory / slide_id
+            if not (root / COMPLETE_MARKER).is_file():
+                raise SlideNotFound("no such slide")
+            return StorePyramid(root, self.keyring)
+        path = self._source_paths.get(slide_id)
+        if path is None:
+            self.slide_ids()
+            path = self._source_paths.get(slide_id)
+        if path is None:
+            raise SlideNotFound("no such slide")
+        try:
+            return SourcePyramid(slide_id, open_slide(path))
+        except SlideError as exc:
+            raise SlideError(f"{slide_id}: {exc}") from exc

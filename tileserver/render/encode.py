@@ -1,0 +1,68 @@
+"""Pixels -> image bytes, resizing and pixel-level transforms. The only Pillow importer
+in the package (the store's own chunk codec lives in store/chunks.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from tileserver.geometry import Size
+
+# Output formats by every name a URL may use for them.
+FORMATS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def encode(pixels: np.ndarray, fmt: str, quality: int = 85) -> bytes:
+    """Encode (h, w, 3) RGB or (h, w) gray/bitonal uint8 pixels as ``fmt``."""
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    out = io.BytesIO()
+    options: dict[str, object] = {}
+    if fmt == "jpeg":
+        options = {"quality": quality}
+    elif fmt == "webp":
+        options = {"quality": quality, "method": 2}
+    elif fmt == "png":
+        options = {"compress_level": 3}  # speed over the last few percent of size
+    image.save(out, _PIL_FORMATS[fmt], **options)
+    return out.getvalue()
+
+
+def resize(pixels: np.ndarray, size: Size) -> np.ndarray:
+    """Resample to ``size``: area averaging when shrinking, bicubic when enlarging."""
+    if (pixels.shape[1], pixels.shape[0]) == tuple(size):
+        return pixels
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    shrinking = size.width <= pixels.shape[1] and size.height <= pixels.shape[0]
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    return np.asarray(image.resize(tuple(size), method))
+
+
+def decode(data: bytes) -> np.ndarray:
+    """(h, w, 3) RGB pixels of any image Pillow reads."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def to_quality(pixels: np.ndarray, quality: str) -> np.ndarray:
+    """IIIF qualities: default/color keep RGB, gray is luma, bitonal thresholds luma at 128."""
+    if quality in ("default", "color"):
+        return pixels
+    rgb = pixels.astype(np.uint32)
+    luma = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000
+    gray = luma.astype(np.uint8)
+    if quality == "gray":
+        return gray
+    return np.where(gray >= 128, 255, 0).astype(np.uint8)
+
+
+def rotate(pixels: np.ndarray, degrees: int, mirror: bool) -> np.ndarray:
+    """IIIF rotation: mirror first (horizontally), then rotate clockwise by 0/90/180/270."""
+    if mirror:
+        pixels = pixels[:, ::-1]
+    if degrees % 360:
+        pixels = np.rot90(pixels, k=-(degrees // 90))
+    return np.ascontiguousarray(pixels)

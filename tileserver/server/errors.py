@@ -1,0 +1,97 @@
+"""One table from exceptions to HTTP statuses, and the middleware that applies it.
+
+Bodies are JSON: ``{"error": message, "status": code, "correlation_id": id}``. Client errors
+(4xx) carry the message, which names the parameter or cap at fault; server errors (5xx)
+carry a generic message, and the detail goes to the log under the same correlation ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from tileserver.errors import (
+    IntegrityError,
+    KeyUnavailable,
+    RegionError,
+    SlideError,
+    SlideNotFound,
+    StoreError,
+    TileserverError,
+)
+from tileserver.protocols.deepzoom import TileNotFound
+from tileserver.protocols.iiif import IIIFError
+
+logger = logging.getLogger(__name__)
+
+
+class BadRequest(TileserverError, ValueError):
+    """A malformed query or path parameter (the message names it)."""
+
+
+# First match wins: subclasses before their bases.
+STATUS: list[tuple[type[BaseException], int]] = [
+    (BadRequest, 400),
+    (SlideNotFound, 404),
+    (TileNotFound, 404),
+    (IIIFError, 400),
+    (RegionError, 400),
+    (IntegrityError, 500),
+    (KeyUnavailable, 500),
+    (StoreError, 500),
+    (SlideError, 500),
+    (TileserverError, 500),
+]
+
+_GENERIC = {
+    500: "internal error: the slide could not be read",
+}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def status_of(exc: BaseException) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_response(status: int, message: str, correlation_id: str) -> web.Response:
+    return web.json_response(
+        {"error": message, "status": status, "correlation_id": correlation_id},
+        status=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    correlation_id = uuid.uuid4().hex
+    request["correlation_id"] = correlation_id
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason, correlation_id)
+    except Exception as exc:
+        status = status_of(exc)
+        if status >= 500:
+            # Detail for operators, never for clients. Messages name slide IDs, not patients.
+            logger.error(
+                "correlation_id=%s %s %s: %s: %s",
+                correlation_id,
+                request.method,
+                request.path,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, TileserverError),
+            )
+            return error_response(status, _GENERIC.get(status, "internal error"), correlation_id)
+        message = "not found" if status == 404 else str(exc)
+        return error_response(status, message, correlation_id)

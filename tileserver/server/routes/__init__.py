@@ -1,0 +1,1 @@
+"""One module per protocol; each exposes ``routes(service) -> list[web.RouteDef]``."""

@@ -1,0 +1,109 @@
+"""REST JSON API: slides, metadata, thumbnails, regions, associated images, OpenAPI."""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+
+from tileserver.geometry import Region, Size
+from tileserver.server.errors import BadRequest
+from tileserver.server.http import (
+    float_param,
+    format_param,
+    if_none_match,
+    image_response,
+    int_param,
+)
+from tileserver.server.openapi import openapi_document
+from tileserver.service import SlideService
+
+SLIDE = "{slide_id:[0-9a-f]{32}}"
+MAX_PAGE = 500
+
+
+def routes(service: SlideService) -> list[web.RouteDef]:
+    async def list_slides(request: web.Request) -> web.Response:
+        offset = int_param(request, "offset", 0)
+        limit = int_param(request, "limit", 50, lo=1, hi=MAX_PAGE)
+        items, total = await service.list_slides(offset, limit)
+        return web.json_response(
+            {"items": items, "offset": offset, "limit": limit, "total": total},
+            headers={"Cache-Control": "private, no-cache"},
+        )
+
+    async def slide(request: web.Request) -> web.Response:
+        doc = await service.describe(request.match_info["slide_id"])
+        return web.json_response(doc, headers={"Cache-Control": "private, no-cache"})
+
+    async def thumbnail(request: web.Request) -> web.Response:
+        size = int_param(request, "max", 512, lo=1, hi=1 << 16)
+        fmt = format_param(request.query.get("format"))
+        encoded = await service.thumbnail(
+            request.match_info["slide_id"], size, fmt, if_none_match(request)
+        )
+        return image_response(encoded)
+
+    async def region(request: web.Request) -> web.Response:
+        slide_id = request.match_info["slide_id"]
+        unit = request.query.get("unit", "px")
+        if unit == "px":
+            l0 = Region(
+                int_param(request, "x"),
+                int_param(request, "y"),
+                int_param(request, "width", lo=1),
+                int_param(request, "height", lo=1),
+            )
+        elif unit == "um":
+            mpp = (await service.describe(slide_id))["mpp"]
+            if not mpp:
+                raise BadRequest("unit 'um' needs a slide with a known pixel size (mpp)")
+            x, y = float_param(request, "x") / mpp[0], float_param(request, "y") / mpp[1]
+            w, h = float_param(request, "width") / mpp[0], float_param(request, "height") / mpp[1]
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise BadRequest("region must have x, y >= 0 and positive width and height")
+            x0, y0 = math.floor(x), math.floor(y)
+            l0 = Region(x0, y0, max(1, math.ceil(x + w) - x0), max(1, math.ceil(y + h) - y0))
+        else:
+            raise BadRequest(f"unit must be 'px' or 'um', not {unit[:10]!r}")
+        out = _output_size(request, l0)
+        fmt = format_param(request.query.get("format"))
+        encoded = await service.region(slide_id, l0, out, fmt, if_none_match(request))
+        return image_response(encoded)
+
+    async def associated(request: web.Request) -> web.Response:
+        fmt = format_param(request.query.get("format"))
+        encoded = await service.associated(
+            request.match_info["slide_id"], request.match_info["name"], fmt, if_none_match(request)
+        )
+        return image_response(encoded)
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    return [
+        web.get("/api/slides", list_slides),
+        web.get(f"/api/slides/{SLIDE}", slide),
+        web.get(f"/api/slides/{SLIDE}/thumbnail", thumbnail),
+        web.get(f"/api/slides/{SLIDE}/region", region),
+        web.get(f"/api/slides/{SLIDE}/associated/{{name:[a-z]{{1,20}}}}", associated),
+        web.get("/api/openapi.json", openapi),
+    ]
+
+
+def _output_size(request: web.Request, l0: Region) -> Size:
+    """``out_width``/``out_height`` (either derives the other), ``max``, or the region size."""
+    has_w, has_h = "out_width" in request.query, "out_height" in request.query
+    if "max" in request.query:
+        longest = int_param(request, "max", lo=1)
+        scale = min(longest / l0.width, longest / l0.height)
+        return Size(max(1, round(l0.width * scale)), max(1, round(l0.height * scale)))
+    if has_w and has_h:
+        return Size(int_param(request, "out_width", lo=1), int_param(request, "out_height", lo=1))
+    if has_w:
+        w = int_param(request, "out_width", lo=1)
+        return Size(w, max(1, round(l0.height * w / l0.width)))
+    if has_h:
+        h = int_param(request, "out_height", lo=1)
+        return Size(max(1, round(l0.width * h / l0.height)), h)
+    return l0.size
