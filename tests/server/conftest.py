@@ -1,0 +1,114 @@
+"""Servers for the tests: the real CLI (`tileserver serve`) in a child process on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.corpus import SLIDES
+from tileserver.pyramid.builder import convert
+from tileserver.pyramid.plan import ConvertOptions
+from tileserver.security.keys import KeyRing
+from tileserver.sources import open_slide
+from tileserver.store.layout import new_slide_id
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    home: Path
+    directory: Path
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+        url = urlsplit(self.base)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        try:
+            conn.request("GET", path, headers=headers or {})
+            reply = conn.getresponse()
+            return Response(
+                reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+            )
+        finally:
+            conn.close()
+
+
+@dataclass(frozen=True)
+class Stores:
+    directory: Path
+    home: Path
+    synthetic: str  # slide IDs
+    cmu: str | None
+
+
+@pytest.fixture(scope="session")
+def stores(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Stores:
+    root = tmp_path_factory.mktemp("served")
+    home = root / "home"
+    keyring = KeyRing(home)
+    keyring.initialise()
+    out = root / "stores"
+    ids = {}
+    slides = {"synthetic": synthetic_svs}
+    if (SLIDES / "svs" / "CMU-1-Small-Region.svs").exists():
+        slides["cmu"] = SLIDES / "svs" / "CMU-1-Small-Region.svs"
+    for name, path in slides.items():
+        slide_id = new_slide_id()
+        with open_slide(path) as source:
+            convert(source, out / slide_id, slide_id, ConvertOptions(), keyring)
+        ids[name] = slide_id
+    return Stores(out, home, ids["synthetic"], ids.get("cmu"))
+
+
+@contextlib.contextmanager
+def run_server(directory: Path, home: Path, *args: str) -> Iterator[Server]:
+    env = {**os.environ, "TILESERVER_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tileserver.cli", "serve", str(directory), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "http://" not in line:
+            raise RuntimeError(
+                f"server did not start: {line}{proc.stderr.read() if proc.stderr else ''}"
+            )
+        yield Server(line.split(" at ")[-1].strip().rstrip("/"), home, directory)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        finally:
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+
+
+@pytest.fixture(scope="session")
+def server(stores: Stores) -> Iterator[Server]:
+    with run_server(stores.directory, stores.home) as srv:
+        yield srv
