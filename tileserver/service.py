@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import math
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tileserver.errors import RegionError, SlideNotFound
+from tileserver.errors import RegionError, SlideNotFound, TileserverError
 from tileserver.geometry import Region, Size
 from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
@@ -98,6 +98,8 @@ class SlideService:
         self._slots = asyncio.Semaphore(settings.max_pending)
         self._responses = _LRU(settings.response_cache_bytes, lambda e: len(e.data))
         self._chunks = _LRU(settings.chunk_cache_items, lambda _: 1)
+        # Work actually done (not just asked for), for tests and benchmarks.
+        self.stats: Counter[str] = Counter()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -112,14 +114,20 @@ class SlideService:
     # -- slides ----------------------------------------------------------------------------
     async def list_slides(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         ids = await self._run(self.library.slide_ids)
-        page = ids[offset : offset + limit]
-        return [await self.describe(slide_id) for slide_id in page], len(ids)
+        items = []
+        for slide_id in ids[offset : offset + limit]:
+            try:
+                items.append(await self.describe(slide_id))
+            except TileserverError:  # one unreadable slide must not hide the others
+                items.append({"id": slide_id, "available": False})
+        return items, len(ids)
 
     async def describe(self, slide_id: str) -> dict[str, Any]:
         p = await self.pyramid(slide_id)
         meta = p.metadata
         return {
             "id": p.slide_id,
+            "available": True,
             "width": p.levels[0].width,
             "height": p.levels[0].height,
             "levels": [
@@ -226,6 +234,7 @@ class SlideService:
         return self._remember(p, key, Encoded(data, MEDIA_TYPES[fmt], etag))
 
     def _render_iiif(self, p: Pyramid, request: iiif.ImageRequest, fmt: str) -> bytes:
+        self.stats["rendered"] += 1
         level = iiif.best_level(request.l0_region, request.out_size, len(p.levels))
         l_region = iiif.level_region(request.l0_region, level, p.levels[0])
         pixels = resize(self._read(p, level, l_region), request.out_size)
@@ -284,6 +293,7 @@ class SlideService:
             return cached
 
         def render() -> bytes:
+            self.stats["rendered"] += 1
             level = iiif.best_level(l0_region, out, len(p.levels))
             l_region = iiif.level_region(l0_region, level, p.levels[0])
             return encode(resize(self._read(p, level, l_region), out), fmt, self.settings.quality)
@@ -306,6 +316,7 @@ class SlideService:
 
     # -- pixels (executor threads) -----------------------------------------------------------
     def _passthrough(self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str) -> bytes:
+        self.stats["passthrough"] += 1
         data = p.chunk_bytes(level, t_col, t_row)
         if data is not None:
             return data
@@ -337,6 +348,7 @@ class SlideService:
         return out
 
     def _render(self, p: Pyramid, level: int, l_region: Region, size: Size, fmt: str) -> bytes:
+        self.stats["rendered"] += 1
         return encode(resize(self._read(p, level, l_region), size), fmt, self.settings.quality)
 
     # -- caching -----------------------------------------------------------------------------

@@ -95,6 +95,7 @@ class _PassLog:
     fetches: list[Fetch] = field(default_factory=list)
     viewport_seconds: list[float] = field(default_factory=list)
     groups_done: int = 0
+    cpu_seconds: float = 0.0
 
 
 # -- pure summaries -----------------------------------------------------------------------
@@ -124,8 +125,13 @@ def summarize(
     *,
     first_requests: int,
     stopped_by: str,
+    client_cpu_s: float | None = None,
 ) -> dict[str, Any]:
-    """One pass's figures; latency percentiles over successful requests only."""
+    """One pass's figures; latency percentiles over successful requests only.
+
+    ``client_cpu_fraction`` is the load client's own CPU time over the wall time: near 1 the
+    client, not the server, is the bottleneck.
+    """
     ok = [f for f in fetches if f.ok]
     latencies = sorted(f.seconds for f in ok)
     errors = [f for f in fetches if not f.ok]
@@ -151,6 +157,9 @@ def summarize(
         "viewport_ms": _ms(viewport_seconds, (50, 95)) if viewport_seconds else None,
         "first_request_fraction": round(first_requests / len(fetches), 4) if fetches else None,
         "stopped_by": stopped_by,
+        "client_cpu_fraction": round(client_cpu_s / duration, 3)
+        if client_cpu_s is not None and duration > 0
+        else None,
     }
 
 
@@ -192,6 +201,7 @@ async def run_pass(
 ) -> tuple[_PassLog, float, str]:
     """Issue ``groups`` with ``client.concurrency`` viewer tasks; returns log, seconds, why."""
     log = _PassLog()
+    cpu = time.process_time()
     queue = iter(groups)
     start = time.perf_counter()
     deadline = start + max_seconds
@@ -219,6 +229,7 @@ async def run_pass(
     except TimeoutError:
         timed_out = True
     duration = time.perf_counter() - start
+    log.cpu_seconds = time.process_time() - cpu
     if timed_out:
         return log, duration, "max_seconds"
     return log, duration, "complete"
@@ -258,6 +269,7 @@ async def run_cell(
             duration,
             first_requests=first,
             stopped_by=stopped_by,
+            client_cpu_s=log.cpu_seconds,
         )
         results.append(
             {"trace": trace_name, "concurrency": client.concurrency, "pass": name} | summary
@@ -311,3 +323,29 @@ def run(url: str, settings: LoadSettings, options: ClientOptions) -> dict[str, A
     """Synchronous entry point: check the target, then ``run_load`` in a fresh loop."""
     check_target(url, allow_remote=options.allow_remote)  # before any connection
     return asyncio.run(run_load(url, settings, options))
+
+
+def measure_cell(
+    url: str,
+    trace_name: str,
+    concurrency: int,
+    settings: LoadSettings,
+    options: ClientOptions,
+    seen: set[str] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One trace at one concurrency (every pass) in a fresh loop: ``(target, runs)``.
+
+    For harnesses that restart the server between cells so each cold pass is cold.
+    """
+    check_target(url, allow_remote=options.allow_remote)
+
+    async def go() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        async with TileClient(options, 1) as client:
+            target = await open_target(client, url)
+        async with TileClient(options, concurrency) as client:
+            runs = await run_cell(
+                client, target, trace_name, settings, set() if seen is None else seen
+            )
+        return target.describe(), runs
+
+    return asyncio.run(go())

@@ -51,6 +51,8 @@ _GENERIC = {
 }
 
 
+CORRELATION_ID = web.RequestKey("correlation_id", str)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -72,7 +74,7 @@ def error_response(status: int, message: str, correlation_id: str) -> web.Respon
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     correlation_id = uuid.uuid4().hex
-    request["correlation_id"] = correlation_id
+    request[CORRELATION_ID] = correlation_id
     try:
         return await handler(request)
     except web.HTTPException as exc:

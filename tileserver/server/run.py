@@ -28,14 +28,17 @@ class ServeOptions:
     service: ServiceSettings
 
 
+def make_runner(app: web.Application) -> web.AppRunner:
+    # handler_cancellation: a client that goes away cancels its handler, and with it any
+    # render job still waiting for a worker thread.
+    return web.AppRunner(app, handler_cancellation=True, access_log=None)
+
+
 async def _serve(options: ServeOptions, announce: bool) -> None:
     library = SlideLibrary(
         options.directory, sources=options.sources, keyring=KeyRing(options.home)
     )
-    app = create_app(library, options.service)
-    # handler_cancellation: a client that goes away cancels its handler, and with it any
-    # render job still waiting for a worker thread.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = make_runner(create_app(library, options.service))
     await runner.setup()
     site = web.TCPSite(
         runner, options.host, options.port, reuse_port=options.workers > 1, backlog=1024
