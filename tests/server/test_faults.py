@@ -201,7 +201,7 @@ def test_abandoned_requests_do_not_run(stores: Stores) -> None:
                     try:
                         async with session.get(url) as reply:
                             pytest.fail(f"answered {reply.status}: {await reply.text()}")
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
 
                 await asyncio.gather(*(abandon(i) for i in range(20)))
