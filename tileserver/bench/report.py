@@ -133,8 +133,8 @@ def trace_table(results: dict[str, Any], trace: str) -> str:
                 f"{_num(_get(warm, 'latency_ms', 'p99'), 1)} | "
                 f"{_num(_get(warm, 'latency_ms', 'max'), 1)} | "
                 f"{_num(_get(warm, 'viewport_ms', 'p50'))} / "
-                f"{_num(_get(warm, 'viewport_ms', 'p95'))} | {_pct(_get(warm, 'client_cpu_fraction'))} | "
-                f"{reqs} | {errs} |"
+                f"{_num(_get(warm, 'viewport_ms', 'p95'))} | "
+                f"{_pct(_get(warm, 'client_cpu_fraction'))} | {reqs} | {errs} |"
             )
     return "\n".join(rows)
 
@@ -145,6 +145,7 @@ def ratio_table(results: dict[str, Any], subject: str = "ours", warm_ref: str = 
         f"| trace | c | {subject}/{warm_ref} warm tiles/s | {subject}/baseline cold tiles/s |",
         "|---|---:|---:|---:|",
     ]
+    marked = False
     for trace in results["settings"]["traces"]:
         for c in results["settings"]["concurrency"]:
             tp = {
@@ -152,10 +153,20 @@ def ratio_table(results: dict[str, Any], subject: str = "ours", warm_ref: str = 
                 for s in {subject, warm_ref, "baseline"}
                 for p in ("cold", "warm")
             }
+            first = _get(find_run(results, subject, trace, c, "cold"), "first_request_fraction")
+            mark = " †" if first is not None and first < 0.99 else ""
+            marked = marked or bool(mark)
             rows.append(
                 f"| {trace} | {c} | {_ratio(tp[subject, 'warm'], tp[warm_ref, 'warm'])} | "
-                f"{_ratio(tp[subject, 'cold'], tp['baseline', 'cold'])} |"
+                f"{_ratio(tp[subject, 'cold'], tp['baseline', 'cold'])}{mark} |"
             )
+    if marked:
+        possessive = "'" if subject.endswith("s") else "'s"
+        rows += [
+            "",
+            f"† {subject}{possessive} cold pass asked for tiles it had already served in this "
+            "run (the server was not restarted between cells), so it was not fully cold.",
+        ]
     return "\n".join(rows)
 
 
