@@ -112,6 +112,22 @@ class KeyRing:
         LocalObjects(self.root).put(key, data, durable=True)
         (self.root / key).chmod(0o600)
 
+    def service_key(self, name: str) -> bytes:
+        """A 32-byte key for one purpose (audit HMAC, TOTP sealing), made on first use."""
+        if not name.isalnum():
+            raise ValueError(f"bad key name {name!r}")
+        make_private_dir(self.root.parent)
+        make_private_dir(self.root)
+        make_private_dir(self.root / "service")
+        path = self.root / "service" / f"{name}.key"
+        if not path.exists():
+            self._write(f"service/{name}.key", new_key())
+        check_private(path)
+        key = path.read_bytes()
+        if len(key) != KEY_BYTES:
+            raise KeyUnavailable(f"{path} is not a {KEY_BYTES}-byte key")
+        return key
+
     # -- KEKs ------------------------------------------------------------------------------
     def kek(self, key_id: str) -> KeyEncryptionKey:
         path = self.root / "kek" / f"{key_id}.key"
