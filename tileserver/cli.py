@@ -13,6 +13,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tileserver.admin import add_commands as add_admin_commands
+from tileserver.bench.cli import add_commands as add_bench_commands
 from tileserver.config import Settings
 from tileserver.errors import TileserverError
 from tileserver.geometry import Region
@@ -132,6 +134,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
             failed += 1
             print(f"tileserver: error: {exc}", file=sys.stderr)
             continue
+        slide_id = result if isinstance(result, str) else result.slide_id
+        if args.collection:
+            from tileserver.admin import assign_collection
+
+            assign_collection(args.settings.home, slide_id, args.collection)
         if isinstance(result, str):
             print(f"{path.name}: already converted as {result}")
             continue
@@ -184,7 +191,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service=ServiceSettings(
             dzi_tile=args.dzi_tile, dzi_overlap=args.dzi_overlap, threads=args.threads
         ),
+        tls=not args.insecure_http,
+        auth=not args.no_auth,
+        cert=args.cert,
+        key=args.key,
+        login_link=args.login_link,
     )
+    weakened = [
+        name for name, on in [("TLS", args.insecure_http), ("authentication", args.no_auth)] if on
+    ]
+    if weakened:
+        print(
+            f"tileserver: WARNING: serving without {' and '.join(weakened)} "
+            "(refused unless bound to loopback; for local tests and benchmarks)",
+            file=sys.stderr,
+        )
     return serve(options)
 
 
@@ -232,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.add_argument("--collection", help="put the slides into this collection (case)")
     convert.set_defaults(func=cmd_convert)
 
     serve = sub.add_parser("serve", help="serve the complete stores in a directory")
@@ -242,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve slide files in the directory directly (no conversion)",
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=8443)
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve.add_argument("--threads", type=int, default=2, help="render threads per process")
     serve.add_argument(
@@ -252,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="DeepZoom tile edge (default: the store's chunk edge)",
     )
     serve.add_argument("--dzi-overlap", type=int, default=0)
+    serve.add_argument(
+        "--cert", type=Path, help="TLS certificate (default: self-signed, made once)"
+    )
+    serve.add_argument("--key", type=Path, help="TLS private key (0600)")
+    serve.add_argument(
+        "--login-link", metavar="USER", help="print a one-time login link for USER (loopback only)"
+    )
+    serve.add_argument(
+        "--insecure-http", action="store_true", help="plain HTTP (refused unless bound to loopback)"
+    )
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no authentication (refused unless bound to loopback)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage encryption keys under TILESERVER_HOME")
@@ -262,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     shred = keys_sub.add_parser("shred", help="destroy one slide's data key (crypto-erase)")
     shred.add_argument("slide_id")
     keys.set_defaults(func=cmd_keys)
+    add_admin_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 

@@ -112,8 +112,13 @@ class SlideService:
         return await self._run(self.library.get, slide_id)
 
     # -- slides ----------------------------------------------------------------------------
-    async def list_slides(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    async def list_slides(
+        self, offset: int, limit: int, visible: set[str] | None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of the slides in ``visible`` (None: every slide), each described."""
         ids = await self._run(self.library.slide_ids)
+        if visible is not None:
+            ids = [slide_id for slide_id in ids if slide_id in visible]
         items = []
         for slide_id in ids[offset : offset + limit]:
             try:

@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -81,10 +82,15 @@ def stores(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Sto
 
 
 @contextlib.contextmanager
-def run_server(directory: Path, home: Path, *args: str) -> Iterator[Server]:
+def run_server(
+    directory: Path, home: Path, *args: str, secure: bool = False
+) -> Iterator[Server]:
+    """The real server; protocol tests run it over HTTP without auth (loopback only)."""
     env = {**os.environ, "TILESERVER_HOME": str(home)}
+    flags = [] if secure else ["--insecure-http", "--no-auth"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tileserver.cli", "serve", str(directory), "--port", "0", *args],
+        [sys.executable, "-m", "tileserver.cli", "serve", str(directory), "--port", "0", *flags,
+         *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -92,7 +98,8 @@ def run_server(directory: Path, home: Path, *args: str) -> Iterator[Server]:
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
         if "http://" not in line:
             raise RuntimeError(
                 f"server did not start: {line}{proc.stderr.read() if proc.stderr else ''}"

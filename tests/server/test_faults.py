@@ -18,6 +18,7 @@ from tests.server.conftest import Server, Stores, run_server
 from tileserver.library import SlideLibrary
 from tileserver.security.keys import KeyRing
 from tileserver.server.app import SERVICE, create_app
+from tileserver.server.auth import Security
 from tileserver.server.run import make_runner
 from tileserver.service import ServiceSettings
 from tileserver.store.layout import COMPLETE_MARKER
@@ -150,6 +151,8 @@ def test_worker_processes_share_the_port(stores: Stores) -> None:
             str(port),
             "--workers",
             "2",
+            "--insecure-http",
+            "--no-auth",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -184,7 +187,9 @@ def test_abandoned_requests_do_not_run(stores: Stores) -> None:
     async def scenario() -> int:
         library = SlideLibrary(stores.directory, sources=False, keyring=KeyRing(stores.home))
         app = create_app(
-            library, ServiceSettings(threads=1, chunk_cache_items=0, response_cache_bytes=0)
+            library,
+            ServiceSettings(threads=1, chunk_cache_items=0, response_cache_bytes=0),
+            Security(None, None, None, tls=False, loopback=True),
         )
         runner = make_runner(app)
         await runner.setup()

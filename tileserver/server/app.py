@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from tileserver.library import SlideLibrary
+from tileserver.security.audit import APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP
+from tileserver.server.auth import SECURITY, Security, auth_middleware
 from tileserver.server.errors import error_middleware
-from tileserver.server.routes import api, deepzoom, iiif
+from tileserver.server.routes import api, auth, deepzoom, iiif
 from tileserver.service import ServiceSettings, SlideService
 
 SERVICE = web.AppKey("service", SlideService)
+VIEW_FLUSH_SECONDS = 30.0
+
+_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -20,22 +37,56 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "tileserver"  # no version to fingerprint
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    for name, value in _HEADERS.items():
+        response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "private, no-store")
+    if request.app[SECURITY].tls:
+        response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
 
 
-def create_app(library: SlideLibrary, settings: ServiceSettings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+def create_app(
+    library: SlideLibrary, settings: ServiceSettings, security: Security
+) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=64 * 1024,  # the API takes small forms only
+        handler_args={"max_field_size": 8190, "max_line_size": 8190, "max_headers": 64},
+    )
     service = SlideService(library, settings)
     app[SERVICE] = service
+    app[SECURITY] = security
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        audit, views = security.audit, security.views
+        flusher = None
+        if audit is not None:
+            audit.append(APPLICATION_ACTIVITY, event_type=APPLICATION_START)
+        if audit is not None and views is not None:
+
+            async def flush_views() -> None:
+                loop = asyncio.get_running_loop()
+                while True:
+                    await asyncio.sleep(VIEW_FLUSH_SECONDS)
+                    await loop.run_in_executor(
+                        None, lambda: views.flush(audit, older_than=VIEW_FLUSH_SECONDS)
+                    )
+
+            flusher = asyncio.create_task(flush_views())
         yield
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        if audit is not None:
+            if views is not None:
+                views.flush(audit)
+            audit.append(APPLICATION_ACTIVITY, event_type=APPLICATION_STOP)
         service.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(_headers)
     app.add_routes([web.get("/health", _health)])
+    app.add_routes(auth.routes())
     app.add_routes(deepzoom.routes(service))
     app.add_routes(iiif.routes(service))
     app.add_routes(api.routes(service))

@@ -83,6 +83,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.reason, correlation_id)
     except Exception as exc:
         status = status_of(exc)
+        if isinstance(exc, IntegrityError):
+            await _alert(request, exc)
         if status >= 500:
             # Detail for operators, never for clients. Messages name slide IDs, not patients.
             logger.error(
@@ -97,3 +99,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(status, _GENERIC.get(status, "internal error"), correlation_id)
         message = "not found" if status == 404 else str(exc)
         return error_response(status, message, correlation_id)
+
+
+async def _alert(request: web.Request, exc: IntegrityError) -> None:
+    """Tampering is a security event, not just an error (imported late: no cycle)."""
+    from tileserver.security.audit import SECURITY_ALERT
+    from tileserver.server.auth import audit
+
+    await audit(
+        request,
+        SECURITY_ALERT,
+        outcome=8,
+        obj=request.match_info.get("slide_id"),
+        detail={"reason": "stored object failed its integrity check"},
+    )

@@ -1,20 +1,32 @@
-"""Running the server: one event loop per process; ``workers`` processes share the port."""
+"""Running the server: checks, TLS, one event loop per process, ``workers`` processes on
+one port. Unsafe configurations are refused before anything listens."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import multiprocessing
+import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from tileserver.errors import ConfigError
 from tileserver.library import SlideLibrary
-from tileserver.security.keys import KeyRing
+from tileserver.security.accounts import Accounts
+from tileserver.security.audit import AuditLog, SlideViewAggregator
+from tileserver.security.keys import KeyRing, make_private_dir
+from tileserver.security.login import LINK_TTL, Authenticator
+from tileserver.security.tls import ensure_certificate, server_context
 from tileserver.server.app import create_app
+from tileserver.server.auth import Security
 from tileserver.service import ServiceSettings
+
+KEEPALIVE_SECONDS = 10.0  # idle and slow-header connections are closed after this
 
 
 @dataclass(frozen=True)
@@ -26,31 +38,93 @@ class ServeOptions:
     workers: int
     home: Path
     service: ServiceSettings
+    tls: bool = True
+    auth: bool = True
+    cert: Path | None = None
+    key: Path | None = None
+    login_link: str | None = None  # user to print a one-time loopback login link for
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_safe(options: ServeOptions) -> None:
+    """Refuse configurations that would expose patient data (security-requirements CFG-03)."""
+    local = is_loopback(options.host)
+    if not local and not options.tls:
+        raise ConfigError(f"refusing to serve plaintext HTTP on {options.host}: TLS is required")
+    if not local and not options.auth:
+        raise ConfigError(f"refusing to serve without authentication on {options.host}")
+    if not local and (sys.flags.dev_mode or os.environ.get("PYTHONASYNCIODEBUG")):
+        raise ConfigError("refusing to serve in debug mode on a non-loopback address")
+    if options.login_link and not local:
+        raise ConfigError("one-time login links are only for servers bound to loopback")
+    if (options.cert is None) != (options.key is None):
+        raise ConfigError("--cert and --key go together")
+
+
+def build_security(options: ServeOptions) -> Security:
+    keyring = KeyRing(options.home)
+    if not options.auth:
+        return Security(None, None, None, options.tls, is_loopback(options.host))
+    make_private_dir(options.home)
+    audit = AuditLog(options.home / "audit" / "audit.jsonl", keyring.service_key("audit"))
+    accounts = Accounts(options.home / "auth.db", keyring.service_key("totp"))
+    views = SlideViewAggregator(keyring.service_key("audit"))
+    return Security(
+        Authenticator(accounts, audit), audit, views, options.tls, is_loopback(options.host)
+    )
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
     # handler_cancellation: a client that goes away cancels its handler, and with it any
     # render job still waiting for a worker thread.
-    return web.AppRunner(app, handler_cancellation=True, access_log=None)
+    return web.AppRunner(
+        app, handler_cancellation=True, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS
+    )
 
 
-async def _serve(options: ServeOptions, announce: bool) -> None:
+async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | None = None) -> None:
     library = SlideLibrary(
         options.directory, sources=options.sources, keyring=KeyRing(options.home)
     )
-    runner = make_runner(create_app(library, options.service))
+    security = build_security(options)
+    runner = make_runner(create_app(library, options.service, security))
     await runner.setup()
+    ssl_context = None
+    if options.tls:
+        cert, key = options.cert, options.key
+        if cert is None or key is None:
+            cert, key, _ = ensure_certificate(
+                options.home, ["localhost", "127.0.0.1", options.host]
+            )
+        ssl_context = server_context(cert, key)
     site = web.TCPSite(
-        runner, options.host, options.port, reuse_port=options.workers > 1, backlog=1024
+        runner,
+        options.host,
+        options.port,
+        ssl_context=ssl_context,
+        reuse_port=options.workers > 1,
+        backlog=1024,
     )
     await site.start()
     if announce:
+        scheme = "https" if options.tls else "http"
         port = runner.addresses[0][1]
+        base = f"{scheme}://{'127.0.0.1' if options.host == '0.0.0.0' else options.host}:{port}"
         count = len(library.slide_ids())
-        print(
-            f"serving {count} slide(s) from {options.directory} at http://{options.host}:{port}/",
-            flush=True,
-        )
+        print(f"serving {count} slide(s) from {options.directory} at {base}/", flush=True)
+        if options.login_link and security.authenticator is not None:
+            token = security.authenticator.accounts.issue_one_time(
+                "link", options.login_link, None, LINK_TTL
+            )
+            print(f"one-time login link (10 minutes): {base}/auth/link?token={token}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,19 +138,23 @@ def _worker(options: ServeOptions) -> None:
 
 
 def serve(options: ServeOptions) -> int:
+    check_safe(options)
+    if options.tls and options.cert is None:
+        ensure_certificate(options.home, ["localhost", "127.0.0.1", options.host])
     if options.workers <= 1:
         asyncio.run(_serve(options, announce=True))
         return 0
     if options.port == 0:
-        raise ValueError("--workers needs an explicit --port")
+        raise ConfigError("--workers needs an explicit --port")
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(options,), daemon=True) for _ in range(options.workers)
     ]
     for proc in procs:
         proc.start()
+    scheme = "https" if options.tls else "http"
     print(
-        f"serving from {options.directory} at http://{options.host}:{options.port}/ "
+        f"serving from {options.directory} at {scheme}://{options.host}:{options.port}/ "
         f"with {options.workers} worker processes",
         flush=True,
     )
@@ -90,7 +168,3 @@ def serve(options: ServeOptions) -> int:
     for proc in procs:
         proc.join()
     return 0 if all(p.exitcode in (0, -signal.SIGTERM) for p in procs) else 1
-
-
-if __name__ == "__main__":
-    sys.exit("use: tileserver serve")

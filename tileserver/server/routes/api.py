@@ -7,6 +7,8 @@ import math
 from aiohttp import web
 
 from tileserver.geometry import Region, Size
+from tileserver.security.audit import INSTANCES_ACCESSED
+from tileserver.server.auth import audit, authorize, principal_of, visible_slides
 from tileserver.server.errors import BadRequest
 from tileserver.server.http import (
     float_param,
@@ -26,26 +28,37 @@ def routes(service: SlideService) -> list[web.RouteDef]:
     async def list_slides(request: web.Request) -> web.Response:
         offset = int_param(request, "offset", 0)
         limit = int_param(request, "limit", 50, lo=1, hi=MAX_PAGE)
-        items, total = await service.list_slides(offset, limit)
+        if "metadata" not in principal_of(request).scopes:
+            raise web.HTTPForbidden(reason="this token may not list slides")
+        items, total = await service.list_slides(offset, limit, visible_slides(request))
         return web.json_response(
             {"items": items, "offset": offset, "limit": limit, "total": total},
             headers={"Cache-Control": "private, no-cache"},
         )
 
     async def slide(request: web.Request) -> web.Response:
+        authorize(request, request.match_info["slide_id"], "metadata")
         doc = await service.describe(request.match_info["slide_id"])
         return web.json_response(doc, headers={"Cache-Control": "private, no-cache"})
 
     async def thumbnail(request: web.Request) -> web.Response:
         size = int_param(request, "max", 512, lo=1, hi=1 << 16)
         fmt = format_param(request.query.get("format"))
-        encoded = await service.thumbnail(
-            request.match_info["slide_id"], size, fmt, if_none_match(request)
+        slide_id = request.match_info["slide_id"]
+        authorize(request, slide_id, "thumbnails")
+        encoded = await service.thumbnail(slide_id, size, fmt, if_none_match(request))
+        await audit(
+            request,
+            INSTANCES_ACCESSED,
+            action="R",
+            obj=slide_id,
+            detail={"kind": "thumbnail", "max": size},
         )
         return image_response(encoded)
 
     async def region(request: web.Request) -> web.Response:
         slide_id = request.match_info["slide_id"]
+        authorize(request, slide_id, "regions")
         unit = request.query.get("unit", "px")
         if unit == "px":
             l0 = Region(
@@ -69,12 +82,27 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         out = _output_size(request, l0)
         fmt = format_param(request.query.get("format"))
         encoded = await service.region(slide_id, l0, out, fmt, if_none_match(request))
+        await audit(
+            request,
+            INSTANCES_ACCESSED,
+            action="R",
+            obj=slide_id,
+            detail={"kind": "region", "x": l0.x, "y": l0.y, "width": l0.width, "height": l0.height},
+        )
         return image_response(encoded)
 
     async def associated(request: web.Request) -> web.Response:
         fmt = format_param(request.query.get("format"))
-        encoded = await service.associated(
-            request.match_info["slide_id"], request.match_info["name"], fmt, if_none_match(request)
+        slide_id, name = request.match_info["slide_id"], request.match_info["name"]
+        identifying = name != "thumbnail"  # label and macro show names and barcodes
+        authorize(request, slide_id, "labels" if identifying else "thumbnails")
+        encoded = await service.associated(slide_id, name, fmt, if_none_match(request))
+        await audit(
+            request,
+            INSTANCES_ACCESSED,
+            action="R",
+            obj=slide_id,
+            detail={"kind": "associated", "name": name, "identifying": identifying},
         )
         return image_response(encoded)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tileserver.server.auth import authorize, view_tile
 from tileserver.server.http import if_none_match, image_response
 from tileserver.service import SlideService
 
@@ -18,9 +19,11 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         )
 
     async def redirect(request: web.Request) -> web.Response:
+        authorize(request, request.match_info["slide_id"], "tiles")
         raise web.HTTPSeeOther(f"{base_id(request)}/info.json")
 
     async def info(request: web.Request) -> web.Response:
+        authorize(request, request.match_info["slide_id"], "tiles")
         doc = await service.iiif_info(request.match_info["slide_id"], base_id(request))
         wants_ld = "application/ld+json" in request.headers.get("Accept", "")
         content_type = "application/ld+json" if wants_ld else "application/json"
@@ -32,8 +35,10 @@ def routes(service: SlideService) -> list[web.RouteDef]:
 
     async def image(request: web.Request) -> web.Response:
         m = request.match_info
+        authorize(request, m["slide_id"], "tiles")
         params = (m["region"], m["size"], m["rotation"], m["quality"], m["format"])
         encoded = await service.iiif_image(m["slide_id"], params, if_none_match(request))
+        view_tile(request, m["slide_id"], -1)
         return image_response(encoded)
 
     return [

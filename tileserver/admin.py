@@ -1,0 +1,245 @@
+"""Administration commands: ``tileserver users|tokens|slides|audit ...``.
+
+Every change is written to the audit trail as an administrative action. Secrets (setup
+links, tokens) are printed once, as the last line of output, and stored only hashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tileserver.errors import TileserverError
+from tileserver.security.accounts import ROLES, SCOPES, Accounts
+from tileserver.security.audit import (
+    AUDIT_LOG_USED,
+    SECURITY_ROLES_CHANGED,
+    USER_SECURITY_ATTRIBUTES_CHANGED,
+    AuditLog,
+    export,
+    verify,
+)
+from tileserver.security.keys import KeyRing, make_private_dir
+from tileserver.security.login import ENROL_TTL, LINK_TTL
+from tileserver.store.layout import is_slide_id
+
+ADMIN = "cli-admin"
+
+
+def _open(home: Path) -> tuple[Accounts, AuditLog]:
+    keyring = KeyRing(home)
+    make_private_dir(home)
+    accounts = Accounts(home / "auth.db", keyring.service_key("totp"))
+    audit = AuditLog(home / "audit" / "audit.jsonl", keyring.service_key("audit"))
+    return accounts, audit
+
+
+def _base(args: argparse.Namespace) -> str:
+    return args.url.rstrip("/")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    accounts, audit = _open(args.settings.home)
+    action = args.users_command
+
+    def record(change: str, user: str, event: int = USER_SECURITY_ATTRIBUTES_CHANGED) -> None:
+        audit.append(
+            event, action="U", user=ADMIN, role="admin", detail={"change": change, "target": user}
+        )
+
+    if action == "list":
+        for user in accounts.users():
+            state = "disabled" if user.disabled else ("active" if user.pw_hash else "enrolling")
+            print(f"{user.name:24} {user.role:12} {state}")
+        return 0
+    if action == "bootstrap":
+        if accounts.has_users():
+            raise TileserverError("this server already has users; use `tileserver users add`")
+        token = accounts.issue_one_time("bootstrap", None, "admin", ENROL_TTL)
+        record("issued bootstrap setup link", "-")
+        print("one-time setup link for the first administrator (valid 24 h, single use):")
+        print(f"{_base(args)}/login?setup={token}")
+        return 0
+    if action == "add":
+        if accounts.user(args.name):
+            raise TileserverError(f"user {args.name!r} exists; use `tileserver users reset`")
+        token = accounts.issue_one_time("enrol", args.name, args.role, ENROL_TTL)
+        record(f"added with role {args.role}", args.name)
+        print(f"one-time enrolment link for {args.name} (valid 24 h, single use):")
+        print(f"{_base(args)}/login?setup={token}")
+        return 0
+    if action == "reset":
+        user = accounts.user(args.name)
+        if user is None:
+            raise TileserverError(f"no user {args.name!r}")
+        accounts.reset(args.name)
+        accounts.set_disabled(args.name, False)
+        token = accounts.issue_one_time("enrol", args.name, user.role, ENROL_TTL)
+        record("reset password and TOTP; sessions ended", args.name)
+        print(f"one-time enrolment link for {args.name} (valid 24 h, single use):")
+        print(f"{_base(args)}/login?setup={token}")
+        return 0
+    if action in ("disable", "enable"):
+        accounts.set_disabled(args.name, action == "disable")
+        record(f"{action}d" + ("; sessions ended" if action == "disable" else ""), args.name)
+        print(f"{args.name}: {action}d")
+        return 0
+    if action == "grant":
+        if args.revoke:
+            accounts.revoke_grant(args.name, args.collection)
+            change = f"revoked access to collection {args.collection}"
+        else:
+            accounts.grant(args.name, args.collection, args.labels)
+            change = f"granted collection {args.collection}" + (
+                " with labels" if args.labels else ""
+            )
+        record(change, args.name, SECURITY_ROLES_CHANGED)
+        print(f"{args.name}: {change}")
+        return 0
+    if action == "login-link":
+        if accounts.user(args.name) is None:
+            raise TileserverError(f"no user {args.name!r}")
+        token = accounts.issue_one_time("link", args.name, None, LINK_TTL)
+        record("issued a one-time loopback login link", args.name)
+        print(f"one-time login link for {args.name} (10 minutes; loopback servers only):")
+        print(f"{_base(args)}/auth/link?token={token}")
+        return 0
+    raise AssertionError(action)
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    accounts, audit = _open(args.settings.home)
+    if args.tokens_command == "list":
+        for name, scopes, collections, expires in accounts.tokens():
+            until = time.strftime("%Y-%m-%d", time.gmtime(expires)) if expires else "never"
+            print(f"{name:24} scopes={scopes} collections={collections or 'all'} expires={until}")
+        return 0
+    if args.tokens_command == "revoke":
+        accounts.revoke_token(args.name)
+        audit.append(
+            SECURITY_ROLES_CHANGED,
+            action="D",
+            user=ADMIN,
+            role="admin",
+            detail={"change": "revoked token", "target": args.name},
+        )
+        print(f"token {args.name} revoked")
+        return 0
+    scopes = frozenset(s.strip() for s in args.scope.split(",") if s.strip())
+    collections = frozenset(args.collection) if args.collection else None
+    expires = time.time() + args.expires_days * 86400 if args.expires_days else None
+    token = accounts.create_token(args.name, scopes, collections, expires)
+    audit.append(
+        SECURITY_ROLES_CHANGED,
+        action="C",
+        user=ADMIN,
+        role="admin",
+        detail={"change": "created token", "target": args.name, "scopes": sorted(scopes)},
+    )
+    print(
+        f"token {args.name}: scopes {','.join(sorted(scopes))}; "
+        f"collections {','.join(sorted(collections)) if collections else 'all'}; shown once:"
+    )
+    print(token)
+    return 0
+
+
+def cmd_slides(args: argparse.Namespace) -> int:
+    accounts, audit = _open(args.settings.home)
+    for slide_id in args.slide_ids:
+        if not is_slide_id(slide_id):
+            raise TileserverError(f"not a slide ID: {slide_id[:40]!r}")
+        accounts.assign(slide_id, args.collection)
+        audit.append(
+            SECURITY_ROLES_CHANGED,
+            action="U",
+            user=ADMIN,
+            role="admin",
+            obj=slide_id,
+            detail={"change": f"assigned to collection {args.collection}"},
+        )
+    print(f"{len(args.slide_ids)} slide(s) assigned to collection {args.collection}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    home = args.settings.home
+    key = KeyRing(home).service_key("audit")
+    path = home / "audit" / "audit.jsonl"
+    if args.audit_command == "verify":
+        result = verify(path, key)
+        if not result.ok:
+            print(
+                f"tileserver: audit trail BROKEN at record {result.first_bad}: {result.reason}",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"audit trail intact: {result.records} records")
+        return 0
+    out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
+    try:
+        count = export(path, key, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    AuditLog(path, key).append(
+        AUDIT_LOG_USED, action="R", user=ADMIN, role="admin", detail={"exported": count}
+    )
+    if args.out != "-":
+        print(f"exported {count} records to {args.out}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    url = {"default": "https://127.0.0.1:8443", "help": "the server's address, for printed links"}
+    users = sub.add_parser("users", help="people: bootstrap, add, disable, reset, grant")
+    us = users.add_subparsers(dest="users_command", required=True)
+    boot = us.add_parser("bootstrap", help="one-time setup link for the first administrator")
+    boot.add_argument("--url", **url)
+    add = us.add_parser("add", help="add a user; prints a one-time enrolment link")
+    add.add_argument("name")
+    add.add_argument("--role", choices=ROLES, default="pathologist")
+    add.add_argument("--url", **url)
+    for name in ("disable", "enable"):
+        us.add_parser(name, help=f"{name} a user").add_argument("name")
+    reset = us.add_parser("reset", help="forget password and TOTP; prints a new enrolment link")
+    reset.add_argument("name")
+    reset.add_argument("--url", **url)
+    grant = us.add_parser("grant", help="let a user see a collection (case)")
+    grant.add_argument("name")
+    grant.add_argument("collection")
+    grant.add_argument("--labels", action="store_true", help="also label and macro images")
+    grant.add_argument("--revoke", action="store_true", help="take the grant away")
+    link = us.add_parser("login-link", help="one-time login link (servers on loopback only)")
+    link.add_argument("name")
+    link.add_argument("--url", **url)
+    us.add_parser("list", help="users, roles and states")
+    users.set_defaults(func=cmd_users)
+
+    tokens = sub.add_parser("tokens", help="machine (LIS) tokens with scopes")
+    ts = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = ts.add_parser("create", help="create a token; printed once, as the last line")
+    create.add_argument("name")
+    create.add_argument("--scope", required=True, help=f"comma-separated: {','.join(SCOPES)}")
+    create.add_argument("--collection", action="append", help="limit to a collection (repeat)")
+    create.add_argument("--expires-days", type=float, default=None)
+    ts.add_parser("revoke", help="revoke a token").add_argument("name")
+    ts.add_parser("list", help="tokens (never their values)")
+    tokens.set_defaults(func=cmd_tokens)
+
+    slides = sub.add_parser("slides", help="put slides into collections (cases)")
+    ss = slides.add_subparsers(dest="slides_command", required=True)
+    assign = ss.add_parser("assign", help="assign slide IDs to a collection")
+    assign.add_argument("collection")
+    assign.add_argument("slide_ids", nargs="+")
+    slides.set_defaults(func=cmd_slides)
+
+    audit = sub.add_parser("audit", help="verify or export the tamper-evident audit trail")
+    au = audit.add_subparsers(dest="audit_command", required=True)
+    au.add_parser("verify", help="check the hash chain; names the first bad record")
+    exp = au.add_parser("export", help="write the records as JSON lines for a SIEM")
+    exp.add_argument("--out", default="-")
+    audit.set_defaults(func=cmd_audit)

@@ -1,0 +1,182 @@
+"""Authentication, authorization and hardening for every request.
+
+Deny by default: a route answers without credentials only if it is in ``PUBLIC``. Every
+slide route asks ``authorize`` for the specific slide and scope, and a refusal is the same
+404 a missing slide gets. Same-origin checks guard state-changing requests (CSRF), and a
+token bucket per principal answers floods with 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from tileserver.errors import SlideNotFound
+from tileserver.security.accounts import SCOPES, Accounts, Principal
+from tileserver.security.audit import AuditLog, SlideViewAggregator
+from tileserver.security.login import Authenticator
+
+SESSION_COOKIE = "__Host-tileserver"
+# Routes that answer without credentials: health, and what it takes to log in.
+PUBLIC = frozenset(
+    {
+        "/health",
+        "/auth/login",
+        "/auth/enrol",
+        "/auth/enrol/confirm",
+        "/auth/link",
+        "/login",
+        "/favicon.ico",
+    }
+)
+PUBLIC_PREFIXES = ("/static/",)
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+SESSION = web.RequestKey("session", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Everything, everywhere: for loopback benchmarks run with --no-auth only.
+LOCAL_ANONYMOUS = Principal("user", "local-anonymous", "admin", frozenset(SCOPES), None)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+@dataclass
+class Security:
+    """What the server needs to authenticate, authorize and audit; None parts mean --no-auth."""
+
+    authenticator: Authenticator | None
+    audit: AuditLog | None
+    views: SlideViewAggregator | None
+    tls: bool
+    loopback: bool  # bound to loopback only: one-time login links are allowed
+    rate: float = 400.0  # requests per second per principal, sustained
+    burst: float = 800.0
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    @property
+    def accounts(self) -> Accounts | None:
+        return self.authenticator.accounts if self.authenticator else None
+
+    def allow_rate(self, key: str) -> float | None:
+        """None when the request may go ahead, else seconds until it may."""
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+        bucket.stamp = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return None
+        return (1 - bucket.tokens) / self.rate
+
+
+SECURITY = web.AppKey("security", Security)
+
+
+def client_ip(request: web.Request) -> str:
+    # The TCP peer, never X-Forwarded-For: no proxy is trusted by default.
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else "unknown"
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    security = request.app[SECURITY]
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"{request.scheme}://{request.host}":
+            raise web.HTTPForbidden(reason="cross-origin request refused")
+    if security.authenticator is None:
+        request[PRINCIPAL] = LOCAL_ANONYMOUS
+        return await handler(request)
+    session = request.cookies.get(SESSION_COOKIE)
+    auth = request.headers.get("Authorization", "")
+    bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    principal = None
+    if session or bearer:
+        principal = security.authenticator.principal(session, bearer)
+    if principal is None:
+        if is_public(request.path):
+            return await handler(request)
+        raise web.HTTPUnauthorized(reason="authentication required")
+    wait = security.allow_rate(f"{principal.kind}:{principal.name}")
+    if wait is not None:
+        raise web.HTTPTooManyRequests(
+            reason="rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))}
+        )
+    request[PRINCIPAL] = principal
+    if session:
+        request[SESSION] = session
+    return await handler(request)
+
+
+def principal_of(request: web.Request) -> Principal:
+    try:
+        return request[PRINCIPAL]
+    except KeyError:
+        raise web.HTTPUnauthorized(reason="authentication required") from None
+
+
+def authorize(request: web.Request, slide_id: str, scope: str) -> Principal:
+    """The caller, if it may use ``scope`` on this slide; otherwise the 404 of a missing slide."""
+    principal = principal_of(request)
+    accounts = request.app[SECURITY].accounts
+    if accounts is not None and not accounts.allows(principal, slide_id, scope):
+        raise SlideNotFound("no such slide")
+    return principal
+
+
+def visible_slides(request: web.Request) -> set[str] | None:
+    """Slide IDs the caller may list; None means every slide (--no-auth)."""
+    accounts = request.app[SECURITY].accounts
+    if accounts is None:
+        return None
+    return accounts.visible_slides(principal_of(request))
+
+
+async def audit(request: web.Request, event_id: int, **fields: object) -> None:
+    """Write an audit record off the event loop (it fsyncs)."""
+    log = request.app[SECURITY].audit
+    if log is None:
+        return
+    principal = request.get(PRINCIPAL)
+    await asyncio.get_running_loop().run_in_executor(
+        None,
+        lambda: log.append(
+            event_id,
+            user=principal.name if principal else None,
+            role=principal.role if principal else None,
+            source_ip=client_ip(request),
+            **fields,  # type: ignore[arg-type]
+        ),
+    )
+
+
+def view_tile(request: web.Request, slide_id: str, level: int) -> None:
+    """Count a tile towards the (session, slide) view record, written in batches."""
+    security = request.app[SECURITY]
+    principal = request.get(PRINCIPAL)
+    if security.views is None or principal is None:
+        return
+    security.views.record_tile(
+        request.get(SESSION) or f"{principal.kind}:{principal.name}",
+        principal.name,
+        principal.role,
+        client_ip(request),
+        slide_id,
+        level,
+        time.time(),
+    )
