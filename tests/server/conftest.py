@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import select
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -41,17 +42,43 @@ class Server:
     home: Path
     directory: Path
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Response:
         url = urlsplit(self.base)
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        if url.scheme == "https":
+            # Verify against the server's own self-signed certificate, as a client should.
+            context = ssl.create_default_context(cafile=self.home / "tls" / "cert.pem")
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                url.hostname, url.port, timeout=60, context=context
+            )
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        headers = dict(headers or {})
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            conn.request("GET", path, headers=headers or {})
+            conn.request(method, path, body=data, headers=headers)
             reply = conn.getresponse()
             return Response(
                 reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
             )
         finally:
             conn.close()
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+        return self.request("GET", path, headers)
+
+    def post(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Response:
+        return self.request("POST", path, headers, body)
 
 
 @dataclass(frozen=True)
@@ -82,15 +109,22 @@ def stores(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Sto
 
 
 @contextlib.contextmanager
-def run_server(
-    directory: Path, home: Path, *args: str, secure: bool = False
-) -> Iterator[Server]:
+def run_server(directory: Path, home: Path, *args: str, secure: bool = False) -> Iterator[Server]:
     """The real server; protocol tests run it over HTTP without auth (loopback only)."""
     env = {**os.environ, "TILESERVER_HOME": str(home)}
     flags = [] if secure else ["--insecure-http", "--no-auth"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tileserver.cli", "serve", str(directory), "--port", "0", *flags,
-         *args],
+        [
+            sys.executable,
+            "-m",
+            "tileserver.cli",
+            "serve",
+            str(directory),
+            "--port",
+            "0",
+            *flags,
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -100,10 +134,10 @@ def run_server(
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         line = proc.stdout.readline() if ready else ""
-        if "http://" not in line:
-            raise RuntimeError(
-                f"server did not start: {line}{proc.stderr.read() if proc.stderr else ''}"
-            )
+        if "://" not in line:
+            proc.kill()
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"server did not start: {line}{err}")
         yield Server(line.split(" at ")[-1].strip().rstrip("/"), home, directory)
     finally:
         proc.terminate()
