@@ -105,7 +105,7 @@ class Authenticator:
             source_ip=source_ip,
             detail={"consecutive_failures": failures if known else None},
         )
-        if known and failures >= LOCK_AFTER:
+        if known and failures == LOCK_AFTER:  # alert once, when the lock happens
             self.accounts.set_disabled(username, True)
             self.audit.append(
                 SECURITY_ALERT,
