@@ -12,7 +12,7 @@ from tileserver.library import SlideLibrary
 from tileserver.security.audit import APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP
 from tileserver.server.auth import SECURITY, Security, auth_middleware
 from tileserver.server.errors import error_middleware
-from tileserver.server.routes import api, auth, deepzoom, iiif
+from tileserver.server.routes import api, auth, deepzoom, iiif, viewer
 from tileserver.service import ServiceSettings, SlideService
 
 SERVICE = web.AppKey("service", SlideService)
@@ -90,4 +90,5 @@ def create_app(
     app.add_routes(deepzoom.routes(service))
     app.add_routes(iiif.routes(service))
     app.add_routes(api.routes(service))
+    app.add_routes(viewer.routes())
     return app

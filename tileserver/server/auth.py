@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -111,6 +112,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if principal is None:
         if is_public(request.path):
             return await handler(request)
+        if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+            # A person in a browser: to the login page, and back here afterwards.
+            raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
         raise web.HTTPUnauthorized(reason="authentication required")
     wait = security.allow_rate(f"{principal.kind}:{principal.name}")
     if wait is not None:
