@@ -22,6 +22,7 @@ from tileserver.errors import CorruptSlide, StoreError
 from tileserver.geometry import Region
 from tileserver.pyramid.kernels import downsample_2x, is_uniform
 from tileserver.pyramid.plan import ConvertOptions, plan_layout
+from tileserver.render.encode import decode_jpeg_half
 from tileserver.sources.base import SlideSource
 from tileserver.store.chunks import decode_chunk, encode_chunk
 from tileserver.store.layout import FILL_VALUE, StoreLayout
@@ -75,21 +76,60 @@ class _Builder:
         self.options = options
         self.pool = pool
         tile = layout.tile
+        # Level 0 copied from JPEG tiles: level 1 comes straight from half-size DCT-domain
+        # decodes, so full-size level-0 pixels are never made (nor downsampled).
+        self.half = copy_level0 and len(layout.levels) > 1
         # Two bands per level: rows [0, tile) hold even chunk rows, [tile, 2 tile) odd ones.
-        self.buffers = [np.empty((2 * tile, s.width, 3), np.uint8) for s in layout.levels]
+        self.buffers = [
+            np.empty((2 * tile, s.width, 3), np.uint8) if k or not self.half else None
+            for k, s in enumerate(layout.levels)
+        ]
         self.counts = {"written": 0, "copied": 0, "background": 0}
+        # Encoded level-0 tiles already found to be background (whole, not edge tiles).
+        self.white_tiles: set[bytes] = set()
 
     # -- level 0 ---------------------------------------------------------------------------
     def build(self, progress: Progress | None) -> None:
         grid = self.layout.grid(0)
+        chunk = self._level0_half if self.half else self._level0_chunk
         for t_row in range(grid.height):
-            kinds = list(
-                self.pool.map(lambda c, r=t_row: self._level0_chunk(c, r), range(grid.width))
-            )
+            kinds = list(self.pool.map(lambda c, r=t_row: chunk(c, r), range(grid.width)))
             self._tally(kinds)
-            self._band_done(0, t_row)
+            if not self.half:
+                self._band_done(0, t_row)
+            elif t_row % 2 or t_row == grid.height - 1:  # a level-1 chunk row is complete
+                self._store_band(1, t_row // 2)
+                self._band_done(1, t_row // 2)
             if progress:
                 progress(grid.width, grid.pixels)
+
+    def _level0_half(self, t_col: int, t_row: int) -> str:
+        """Copy one level-0 tile and decode it at half size into the level-1 band."""
+        tile, half = self.layout.tile, self.layout.tile // 2
+        raw = self.source.raw_tile(0, t_col, t_row)
+        band = self._band(1, t_row // 2)
+        size1 = self.layout.levels[1]
+        x0, y0 = t_col * half, (t_row % 2) * half
+        width = min(half, size1.width - x0)
+        height = min(half, band.shape[0] - y0)
+        if raw is None or raw.data in self.white_tiles:  # background, known without decoding
+            band[y0 : y0 + height, x0 : x0 + width] = FILL_VALUE
+            return "background"
+        try:
+            pixels = decode_jpeg_half(raw.data)
+        except OSError as exc:  # Pillow's word for undecodable data
+            msg = f"{self.source.name}: level 0 tile ({t_col}, {t_row}) is corrupt: {exc}"
+            raise CorruptSlide(msg) from exc
+        if pixels.shape[:2] != (half, half):
+            msg = f"{self.source.name}: level 0 tile ({t_col}, {t_row}) is not {tile}x{tile}"
+            raise CorruptSlide(msg)
+        target = band[y0 : y0 + height, x0 : x0 + width]
+        target[...] = pixels[:height, :width]
+        kind = self._store_chunk(0, t_col, t_row, target, raw.data)
+        if kind == "background" and len(self.white_tiles) < 64 and (width, height) == (half, half):
+            # Scanners write blank glass as the same few byte strings over and over.
+            self.white_tiles.add(raw.data)
+        return kind
 
     def _level0_chunk(self, t_col: int, t_row: int) -> str:
         tile = self.layout.tile
@@ -116,7 +156,19 @@ class _Builder:
         tile = self.layout.tile
         rows = min(tile, self.layout.levels[level].height - t_row * tile)
         start = (t_row % 2) * tile
-        return self.buffers[level][start : start + rows]
+        buffer = self.buffers[level]
+        assert buffer is not None
+        return buffer[start : start + rows]
+
+    def _store_band(self, level: int, t_row: int) -> None:
+        """Write every chunk of a complete chunk row already in its buffer."""
+        band, tile = self._band(level, t_row), self.layout.tile
+
+        def chunk(t_col: int) -> str:
+            part = band[:, t_col * tile : (t_col + 1) * tile]
+            return self._store_chunk(level, t_col, t_row, part, None)
+
+        self._tally(list(self.pool.map(chunk, range(self.layout.grid(level).width))))
 
     def _store_chunk(
         self, level: int, t_col: int, t_row: int, pixels: np.ndarray, stored: bytes | None
@@ -147,7 +199,9 @@ class _Builder:
         next_row = t_row // 2
         tile = self.layout.tile
         src_rows = (t_row % 2) * tile + self._band(level, t_row).shape[0]
-        src = self.buffers[level][:src_rows]
+        buffer = self.buffers[level]
+        assert buffer is not None
+        src = buffer[:src_rows]
         dst = self._band(level + 1, next_row)
         grid = self.layout.grid(level + 1)
 

@@ -47,6 +47,15 @@ def decode(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def decode_jpeg_half(data: bytes) -> np.ndarray:
+    """A JPEG decoded at half size in the DCT domain (libjpeg scaled IDCT): what a 2x2 area
+    mean of the full decode gives, within a fraction of a grey level, at a fraction of the
+    cost, and without ever making the full-size pixels."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (-(-image.width // 2), -(-image.height // 2)))
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 def to_quality(pixels: np.ndarray, quality: str) -> np.ndarray:
     """IIIF qualities: default/color keep RGB, gray is luma, bitonal thresholds luma at 128."""
     if quality in ("default", "color"):

@@ -42,10 +42,9 @@ class EncryptedObjects:
             return None
         return self._sealer.open(blob, object_aad(self.slide_id, key), f"{self.slide_id}/{key}")
 
-    def put(self, key: str, data: bytes, *, durable: bool = False) -> None:
-        self.inner.put(
-            key, self._sealer.seal(data, object_aad(self.slide_id, key)), durable=durable
-        )
+    def put(self, key: str, data: bytes, *, durable: bool = False, atomic: bool = True) -> None:
+        sealed = self._sealer.seal(data, object_aad(self.slide_id, key))
+        self.inner.put(key, sealed, durable=durable, atomic=atomic)
 
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)

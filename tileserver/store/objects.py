@@ -40,7 +40,7 @@ class Objects(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
 
-    def put(self, key: str, data: bytes, *, durable: bool = False) -> None: ...
+    def put(self, key: str, data: bytes, *, durable: bool = False, atomic: bool = True) -> None: ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -56,6 +56,7 @@ class LocalObjects:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._dirs: set[Path] = set()  # directories known to exist (saves a syscall a write)
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
@@ -71,18 +72,26 @@ class LocalObjects:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def put(self, key: str, data: bytes, *, durable: bool = False) -> None:
-        """Write atomically; ``durable`` also fsyncs (for markers that must survive a crash)."""
+    def put(self, key: str, data: bytes, *, durable: bool = False, atomic: bool = True) -> None:
+        """Write an object. ``atomic`` (the default) goes through a temporary file and a rename,
+        so readers never see half an object; chunks of a store still being built skip that
+        (the store is unreadable until its marker exists, and a resumed build rewrites them).
+        ``durable`` also fsyncs, for markers that must survive a crash."""
         path = self._path(key)
-        tmp = path.with_name(f"{_TMP_PREFIX}{secrets.token_hex(6)}-{path.name}")
+        target = (
+            path.with_name(f"{_TMP_PREFIX}{secrets.token_hex(6)}-{path.name}") if atomic else path
+        )
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            if path.parent not in self._dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._dirs.add(path.parent)
+            with open(target, "wb") as f:
                 f.write(data)
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if atomic:
+                os.replace(target, path)
             if durable:
                 dir_fd = os.open(path.parent, os.O_RDONLY)
                 try:
@@ -90,7 +99,8 @@ class LocalObjects:
                 finally:
                     os.close(dir_fd)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if atomic:
+                target.unlink(missing_ok=True)
             reason = "out of disk space" if exc.errno == errno.ENOSPC else exc.strerror
             raise StoreError(f"cannot write {key} in {self.root}: {reason}") from exc
 

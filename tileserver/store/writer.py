@@ -43,7 +43,8 @@ class StoreWriter:
         return writer
 
     def write_chunk(self, level: int, t_col: int, t_row: int, data: bytes) -> None:
-        self.objects.put(self.layout.chunk_key(level, t_col, t_row), data)
+        # Not atomic: no reader sees an unfinished store, and a resumed build rewrites chunks.
+        self.objects.put(self.layout.chunk_key(level, t_col, t_row), data, atomic=False)
 
     def delete_chunk(self, level: int, t_col: int, t_row: int) -> None:
         self.objects.delete(self.layout.chunk_key(level, t_col, t_row))

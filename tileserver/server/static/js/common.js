@@ -1,0 +1,137 @@
+/* Shared by every page: fetch with the session cookie, 401 -> login and back, small DOM helpers. */
+"use strict";
+
+const TS = (() => {
+  /** Only same-site paths are followed after login (no open redirect). */
+  function safeNext(value) {
+    if (typeof value !== "string" || !value.startsWith("/") || value.startsWith("//") ||
+        value.includes("\\")) {
+      return "/";
+    }
+    return value;
+  }
+
+  function loginUrl() {
+    return "/login?next=" + encodeURIComponent(location.pathname + location.search);
+  }
+
+  let leaving = false;
+  /** The session is gone: to the login page, which brings the user back here. */
+  function toLogin() {
+    if (!leaving) {
+      leaving = true;
+      location.assign(loginUrl());
+    }
+  }
+
+  class HttpError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function api(path, options = {}) {
+    const response = await fetch(path, {
+      credentials: "same-origin",
+      ...options,
+      headers: { Accept: "application/json", ...(options.headers || {}) },
+    });
+    if (response.status === 401 && !path.startsWith("/auth/login")) {
+      toLogin();
+      throw new HttpError(401, "session expired");
+    }
+    return response;
+  }
+
+  async function json(path) {
+    const response = await api(path);
+    if (!response.ok) {
+      let message = response.statusText;
+      try {
+        message = (await response.json()).error || message;
+      } catch (_) { /* not JSON */ }
+      throw new HttpError(response.status, message);
+    }
+    return response.json();
+  }
+
+  async function post(path, body) {
+    return fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+  }
+
+  async function logout() {
+    try {
+      await post("/auth/logout", {});
+    } finally {
+      location.assign("/login");
+    }
+  }
+
+  /** Still signed in? Used after a tile fails, since image loads do not show the status. */
+  async function checkSession() {
+    try {
+      const response = await fetch("/auth/me", { credentials: "same-origin",
+                                                 headers: { Accept: "application/json" } });
+      if (response.status === 401) toLogin();
+      return response.ok;
+    } catch (_) {
+      return false;
+    }
+  }
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === undefined || value === null || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  /** A length in micrometres as clinicians read it: µm below 1 mm, mm above. */
+  function formatLength(um) {
+    if (!isFinite(um)) return "—";
+    if (um >= 1000) {
+      const mm = um / 1000;
+      return (mm >= 10 ? mm.toFixed(1) : mm.toFixed(2)).replace(/\.?0+$/, "") + " mm";
+    }
+    if (um >= 100) return Math.round(um) + " µm";
+    if (um >= 10) return um.toFixed(1).replace(/\.0$/, "") + " µm";
+    return um.toFixed(2).replace(/\.?0+$/, "") + " µm";
+  }
+
+  function shortId(id) {
+    return id.slice(0, 8);
+  }
+
+  /** The signed-in user's name into #user-name, and the logout button wired. */
+  async function header() {
+    const button = document.getElementById("logout");
+    if (button) button.addEventListener("click", logout);
+    try {
+      const me = await json("/auth/me");
+      const name = document.getElementById("user-name");
+      if (name) name.textContent = me.name;
+      return me;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  return { safeNext, loginUrl, toLogin, api, json, post, logout, checkSession, el,
+           formatLength, shortId, header, HttpError };
+})();

@@ -1,0 +1,409 @@
+/* Slide viewer: OpenSeadragon over our DZI, overview map, scale bar, ruler, magnification
+   presets, keyboard shortcuts, next/previous in the case, label (when allowed), session expiry. */
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const slideId = location.pathname.split("/").pop();
+  const PRESETS = [1, 2, 5, 10, 20, 40];
+  const SCALEBAR_MAX_PX = 160;
+
+  let viewer = null;
+  let mpp = null; // [x, y] µm per level-0 pixel
+  let objective = null; // magnification at level 0
+  let ruler = null; // {a, b} in level-0 pixels
+  let rulerMode = false;
+  let dragging = false;
+  let neighbours = { prev: null, next: null };
+  let labelLoaded = false;
+  let labelHidden = false;
+  const tiles = { loaded: 0, failed: 0 };
+
+  function message(text, kind = "error") {
+    const node = $("viewer-message");
+    node.textContent = text;
+    node.className = "viewer-message " + kind;
+  }
+
+  // -- magnification ----------------------------------------------------------------------
+  /** Screen (CSS) pixels per level-0 pixel. */
+  function imageZoom() {
+    if (!viewer || viewer.world.getItemCount() === 0) return null;
+    return viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true));
+  }
+
+  function goToMagnification(power) {
+    if (!viewer || !objective) return;
+    const target = viewer.viewport.imageToViewportZoom(power / objective);
+    viewer.viewport.zoomTo(target, null, false);
+    viewer.viewport.applyConstraints();
+  }
+
+  function buildPresets() {
+    const box = $("presets");
+    box.replaceChildren();
+    PRESETS.forEach((power, index) => {
+      const allowed = objective && power <= objective * 2; // up to 2x over-zoom
+      box.append(TS.el("button", {
+        type: "button",
+        class: "preset",
+        "data-power": String(power),
+        title: `${power}× (${index + 1})`,
+        disabled: !allowed,
+        onclick: () => goToMagnification(power),
+        text: `${power}×`,
+      }));
+    });
+  }
+
+  function updateReadouts() {
+    const zoom = imageZoom();
+    if (zoom === null) return;
+    const readout = $("magnification");
+    if (objective) {
+      const mag = objective * zoom;
+      readout.textContent = (mag < 10 ? mag.toFixed(1) : Math.round(mag)) + "×";
+      readout.dataset.magnification = mag.toFixed(3);
+      for (const button of document.querySelectorAll(".preset")) {
+        const power = Number(button.dataset.power);
+        button.classList.toggle("active", Math.abs(mag - power) / power < 0.03);
+      }
+    } else {
+      readout.textContent = Math.round(zoom * 100) + "%";
+    }
+    updateScalebar(zoom);
+    drawRuler();
+  }
+
+  // -- scale bar ---------------------------------------------------------------------------
+  /** The largest 1-2-5 length not above ``limit``. */
+  function niceLength(limit) {
+    const exponent = Math.floor(Math.log10(limit));
+    const base = Math.pow(10, exponent);
+    for (const step of [5, 2, 1]) {
+      if (step * base <= limit) return step * base;
+    }
+    return base;
+  }
+
+  function updateScalebar(zoom) {
+    const box = $("scalebar");
+    if (!mpp || !zoom) {
+      box.classList.add("hidden");
+      return;
+    }
+    const umPerPx = mpp[0] / zoom;
+    const length = niceLength(umPerPx * SCALEBAR_MAX_PX);
+    const px = length / umPerPx;
+    $("scalebar-bar").style.width = px.toFixed(1) + "px";
+    $("scalebar-label").textContent = TS.formatLength(length);
+    box.dataset.um = String(length);
+    box.dataset.px = px.toFixed(2);
+    box.dataset.umPerPx = umPerPx.toPrecision(6);
+    box.classList.remove("hidden");
+  }
+
+  // -- ruler -------------------------------------------------------------------------------
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function setRulerMode(on) {
+    rulerMode = on;
+    $("ruler-toggle").setAttribute("aria-pressed", String(on));
+    $("ruler-toggle").classList.toggle("active", on);
+    document.body.classList.toggle("ruler-mode", on);
+  }
+
+  function clearRuler() {
+    ruler = null;
+    dragging = false;
+    drawRuler();
+  }
+
+  function distanceUm(a, b) {
+    if (!mpp) return null;
+    return Math.hypot((b.x - a.x) * mpp[0], (b.y - a.y) * mpp[1]);
+  }
+
+  function svgNode(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+    return node;
+  }
+
+  function drawRuler() {
+    const layer = $("ruler-layer");
+    const readout = $("ruler-readout");
+    layer.replaceChildren();
+    if (!ruler || !viewer) {
+      readout.classList.add("hidden");
+      return;
+    }
+    const toScreen = (p) =>
+      viewer.viewport.imageToViewerElementCoordinates(new OpenSeadragon.Point(p.x, p.y));
+    const a = toScreen(ruler.a);
+    const b = toScreen(ruler.b);
+    const line = { x1: a.x, y1: a.y, x2: b.x, y2: b.y };
+    layer.append(svgNode("line", { ...line, class: "ruler-halo" }));
+    layer.append(svgNode("line", { ...line, class: "ruler-line" }));
+    for (const p of [a, b]) layer.append(svgNode("circle", { cx: p.x, cy: p.y, r: 4, class: "ruler-end" }));
+    const um = distanceUm(ruler.a, ruler.b);
+    const px = Math.hypot(ruler.b.x - ruler.a.x, ruler.b.y - ruler.a.y);
+    readout.textContent = um === null ? `${Math.round(px)} px` : TS.formatLength(um);
+    readout.dataset.um = um === null ? "" : um.toFixed(3);
+    readout.dataset.px = px.toFixed(2);
+    readout.style.left = Math.round(b.x + 12) + "px";
+    readout.style.top = Math.round(b.y + 12) + "px";
+    readout.classList.remove("hidden");
+  }
+
+  function imagePoint(position) {
+    const p = viewer.viewport.viewerElementToImageCoordinates(position);
+    return { x: p.x, y: p.y };
+  }
+
+  function wireRuler() {
+    viewer.addHandler("canvas-press", (event) => {
+      if (!rulerMode) return;
+      const p = imagePoint(event.position);
+      ruler = { a: p, b: p };
+      dragging = true;
+      drawRuler();
+    });
+    viewer.addHandler("canvas-drag", (event) => {
+      if (!rulerMode) return;
+      event.preventDefaultAction = true; // no panning while measuring
+      if (dragging && ruler) {
+        ruler.b = imagePoint(event.position);
+        drawRuler();
+      }
+    });
+    viewer.addHandler("canvas-drag-end", (event) => {
+      if (rulerMode) event.preventDefaultAction = true;
+    });
+    viewer.addHandler("canvas-release", () => {
+      dragging = false;
+    });
+    for (const name of ["canvas-click", "canvas-double-click"]) {
+      viewer.addHandler(name, (event) => {
+        if (rulerMode) event.preventDefaultAction = true;
+      });
+    }
+  }
+
+  // -- keyboard ----------------------------------------------------------------------------
+  function pan(dx, dy, far) {
+    const bounds = viewer.viewport.getBounds(true);
+    const f = far ? 0.5 : 0.15;
+    viewer.viewport.panBy(new OpenSeadragon.Point(dx * bounds.width * f, dy * bounds.height * f));
+    viewer.viewport.applyConstraints();
+  }
+
+  function zoom(factor) {
+    viewer.viewport.zoomBy(factor);
+    viewer.viewport.applyConstraints();
+  }
+
+  function toggleHelp(force) {
+    const help = $("help");
+    const show = force === undefined ? help.classList.contains("hidden") : force;
+    help.classList.toggle("hidden", !show);
+  }
+
+  function toggleLabel() {
+    if (!labelLoaded) return;
+    labelHidden = !labelHidden;
+    $("label-panel").classList.toggle("hidden", labelHidden);
+  }
+
+  function toggleNavigator() {
+    if (viewer && viewer.navigator) viewer.navigator.element.classList.toggle("nav-hidden");
+  }
+
+  function go(id) {
+    if (id) location.assign(`/view/${id}`);
+  }
+
+  function onKey(event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA")) return;
+    const key = event.key;
+    let handled = true;
+    if (key === "?") toggleHelp();
+    else if (key === "Escape") {
+      if (!$("help").classList.contains("hidden")) toggleHelp(false);
+      else if (ruler) clearRuler();
+      else setRulerMode(false);
+    } else if (key === "n" || key === "N" || key === "PageDown") go(neighbours.next);
+    else if (key === "p" || key === "P" || key === "PageUp") go(neighbours.prev);
+    else if (key === "w" || key === "W") location.assign("/");
+    else if (!viewer || viewer.world.getItemCount() === 0) handled = false;
+    else if (key === "ArrowLeft") pan(-1, 0, event.shiftKey);
+    else if (key === "ArrowRight") pan(1, 0, event.shiftKey);
+    else if (key === "ArrowUp") pan(0, -1, event.shiftKey);
+    else if (key === "ArrowDown") pan(0, 1, event.shiftKey);
+    else if (key === "+" || key === "=") zoom(1.5);
+    else if (key === "-" || key === "_") zoom(1 / 1.5);
+    else if (key === "0" || key === "Home") viewer.viewport.goHome();
+    else if (/^[1-6]$/.test(key)) goToMagnification(PRESETS[Number(key) - 1]);
+    else if (key === "r" || key === "R") setRulerMode(!rulerMode);
+    else if (key === "m" || key === "M") toggleNavigator();
+    else if (key === "l" || key === "L") toggleLabel();
+    else handled = false;
+    if (handled) event.preventDefault();
+  }
+
+  // -- the case: next / previous in worklist order ----------------------------------------
+  function wireCase(cases) {
+    const found = (cases || []).find((c) => c.slides.includes(slideId));
+    if (!found) return;
+    const index = found.slides.indexOf(slideId);
+    neighbours = {
+      prev: index > 0 ? found.slides[index - 1] : null,
+      next: index < found.slides.length - 1 ? found.slides[index + 1] : null,
+    };
+    $("case-name").textContent = found.name;
+    $("slide-position").textContent = `${index + 1} / ${found.slides.length}`;
+    $("prev-slide").disabled = !neighbours.prev;
+    $("next-slide").disabled = !neighbours.next;
+    document.title = `${TS.shortId(slideId)} · ${found.name} · Tileserver`;
+  }
+
+  // -- label -------------------------------------------------------------------------------
+  function loadLabel(info) {
+    if (!(info.associated || []).includes("label")) return;
+    const img = $("label-image");
+    img.addEventListener("load", () => {
+      labelLoaded = true;
+      $("label-panel").classList.toggle("hidden", labelHidden);
+    });
+    img.addEventListener("error", () => { labelLoaded = false; }); // not allowed or not kept
+    img.src = `/api/slides/${slideId}/associated/label`;
+  }
+
+  // -- tiles -------------------------------------------------------------------------------
+  function showTileStatus() {
+    const node = $("tile-status");
+    node.textContent = tiles.failed
+      ? `${tiles.loaded} tiles · ${tiles.failed} failed`
+      : `${tiles.loaded} tiles`;
+    node.dataset.loaded = String(tiles.loaded);
+    node.dataset.failed = String(tiles.failed);
+  }
+
+  function facts(info) {
+    const parts = [`${info.width.toLocaleString()} × ${info.height.toLocaleString()} px`];
+    parts.push(mpp ? `${mpp[0].toFixed(3)} µm/px` : "pixel size unknown (no µm measurements)");
+    if (info.objective_power) parts.push(`scanned at ${+info.objective_power}×`);
+    if (info.vendor) parts.push(info.vendor);
+    $("slide-facts").textContent = parts.join(" · ");
+  }
+
+  function startViewer() {
+    // OpenSeadragon adds a small <style> for touch screens unless one marked
+    // data-openseadragon-mobile-css exists; the CSP refuses inline styles (even empty ones), so
+    // its rule lives in app.css and the marker is a "style" element outside the HTML and SVG
+    // namespaces: the selector matches it, and no browser treats it as a style sheet.
+    const marker = document.createElementNS("urn:x-tileserver:inert", "style");
+    marker.setAttribute("data-openseadragon-mobile-css", "true");
+    document.head.append(marker);
+
+    viewer = OpenSeadragon({
+      element: $("osd"),
+      tileSources: `/deepzoom/${slideId}.dzi`,
+      prefixUrl: "/static/vendor/openseadragon/images/",
+      drawer: "canvas",
+      showNavigationControl: false,
+      showNavigator: true,
+      navigatorPosition: "TOP_RIGHT",
+      navigatorSizeRatio: 0.17,
+      navigatorAutoFade: false,
+      navigatorBackground: "#1b1f24",
+      navigatorBorderColor: "#3a4048",
+      navigatorDisplayRegionColor: "#4fb3ff",
+      maxZoomPixelRatio: 2,
+      minZoomImageRatio: 0.8,
+      visibilityRatio: 0.4,
+      animationTime: 0.45,
+      springStiffness: 9,
+      blendTime: 0.05,
+      zoomPerScroll: 1.4,
+      immediateRender: false,
+      timeout: 30000,
+      preserveImageSizeOnResize: true,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, flickEnabled: false },
+    });
+    // Our own shortcuts handle every key; OpenSeadragon's would act twice.
+    viewer.addHandler("canvas-key", (event) => { event.preventDefaultAction = true; });
+    viewer.addHandler("open", () => {
+      document.body.dataset.open = "true";
+      const item = viewer.world.getItemAt(0);
+      item.addHandler("fully-loaded-change", (event) => {
+        document.body.dataset.fullyLoaded = String(event.fullyLoaded);
+      });
+      updateReadouts();
+    });
+    viewer.addHandler("open-failed", async () => {
+      if (await TS.checkSession()) message("The slide could not be opened.");
+    });
+    viewer.addHandler("tile-loaded", () => {
+      tiles.loaded += 1;
+      showTileStatus();
+    });
+    viewer.addHandler("tile-load-failed", () => {
+      tiles.failed += 1;
+      showTileStatus();
+      TS.checkSession(); // a 401 means the session ended: log in and come back here
+    });
+    viewer.addHandler("animation", updateReadouts);
+    viewer.addHandler("animation-finish", updateReadouts);
+    viewer.addHandler("resize", updateReadouts);
+    viewer.addHandler("update-viewport", drawRuler);
+    wireRuler();
+  }
+
+  function wireButtons() {
+    $("prev-slide").addEventListener("click", () => go(neighbours.prev));
+    $("next-slide").addEventListener("click", () => go(neighbours.next));
+    $("ruler-toggle").addEventListener("click", () => setRulerMode(!rulerMode));
+    $("fit").addEventListener("click", () => viewer && viewer.viewport.goHome());
+    $("help-toggle").addEventListener("click", () => toggleHelp());
+    $("label-panel").addEventListener("click", toggleLabel);
+    document.addEventListener("keydown", onKey);
+  }
+
+  async function init() {
+    wireButtons();
+    TS.header();
+    $("slide-id").textContent = slideId;
+    $("slide-id").title = slideId;
+    if (typeof OpenSeadragon === "undefined") {
+      message("The image viewer component (OpenSeadragon) is not installed on this server. " +
+              "An administrator must run scripts/setup-browser.sh.");
+      return;
+    }
+    let info;
+    const casesPromise = TS.json("/viewer/cases").catch(() => null);
+    try {
+      info = await TS.json(`/api/slides/${slideId}`);
+    } catch (error) {
+      if (error.status === 404) {
+        message("Slide not found — it does not exist or it is not in a case assigned to you.");
+      } else if (error.status !== 401) {
+        message(`The slide could not be loaded: ${error.message}`);
+      }
+      buildPresets();
+      return;
+    }
+    mpp = Array.isArray(info.mpp) && info.mpp[0] > 0 ? info.mpp : null;
+    objective = info.objective_power > 0 ? Number(info.objective_power)
+      : (mpp ? Math.round(10 / mpp[0]) : null); // ~10 µm/px at 1×
+    buildPresets();
+    facts(info);
+    startViewer();
+    loadLabel(info);
+    wireCase((await casesPromise || {}).cases);
+  }
+
+  init();
+})();
