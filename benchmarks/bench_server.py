@@ -67,6 +67,23 @@ def ensure_slide(size: tuple[int, int]) -> Path:
     return path
 
 
+def convert_once(slide: Path) -> tuple[Path, Path, str]:
+    """An encrypted store of the slide in benchmarks/.data (converted once, then reused)."""
+    home = DATA / "tileserver-home"
+    stores = DATA / f"stores-{slide.stem}"
+    env = {**os.environ, "TILESERVER_HOME": str(home)}
+    cli = [sys.executable, "-m", "tileserver.cli"]
+    subprocess.run([*cli, "keys", "init"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [*cli, "convert", "--quiet", str(slide), "--out", str(stores)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    ids = [p.name for p in stores.iterdir() if (p / "tileserver-complete.json").exists()]
+    return stores, home, ids[0]
+
+
 def git_state() -> str:
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
@@ -115,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--max-requests", type=int, default=2000, help="per pass")
     p.add_argument("--max-seconds", type=float, default=60.0, help="per pass")
+    p.add_argument("--no-ours", action="store_true", help="skip our server on a converted store")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-static", action="store_true")
     p.add_argument("--no-plots", action="store_true")
@@ -147,6 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         servers["ours"] = run_server("ours", ours, settings, ours_options)
         servers["ours"]["note"] = args.ours_note
+    if not args.no_ours:
+        stores, home, slide_id = convert_once(slide)
+        servers["ours"] = run_server(
+            "ours", lambda: comparators.ours_server(stores, home, slide_id), settings, local
+        )
+        servers["ours"]["note"] = (
+            "tileserver serve on an encrypted store, the store's own grid (240 px, overlap 0, "
+            "level-0 tiles passed through), HTTP without auth on loopback, restarted per cell"
+        )
     if not args.no_static or comparators.nginx_available():
         tiles = DATA / f"static-{slide.stem}"
         started = time.perf_counter()

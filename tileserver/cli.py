@@ -189,7 +189,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         home=args.settings.home,
         service=ServiceSettings(
-            dzi_tile=args.dzi_tile, dzi_overlap=args.dzi_overlap, threads=args.threads
+            dzi_tile=args.dzi_tile,
+            dzi_overlap=args.dzi_overlap,
+            threads=args.threads,
+            response_cache_bytes=args.cache_mb << 20,
+            chunk_cache_items=512 if args.cache_mb else 0,
         ),
         tls=not args.insecure_http,
         auth=not args.no_auth,
@@ -274,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="DeepZoom tile edge (default: the store's chunk edge)",
     )
     serve.add_argument("--dzi-overlap", type=int, default=0)
+    serve.add_argument(
+        "--cache-mb",
+        type=int,
+        default=256,
+        help="encoded-response cache; 0 turns caches off (for benchmarks)",
+    )
     serve.add_argument(
         "--cert", type=Path, help="TLS certificate (default: self-signed, made once)"
     )

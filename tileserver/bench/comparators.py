@@ -173,9 +173,11 @@ def _running(
     host: str,
     timeout: float,
     log: Path,
+    path: str = f"/{SLIDE}.dzi",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout
         url = None
@@ -187,7 +189,7 @@ def _running(
                 )
             port = port_of()
             if port:
-                url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/{SLIDE}.dzi"
+                url = f"http://{host if ':' not in host else f'[{host}]'}:{port}{path}"
                 if _answers(url):
                     break
             time.sleep(0.05)
@@ -229,6 +231,49 @@ def static_server(
 ) -> AbstractContextManager[Server]:
     """``prerender``'s directory behind aiohttp ``web.static``."""
     return _python_server("static", Path(tiles).resolve(), host, port, timeout)
+
+
+@contextmanager
+def ours_server(
+    stores: Path,
+    home: Path,
+    slide_id: str,
+    *extra: str,
+    host: str = "127.0.0.1",
+    timeout: float = 60,
+) -> Iterator[Server]:
+    """``tileserver serve`` over ``stores`` (plain HTTP, no auth: loopback benchmarks only),
+    answering the slide's own DeepZoom grid."""
+    port = _free_port(host)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tileserver.cli",
+        "serve",
+        str(stores),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--insecure-http",
+        "--no-auth",
+        *extra,
+    ]
+    env = {**os.environ, "TILESERVER_HOME": str(home)}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp,
+        _running(
+            "ours",
+            cmd,
+            lambda: port,
+            host,
+            timeout,
+            Path(tmp) / "log",
+            f"/deepzoom/{slide_id}.dzi",
+            env,
+        ) as server,
+    ):
+        yield server
 
 
 def nginx_available() -> bool:
