@@ -268,8 +268,7 @@ class Accounts:
         h = digest(session)
         rows = self._read(
             "SELECT s.user, u.role, s.created, s.last_seen FROM sessions s"
-            " JOIN users u ON u.name = s.user WHERE s.hash=? AND u.disabled=0"
-            " AND u.pw_hash IS NOT NULL",
+            " JOIN users u ON u.name = s.user WHERE s.hash=? AND u.disabled=0",
             (h,),
         )
         now = self.now()
