@@ -16,7 +16,7 @@ from tileserver.security.audit import AuditLog, SlideViewAggregator
 from tileserver.security.crypto import new_key
 from tileserver.security.login import Authenticator
 from tileserver.server.app import create_app
-from tileserver.server.auth import PUBLIC, Security
+from tileserver.server.auth import Security, is_public
 from tileserver.server.run import make_runner
 from tileserver.service import ServiceSettings
 
@@ -32,6 +32,7 @@ SAMPLE = {
     "quality": "default",
     "format": "jpg",
     "name": "label",
+    "path": "viewer.css",
 }
 # Routes that answer without credentials, with why.
 EXPECTED_PUBLIC = {
@@ -40,6 +41,8 @@ EXPECTED_PUBLIC = {
     "/auth/enrol": "one-time enrolment link",
     "/auth/enrol/confirm": "one-time enrolment link",
     "/auth/link": "one-time loopback login link",
+    "/login": "the login page",
+    "/static/{path}": "viewer code and styles (no patient data)",
 }
 
 
@@ -48,7 +51,7 @@ def concrete(path: str) -> str:
 
 
 def test_every_route_needs_credentials(tmp_path: Path) -> None:
-    assert set(EXPECTED_PUBLIC) <= PUBLIC
+    assert all(is_public(concrete(path)) for path in EXPECTED_PUBLIC)
 
     async def scenario() -> dict[tuple[str, str], tuple[int, str]]:
         library = SlideLibrary(tmp_path, sources=False, keyring=None)
@@ -77,7 +80,8 @@ def test_every_route_needs_credentials(tmp_path: Path) -> None:
                         continue
                     url = f"http://127.0.0.1:{port}{concrete(path)}"
                     async with session.request(route.method, url, json={}) as reply:
-                        body = await reply.json()
+                        json_body = reply.content_type == "application/json"
+                        body = await reply.json() if json_body else {}
                         results[(route.method, path)] = (reply.status, body.get("error", ""))
         finally:
             await runner.cleanup()
@@ -90,3 +94,48 @@ def test_every_route_needs_credentials(tmp_path: Path) -> None:
             assert error != "authentication required", (method, path)
         else:
             assert (status, error) == (401, "authentication required"), (method, path, status)
+
+
+def test_rate_limit_and_body_cap(tmp_path: Path) -> None:
+    """A flood from one principal gets 429 with Retry-After; big bodies get 413."""
+
+    async def scenario() -> tuple[list[int], str | None, int]:
+        library = SlideLibrary(tmp_path, sources=False, keyring=None)
+        accounts = Accounts(tmp_path / "auth.db", new_key())
+        audit = AuditLog(tmp_path / "audit.jsonl", new_key())
+        security = Security(
+            Authenticator(accounts, audit),
+            audit,
+            None,
+            tls=False,
+            loopback=True,
+            rate=5.0,
+            burst=10.0,
+        )
+        app = create_app(library, ServiceSettings(), security)
+        runner = make_runner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        statuses, retry_after = [], None
+        try:
+            async with aiohttp.ClientSession() as session:
+                body = {"username": "x" * (200 * 1024), "password": "", "code": ""}
+                async with session.post(f"http://127.0.0.1:{port}/auth/login", json=body) as r:
+                    too_big = r.status
+                token = accounts.create_token("flood", frozenset({"metadata"}), None, None)
+                headers = {"Authorization": f"Bearer {token}"}
+                for _ in range(30):
+                    url = f"http://127.0.0.1:{port}/api/slides"
+                    async with session.get(url, headers=headers) as reply:
+                        statuses.append(reply.status)
+                        retry_after = retry_after or reply.headers.get("Retry-After")
+        finally:
+            await runner.cleanup()
+        return statuses, retry_after, too_big
+
+    statuses, retry_after, too_big = asyncio.run(scenario())
+    assert statuses[:9] == [200] * 9
+    assert 429 in statuses and retry_after is not None and int(retry_after) >= 1
+    assert too_big == 413

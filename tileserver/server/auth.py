@@ -102,6 +102,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise web.HTTPForbidden(reason="cross-origin request refused")
     if security.authenticator is None:
         request[PRINCIPAL] = LOCAL_ANONYMOUS
+        _check_rate(security, LOCAL_ANONYMOUS)
         return await handler(request)
     session = request.cookies.get(SESSION_COOKIE)
     auth = request.headers.get("Authorization", "")
@@ -116,15 +117,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             # A person in a browser: to the login page, and back here afterwards.
             raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
         raise web.HTTPUnauthorized(reason="authentication required")
+    _check_rate(security, principal)
+    request[PRINCIPAL] = principal
+    if session:
+        request[SESSION] = session
+    return await handler(request)
+
+
+def _check_rate(security: Security, principal: Principal) -> None:
     wait = security.allow_rate(f"{principal.kind}:{principal.name}")
     if wait is not None:
         raise web.HTTPTooManyRequests(
             reason="rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))}
         )
-    request[PRINCIPAL] = principal
-    if session:
-        request[SESSION] = session
-    return await handler(request)
 
 
 def principal_of(request: web.Request) -> Principal:

@@ -80,7 +80,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason, correlation_id)
+        response = error_response(exc.status, exc.reason, correlation_id)
+        for name in ("Retry-After", "Allow", "WWW-Authenticate"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
     except Exception as exc:
         status = status_of(exc)
         if isinstance(exc, IntegrityError):
