@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
 # Set up, generate a synthetic Aperio SVS sample slide, convert it into an encrypted store,
-# and serve it on loopback (Ctrl-C stops the server).
+# and serve it over HTTPS on loopback with a one-time login link (Ctrl-C stops the server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/setup-browser.sh --viewer-only
 export TILESERVER_HOME=${TILESERVER_HOME:-$PWD/demo-out/home}
-port=${PORT:-8080}
+port=${PORT:-8443}
+ts=.venv/bin/tileserver
 mkdir -p demo-out
 slide=demo-out/sample.svs
 [ -f "$slide" ] || .venv/bin/python -m sample_data svs "$slide" --size 8000x6000 --seed 1
-.venv/bin/tileserver info "$slide"
-.venv/bin/tileserver keys init
-.venv/bin/tileserver convert "$slide" --out demo-out/stores
-id=$(ls demo-out/stores | grep -E '^[0-9a-f]{32}$' | head -n 1)
-cat <<MSG
-
-Open in a browser once the server says it is serving:
-  http://127.0.0.1:$port/api/slides/$id/thumbnail?max=1024    (thumbnail)
-  http://127.0.0.1:$port/deepzoom/$id.dzi                    (DeepZoom descriptor)
-  http://127.0.0.1:$port/iiif/3/$id/info.json                (IIIF Image API 3)
-  http://127.0.0.1:$port/api/openapi.json                    (REST API)
-MSG
-exec .venv/bin/tileserver serve demo-out/stores --port "$port"
+$ts info "$slide"
+$ts keys init
+$ts convert "$slide" --out demo-out/stores --collection demo --keep-associated
+$ts users list | grep -q '^demo-pathologist ' || $ts users add demo-pathologist --url "https://127.0.0.1:$port" > /dev/null
+$ts users grant demo-pathologist demo --labels > /dev/null
+echo
+echo "Open the one-time login link printed below (your browser will warn about the"
+echo "self-signed certificate made for this machine: accept it for 127.0.0.1)."
+exec $ts serve demo-out/stores --port "$port" --login-link demo-pathologist

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/setup-browser.sh
 .venv/bin/ruff check tileserver sample_data tests benchmarks
 .venv/bin/python -m pytest "$@"

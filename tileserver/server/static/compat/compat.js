@@ -10,6 +10,7 @@
     id: "osd",
     prefixUrl: "/static/vendor/openseadragon/images/",
     tileSources: url,
+    drawer: "canvas", // headless test browsers have no GPU; the stock default is WebGL
   });
   viewer.addHandler("open", () => { document.body.dataset.open = "true"; });
   viewer.addHandler("open-failed", () => { document.body.dataset.open = "failed"; });

@@ -322,7 +322,7 @@
       navigatorBorderColor: "#3a4048",
       navigatorDisplayRegionColor: "#4fb3ff",
       maxZoomPixelRatio: 2,
-      minZoomImageRatio: 0.8,
+      minZoomImageRatio: 0.25, // presets may go below the whole-slide view on small slides
       visibilityRatio: 0.4,
       animationTime: 0.45,
       springStiffness: 9,

@@ -1,0 +1,186 @@
+"""A real browser against the real HTTPS server: headless Debian Chromium driven by Playwright.
+
+Set up by scripts/setup-browser.sh (Chromium from Debian, OpenSeadragon from npm). Missing
+pieces fail with what to run, never skip: CI must exercise the viewer.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.server.conftest import Server, run_server
+from tileserver.pyramid.builder import convert
+from tileserver.pyramid.plan import ConvertOptions
+from tileserver.security import totp
+from tileserver.security.keys import KeyRing
+from tileserver.server.routes.viewer import openseadragon_dir
+from tileserver.sources import open_slide
+from tileserver.store.layout import new_slide_id
+
+CHROMIUM = os.environ.get("TILESERVER_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(os.environ.get("TILESERVER_VIEWER_ARTIFACTS", "/tmp/tileserver-viewer-artifacts"))
+PASSWORD_ALICE = "viewer test password alice 1"  # test-only
+PASSWORD_BOB = "viewer test password bob 22"
+VIEWPORT = {"width": 1400, "height": 860}
+SETUP_HINT = "run scripts/setup-browser.sh (Chromium from Debian, OpenSeadragon via npm ci)"
+
+
+@dataclass
+class Person:
+    name: str
+    password: str
+    secret: bytes = b""
+    last_step: int = -1
+    storage: dict[str, Any] = field(default_factory=dict)  # Playwright storage state
+
+    def fresh_code(self) -> str:
+        """A code the server accepts now: a step within one of now, after any used before."""
+        while True:
+            now = totp.step_of(time.time())
+            step = max(self.last_step + 1, now - 1)
+            if step <= now + 1:
+                self.last_step = step
+                return totp.code_at(self.secret, step)
+            time.sleep(0.5)
+
+
+@dataclass
+class Site:
+    server: Server
+    home: Path
+    a1: str  # case-a, label kept
+    a2: str  # case-a, no label
+    b1: str  # case-b, label kept (bob may not see labels)
+    alice_setup: str  # one-time setup token (bootstrap admin), enrolled in the browser
+    alice: Person
+    bob: Person  # enrolled over HTTP after alice, logs in through the login page
+
+
+def _cli(home: Path, *args: str) -> str:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TILESERVER_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-m", "tileserver.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _token(output: str) -> str:
+    url = output.strip().splitlines()[-1]
+    return parse_qs(urlsplit(url).query)["setup"][0]
+
+
+def secret_of(otpauth_uri: str) -> bytes:
+    b32 = parse_qs(urlsplit(otpauth_uri).query)["secret"][0]
+    return base64.b32decode(b32 + "=" * (-len(b32) % 8))
+
+
+@pytest.fixture(scope="session")
+def viewer_site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Iterator[Site]:
+    if openseadragon_dir() is None:
+        pytest.fail(f"OpenSeadragon is not installed: {SETUP_HINT}")
+    root = tmp_path_factory.mktemp("viewer")
+    home = root / "home"
+    KeyRing(home).initialise()
+    out = root / "stores"
+    ids = []
+    for keep in (True, False, True):
+        slide_id = new_slide_id()
+        with open_slide(synthetic_svs) as source:
+            options = ConvertOptions(keep_associated=keep)
+            convert(source, out / slide_id, slide_id, options, KeyRing(home))
+        ids.append(slide_id)
+    a1, a2, b1 = ids
+    _cli(home, "slides", "assign", "case-a", a1, a2)
+    _cli(home, "slides", "assign", "case-b", b1)
+    with run_server(out, home, secure=True) as server:
+        alice_setup = _token(_cli(home, "users", "bootstrap", "--url", server.base))
+        alice, bob = Person("alice", PASSWORD_ALICE), Person("bob", PASSWORD_BOB)
+        yield Site(server, home, a1, a2, b1, alice_setup, alice, bob)
+
+
+def enrol_over_http(site: Site, person: Person, collection: str) -> None:
+    """A user added by the administrator, enrolled with the API (not the page)."""
+    token = _token(_cli(site.home, "users", "add", person.name, "--url", site.server.base))
+    started = site.server.post(
+        "/auth/enrol", {"token": token, "username": person.name, "password": person.password}
+    )
+    assert started.status == 200, started.body
+    person.secret = secret_of(started.json()["otpauth_uri"])
+    confirmed = site.server.post(
+        "/auth/enrol/confirm", {"token": token, "code": person.fresh_code()}
+    )
+    assert confirmed.status == 200, confirmed.body
+    _cli(site.home, "users", "grant", person.name, collection)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: {SETUP_HINT}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright for Python is not installed: scripts/setup.sh (dev extras)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def new_context(browser: Any, viewer_site: Site) -> Iterator[Any]:
+    """Fresh browser contexts (own cookie jar) on the test server; closed after the test."""
+    contexts = []
+
+    def make(storage: dict[str, Any] | None = None) -> Any:
+        context = browser.new_context(
+            base_url=viewer_site.server.base,
+            ignore_https_errors=True,  # the server's self-signed certificate
+            viewport=VIEWPORT,
+            storage_state=storage or None,
+        )
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def image_stats(png: bytes) -> tuple[float, float]:
+    """(mean, standard deviation) of the grey levels of a screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+    return float(grey.mean()), float(grey.std())
