@@ -60,8 +60,8 @@ class Security:
     views: SlideViewAggregator | None
     tls: bool
     loopback: bool  # bound to loopback only: one-time login links are allowed
-    rate: float = 400.0  # requests per second per principal, sustained
-    burst: float = 800.0
+    rate: float = 2000.0  # requests per second per principal, sustained (a viewer bursts)
+    burst: float = 4000.0
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     @property
