@@ -8,7 +8,7 @@ rest costs when tiles are read.
    store is in the server's caches; repeated with a restart each time. Target: p95 < 50 ms.
 2. Encryption: the same slide converted twice, encrypted and ``--no-encrypt``; each served
    with caches off (``--cache-mb 0``) so every tile is read (and decrypted) from the store;
-   the random trace at concurrency 8, interleaved encrypted / plain, 3 rounds. Target: the
+   the random trace at concurrency 8, alternating encrypted / plain in ABBA order. Target: the
    encrypted store's throughput is within 5 % of the plain one's.
 Results replace the ``store`` section of benchmarks/RESULTS.md.
 """
@@ -128,7 +128,8 @@ def encryption_cost(slide: Path, home: Path, rounds: int) -> dict[str, list[floa
         traces=("random",), concurrency=(8,), max_requests=3000, max_seconds=30, passes=("cold",)
     )
     for r in range(rounds):
-        for kind in ("encrypted", "plain"):
+        # ABBA order: neither kind always runs first (warmer disk cache, noisier neighbour).
+        for kind in ("encrypted", "plain") if r % 2 == 0 else ("plain", "encrypted"):
             with comparators.ours_server(stores[kind], home, ids[kind], "--cache-mb", "0") as s:
                 _, cells = measure_cell(s.url, "random", 8, settings, ClientOptions(), set())
             rate = cells[0]["tiles_per_s"]

@@ -9,6 +9,6 @@ py=.venv/bin/python
 $py benchmarks/bench_convert.py --size 40000x30000 --repeats 3 "$@"
 $py benchmarks/bench_server.py --size 20000x15000 --traces pan,random --concurrency 1,8,32 \
     --max-requests 1500 --max-seconds 30
-$py benchmarks/bench_store.py --size 20000x15000 --repeats 15 --rounds 3
+$py benchmarks/bench_store.py --size 20000x15000 --repeats 15 --rounds 6
 .venv/bin/pytest benchmarks/bench_kernels.py benchmarks/bench_hot_paths.py --benchmark-only -q \
     -p no:cacheprovider --benchmark-json benchmarks/results/micro.json
