@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
 from tileserver.render.encode import MEDIA_TYPES, encode, resize, rotate, to_quality
 from tileserver.store.layout import FILL_VALUE
+from tileserver.store.reader import compose
 
 T = TypeVar("T")
 
@@ -171,22 +172,14 @@ class SlideService:
         p = await self.pyramid(slide_id)
         grid = self._grid(p)
         grid.tile_region(z, t_col, t_row)  # TileNotFound before any work
-        key = ("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt)
-        etag = self._etag(p, key)
-        if etag in if_none_match:
-            return NotModified(etag)
-        cached = self._responses.get((p.slide_id, p.generation, key))
-        if cached is not None:
-            return cached
         chunk = deepzoom.passthrough_chunk(grid, z, t_col, t_row, p.tile, len(p.levels))
         if chunk is not None and p.codec == fmt:
-            data = await self._run(self._passthrough, p, *chunk, fmt)
+            work: Callable[[], bytes] = partial(self._passthrough, p, *chunk, fmt)
         else:
             source = grid.tile_source(z, t_col, t_row, len(p.levels))
-            data = await self._run(
-                self._render, p, source.level, source.l_region, source.z_size, fmt
-            )
-        return self._remember(p, key, Encoded(data, MEDIA_TYPES[fmt], etag))
+            work = partial(self._render, p, source.level, source.l_region, source.z_size, fmt)
+        key = ("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt)
+        return await self._respond(p, key, fmt, if_none_match, work)
 
     # -- IIIF ------------------------------------------------------------------------------
     async def iiif_info(self, slide_id: str, base_id: str) -> dict[str, Any]:
@@ -224,19 +217,12 @@ class SlideService:
             max_area=s.max_area,
         )
         fmt = {"jpg": "jpeg"}.get(request.format, request.format)
-        key = ("iiif", request)
-        etag = self._etag(p, key)
-        if etag in if_none_match:
-            return NotModified(etag)
-        cached = self._responses.get((p.slide_id, p.generation, key))
-        if cached is not None:
-            return cached
         chunk = iiif.passthrough_chunk(request, p.levels[0], p.tile, len(p.levels))
         if chunk is not None and p.codec == fmt:
-            data = await self._run(self._passthrough, p, *chunk, fmt)
+            work: Callable[[], bytes] = partial(self._passthrough, p, *chunk, fmt)
         else:
-            data = await self._run(self._render_iiif, p, request, fmt)
-        return self._remember(p, key, Encoded(data, MEDIA_TYPES[fmt], etag))
+            work = partial(self._render_iiif, p, request, fmt)
+        return await self._respond(p, ("iiif", request), fmt, if_none_match, work)
 
     def _render_iiif(self, p: Pyramid, request: iiif.ImageRequest, fmt: str) -> bytes:
         self.stats["rendered"] += 1
@@ -290,21 +276,13 @@ class SlideService:
         key: tuple[Any, ...],
         if_none_match: Collection[str],
     ) -> Encoded | NotModified:
-        etag = self._etag(p, key)
-        if etag in if_none_match:
-            return NotModified(etag)
-        cached = self._responses.get((p.slide_id, p.generation, key))
-        if cached is not None:
-            return cached
-
         def render() -> bytes:
             self.stats["rendered"] += 1
             level = iiif.best_level(l0_region, out, len(p.levels))
             l_region = iiif.level_region(l0_region, level, p.levels[0])
             return encode(resize(self._read(p, level, l_region), out), fmt, self.settings.quality)
 
-        data = await self._run(render)
-        return self._remember(p, key, Encoded(data, MEDIA_TYPES[fmt], etag))
+        return await self._respond(p, key, fmt, if_none_match, render)
 
     async def associated(
         self, slide_id: str, name: str, fmt: str, if_none_match: Collection[str]
@@ -312,12 +290,32 @@ class SlideService:
         p = await self.pyramid(slide_id)
         if name not in p.associated:
             raise SlideNotFound(f"no associated image {name!r}")
-        key = ("associated", name, fmt)
+
+        def render() -> bytes:
+            return encode(p.read_associated(name), fmt, self.settings.quality)
+
+        return await self._respond(p, ("associated", name, fmt), fmt, if_none_match, render)
+
+    async def _respond(
+        self,
+        p: Pyramid,
+        key: tuple[Any, ...],
+        fmt: str,
+        if_none_match: Collection[str],
+        work: Callable[[], bytes],
+    ) -> Encoded | NotModified:
+        """304 when the client has it, the cached response when we have it, else ``work``
+        run in the render pool (and its result cached)."""
         etag = self._etag(p, key)
         if etag in if_none_match:
             return NotModified(etag)
-        data = await self._run(lambda: encode(p.read_associated(name), fmt, self.settings.quality))
-        return self._remember(p, key, Encoded(data, MEDIA_TYPES[fmt], etag))
+        cache_key = (p.slide_id, p.generation, key)
+        cached = self._responses.get(cache_key)
+        if cached is not None:
+            return cast(Encoded, cached)
+        encoded = Encoded(await self._run(work), MEDIA_TYPES[fmt], etag)
+        self._responses.put(cache_key, encoded)
+        return encoded
 
     # -- pixels (executor threads) -----------------------------------------------------------
     def _passthrough(self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str) -> bytes:
@@ -339,18 +337,7 @@ class SlideService:
 
     def _read(self, p: Pyramid, level: int, l_region: Region) -> np.ndarray:
         """Pixels of a region inside a level, composed from (cached) decoded chunks."""
-        tile = p.tile
-        out = np.empty((l_region.height, l_region.width, 3), np.uint8)
-        for t_row in range(l_region.y // tile, math.ceil((l_region.y + l_region.height) / tile)):
-            for t_col in range(l_region.x // tile, math.ceil((l_region.x + l_region.width) / tile)):
-                chunk = self._chunk(p, level, t_col, t_row)
-                x0, y0 = max(t_col * tile, l_region.x), max(t_row * tile, l_region.y)
-                x1 = min((t_col + 1) * tile, l_region.x + l_region.width)
-                y1 = min((t_row + 1) * tile, l_region.y + l_region.height)
-                out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = chunk[
-                    y0 - t_row * tile : y1 - t_row * tile, x0 - t_col * tile : x1 - t_col * tile
-                ]
-        return out
+        return compose(lambda c, r: self._chunk(p, level, c, r), p.tile, l_region)
 
     def _render(self, p: Pyramid, level: int, l_region: Region, size: Size, fmt: str) -> bytes:
         self.stats["rendered"] += 1
@@ -362,7 +349,3 @@ class SlideService:
         """Strong ETag: the store's generation plus a digest of what was asked for."""
         digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
         return f'"{p.generation}-{digest}"'
-
-    def _remember(self, p: Pyramid, key: tuple[Any, ...], encoded: Encoded) -> Encoded:
-        self._responses.put((p.slide_id, p.generation, key), encoded)
-        return encoded

@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 
 from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
-from tileserver.geometry import Region, Size, tile_count
+from tileserver.geometry import Region, Size
 from tileserver.sources.base import (
     MAX_REGION_PIXELS,
     Level,
@@ -329,7 +329,3 @@ def _mpp(tif: tifffile.TiffFile, page: Any, props: dict[str, str]) -> tuple[floa
     if unit and x_res and y_res:
         return (unit / x_res, unit / y_res)
     return None
-
-
-def segment_grid(size: Size, segment: Size) -> Size:
-    return tile_count(size, segment)

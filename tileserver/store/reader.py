@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,8 +72,12 @@ class StoreReader:
             raise RegionError(f"{self.name}: region exceeds the cap of {MAX_REGION_PIXELS} pixels")
         out = np.full((l_region.height, l_region.width, 3), FILL_VALUE, dtype=np.uint8)
         inside = l_region.intersect(self.layout.levels[level])
-        if inside.width == 0 or inside.height == 0:
-            return out
+        if inside.width and inside.height:
+            x, y = inside.x - l_region.x, inside.y - l_region.y
+            out[y : y + inside.height, x : x + inside.width] = compose(
+                lambda t_col, t_row: self.read_chunk(level, t_col, t_row), self.layout.tile, inside
+            )
+        return out
         tile = self.layout.tile
         for t_row in range(inside.y // tile, (inside.y + inside.height - 1) // tile + 1):
             for t_col in range(inside.x // tile, (inside.x + inside.width - 1) // tile + 1):
@@ -96,6 +101,23 @@ class StoreReader:
         grid = self.layout.grid(level)
         if not (0 <= t_col < grid.width and 0 <= t_row < grid.height):
             raise RegionError(f"{self.name}: chunk ({t_col}, {t_row}) outside level {level}")
+
+
+def compose(
+    read_chunk: Callable[[int, int], np.ndarray], tile: int, l_region: Region
+) -> np.ndarray:
+    """Pixels of a region inside a level, copied out of the (tile x tile) chunks it touches."""
+    out = np.empty((l_region.height, l_region.width, 3), np.uint8)
+    for t_row in range(l_region.y // tile, -(-(l_region.y + l_region.height) // tile)):
+        for t_col in range(l_region.x // tile, -(-(l_region.x + l_region.width) // tile)):
+            chunk = read_chunk(t_col, t_row)
+            x0, y0 = max(t_col * tile, l_region.x), max(t_row * tile, l_region.y)
+            x1 = min((t_col + 1) * tile, l_region.x + l_region.width)
+            y1 = min((t_row + 1) * tile, l_region.y + l_region.height)
+            out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = chunk[
+                y0 - t_row * tile : y1 - t_row * tile, x0 - t_col * tile : x1 - t_col * tile
+            ]
+    return out
 
 
 def complete_stores(directory: Path) -> list[str]:
