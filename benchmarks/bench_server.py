@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, default=2000, help="per pass")
     p.add_argument("--max-seconds", type=float, default=60.0, help="per pass")
     p.add_argument("--no-ours", action="store_true", help="skip our server on a converted store")
+    p.add_argument("--ours-workers", type=int, default=2, help="processes (one per core)")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-static", action="store_true")
     p.add_argument("--no-plots", action="store_true")
@@ -167,12 +168,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers["ours"]["note"] = args.ours_note
     if not args.no_ours:
         stores, home, slide_id = convert_once(slide)
+        workers = ("--workers", str(args.ours_workers))
         servers["ours"] = run_server(
-            "ours", lambda: comparators.ours_server(stores, home, slide_id), settings, local
+            "ours",
+            lambda: comparators.ours_server(stores, home, slide_id, *workers),
+            settings,
+            local,
         )
         servers["ours"]["note"] = (
-            "tileserver serve on an encrypted store, the store's own grid (240 px, overlap 0, "
-            "level-0 tiles passed through), HTTP without auth on loopback, restarted per cell"
+            f"tileserver serve --workers {args.ours_workers} on an encrypted store, the store's "
+            "own grid (240 px, overlap 0, level-0 tiles passed through), HTTP without auth on "
+            "loopback, restarted per cell"
         )
     if not args.no_static or comparators.nginx_available():
         tiles = DATA / f"static-{slide.stem}"
