@@ -66,6 +66,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     if action == "add":
         if accounts.user(args.name):
             raise TileserverError(f"user {args.name!r} exists; use `tileserver users reset`")
+        accounts.add_pending(args.name, args.role)
         token = accounts.issue_one_time("enrol", args.name, args.role, ENROL_TTL)
         record(f"added with role {args.role}", args.name)
         print(f"one-time enrolment link for {args.name} (valid 24 h, single use):")
@@ -147,20 +148,25 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def assign_collection(home: Path, slide_id: str, collection: str) -> None:
+    """Put a slide into a collection (case); recorded as an administrative action."""
+    if not is_slide_id(slide_id):
+        raise TileserverError(f"not a slide ID: {slide_id[:40]!r}")
+    accounts, audit = _open(home)
+    accounts.assign(slide_id, collection)
+    audit.append(
+        SECURITY_ROLES_CHANGED,
+        action="U",
+        user=ADMIN,
+        role="admin",
+        obj=slide_id,
+        detail={"change": f"assigned to collection {collection}"},
+    )
+
+
 def cmd_slides(args: argparse.Namespace) -> int:
-    accounts, audit = _open(args.settings.home)
     for slide_id in args.slide_ids:
-        if not is_slide_id(slide_id):
-            raise TileserverError(f"not a slide ID: {slide_id[:40]!r}")
-        accounts.assign(slide_id, args.collection)
-        audit.append(
-            SECURITY_ROLES_CHANGED,
-            action="U",
-            user=ADMIN,
-            role="admin",
-            obj=slide_id,
-            detail={"change": f"assigned to collection {args.collection}"},
-        )
+        assign_collection(args.settings.home, slide_id, args.collection)
     print(f"{len(args.slide_ids)} slide(s) assigned to collection {args.collection}")
     return 0
 

@@ -164,6 +164,16 @@ class Accounts:
                     (name, role, pw_hash, totp_sealed, step, self.now()),
                 )
 
+    def add_pending(self, name: str, role: str) -> None:
+        """A user who has not enrolled yet: grants can be given, no password login works."""
+        if role not in ROLES:
+            raise AccountError(f"role must be one of {', '.join(ROLES)}")
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO users (name, role, created) VALUES (?, ?, ?)",
+                (name, role, self.now()),
+            )
+
     def set_disabled(self, name: str, disabled: bool) -> None:
         with self._db() as db:
             if not db.execute(

@@ -1,0 +1,48 @@
+"""The administrative flow the demo uses: convert into a collection, add a user who has not
+enrolled yet, grant, and a loopback login link (regression: each step once failed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tileserver.security.accounts import Accounts
+from tileserver.security.keys import KeyRing
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TILESERVER_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "tileserver.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_convert_into_collection_then_grant_a_pending_user(
+    synthetic_svs: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    assert cli(home, "keys", "init").returncode == 0
+    out = tmp_path / "stores"
+    converted = cli(
+        home, "convert", "--quiet", str(synthetic_svs), "--out", str(out), "--collection", "case-7"
+    )
+    assert converted.returncode == 0, converted.stderr
+    (slide_id,) = [p.name for p in out.iterdir() if p.is_dir()]
+    added = cli(home, "users", "add", "dana")
+    assert added.returncode == 0 and "/login?setup=" in added.stdout.splitlines()[-1]
+    assert "enrolling" in cli(home, "users", "list").stdout
+    granted = cli(home, "users", "grant", "dana", "case-7", "--labels")
+    assert granted.returncode == 0, granted.stderr
+    link = cli(home, "users", "login-link", "dana")
+    assert link.returncode == 0 and "/auth/link?token=" in link.stdout
+    accounts = Accounts(home / "auth.db", KeyRing(home).service_key("totp"))
+    assert accounts.collection_of(slide_id) == "case-7"
+    assert accounts.grant_of("dana", "case-7") == (True, True)
+    assert cli(home, "users", "add", "dana").returncode == 1  # no duplicate
+    assert cli(home, "users", "grant", "nobody", "case-7").returncode == 1
