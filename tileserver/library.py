@@ -181,6 +181,14 @@ class SlideLibrary:
             self._source_paths = paths
         return sorted(paths)
 
+    def peek(self, slide_id: str) -> Pyramid | None:
+        """The slide if it is already open (no I/O: safe on the event loop), else None."""
+        with self._lock:
+            pyramid = self._open.get(slide_id)
+            if pyramid is not None:
+                self._open.move_to_end(slide_id)
+            return pyramid
+
     def get(self, slide_id: str) -> Pyramid:
         """The open slide; SlideNotFound for anything that is not a servable slide ID."""
         if not is_slide_id(slide_id):

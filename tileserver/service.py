@@ -110,7 +110,11 @@ class SlideService:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def pyramid(self, slide_id: str) -> Pyramid:
-        return await self._run(self.library.get, slide_id)
+        # Open slides are a dictionary lookup away; only opening one needs the pool.
+        pyramid = self.library.peek(slide_id)
+        if pyramid is None:
+            pyramid = await self._run(self.library.get, slide_id)
+        return pyramid
 
     # -- slides ----------------------------------------------------------------------------
     async def list_slides(
