@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from tileserver.pyramid.contracts import check_downsample_args, check_image
+
 __all__ = ["downsample_2x", "downsample_2x_parallel", "is_uniform"]
 
 
@@ -102,34 +104,6 @@ def _is_uniform_3d(tile: np.ndarray, lo: int, hi: int) -> bool:
     return True
 
 
-def _check_image(name: str, arr: object) -> np.ndarray:
-    """Reject anything that is not an (h, w, c) uint8 ndarray before it reaches compiled code."""
-    if not isinstance(arr, np.ndarray):
-        raise ValueError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{name} must have dtype uint8, got {arr.dtype}")
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must have shape (h, w, c), got shape {arr.shape}")
-    return arr
-
-
-def _check_downsample_args(src: object, out: object) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the downsample contract so the jitted code can index without checks."""
-    src = _check_image("src", src)
-    out = _check_image("out", out)
-    h, w, c = src.shape
-    expected = ((h + 1) // 2, (w + 1) // 2, c)
-    if out.shape != expected:
-        raise ValueError(
-            f"out must have shape {expected} for src of shape {src.shape}, got {out.shape}"
-        )
-    if not out.flags.writeable:
-        raise ValueError("out must be writeable")
-    if out.size and np.may_share_memory(src, out):
-        raise ValueError("src and out must not overlap in memory")
-    return src, out
-
-
 def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
     """Write the 2x2 area mean of ``src`` into ``out``, rounding half up.
 
@@ -138,7 +112,7 @@ def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
     row it is the rounded mean of the 2 remaining pixels, and a lone corner pixel is copied.
     Raises ValueError when the shapes or dtypes do not match.
     """
-    src, out = _check_downsample_args(src, out)
+    src, out = check_downsample_args(src, out)
     _downsample_2x_serial(src, out)
 
 
@@ -148,7 +122,7 @@ def downsample_2x_parallel(src: np.ndarray, out: np.ndarray) -> None:
     For the offline pyramid builder; a server that already runs tiles on a thread pool should
     use :func:`downsample_2x` instead so the two levels of parallelism do not fight.
     """
-    src, out = _check_downsample_args(src, out)
+    src, out = check_downsample_args(src, out)
     _downsample_2x_prange(src, out)
 
 
@@ -158,7 +132,7 @@ def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
     Used to skip chunks of uniform (e.g. white) background. The scan stops at the end of the
     first row that holds an outlier: checking once per row keeps the inner loop vectorizable.
     """
-    tile = _check_image("tile", tile)
+    tile = check_image("tile", tile)
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     # Clamp the window to the uint8 range so the bounds fit int32 whatever the caller passes.

@@ -9,30 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from tileserver.pyramid.contracts import check_downsample_args, check_image
+
 __all__ = ["downsample_2x", "is_uniform"]
-
-
-def _check_image(name: str, arr: object) -> np.ndarray:
-    """Mirror the kernel wrapper's validation so both raise on the same inputs."""
-    if not isinstance(arr, np.ndarray):
-        raise ValueError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{name} must have dtype uint8, got {arr.dtype}")
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must have shape (h, w, c), got shape {arr.shape}")
-    return arr
 
 
 def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
     """Write the round-half-up 2x2 area mean of ``src`` into ``out`` (see the kernel)."""
-    src = _check_image("src", src)
-    out = _check_image("out", out)
+    src, out = check_downsample_args(src, out)
     h, w, c = src.shape
-    expected = ((h + 1) // 2, (w + 1) // 2, c)
-    if out.shape != expected:
-        raise ValueError(
-            f"out must have shape {expected} for src of shape {src.shape}, got {out.shape}"
-        )
     he, we = h - h % 2, w - w % 2
     hf, wf = he // 2, we // 2
     # uint16 holds the largest sum, 4 * 255 + 2 = 1022, without overflow.
@@ -56,7 +41,7 @@ def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
 
 def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
     """True when every sample of ``tile`` is within ``tolerance`` of ``value``."""
-    tile = _check_image("tile", tile)
+    tile = check_image("tile", tile)
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     return bool(np.all(np.abs(tile.astype(np.int64) - int(value)) <= tolerance))
