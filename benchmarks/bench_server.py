@@ -67,15 +67,16 @@ def ensure_slide(size: tuple[int, int]) -> Path:
     return path
 
 
-def convert_once(slide: Path) -> tuple[Path, Path, str]:
-    """An encrypted store of the slide in benchmarks/.data (converted once, then reused)."""
+def convert_once(slide: Path, name: str = "stores", *extra: str) -> tuple[Path, Path, str]:
+    """A store of the slide in benchmarks/.data/{name}-{slide} (converted once, then reused;
+    encrypted unless ``extra`` says ``--no-encrypt``): (stores, TILESERVER_HOME, slide ID)."""
     home = DATA / "tileserver-home"
-    stores = DATA / f"stores-{slide.stem}"
+    stores = DATA / f"{name}-{slide.stem}"
     env = {**os.environ, "TILESERVER_HOME": str(home)}
     cli = [sys.executable, "-m", "tileserver.cli"]
     subprocess.run([*cli, "keys", "init"], check=True, env=env, capture_output=True)
     subprocess.run(
-        [*cli, "convert", "--quiet", str(slide), "--out", str(stores)],
+        [*cli, "convert", "--quiet", str(slide), "--out", str(stores), *extra],
         check=True,
         env=env,
         capture_output=True,

@@ -27,40 +27,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench_server import convert_once, ensure_slide  # a sibling script (same folder)
+
 from tileserver.bench import comparators, report
 from tileserver.bench.client import ClientOptions
 from tileserver.bench.load import LoadSettings, measure_cell
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE / ".data"
 RESULTS = HERE / "RESULTS.md"
 CLI = [sys.executable, "-m", "tileserver.cli"]
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def slide_of(size: str) -> Path:
-    path = DATA / f"synthetic-{size}-seed1.svs"
-    if not path.exists():
-        subprocess.run(
-            [sys.executable, "-m", "sample_data", "svs", str(path), "--size", size, "--seed", "1"],
-            check=True,
-        )
-    return path
-
-
-def convert(slide: Path, out: Path, home: Path, *extra: str) -> str:
-    env = {**os.environ, "TILESERVER_HOME": str(home)}
-    subprocess.run([*CLI, "keys", "init"], check=True, env=env, capture_output=True)
-    subprocess.run(
-        [*CLI, "convert", "--quiet", str(slide), "--out", str(out), *extra],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    return next(p.name for p in out.iterdir() if (p / "tileserver-complete.json").exists())
 
 
 def cold_thumbnails(stores: Path, home: Path, slide_id: str, repeats: int) -> list[float]:
@@ -119,11 +98,9 @@ def cold_thumbnails(stores: Path, home: Path, slide_id: str, repeats: int) -> li
 
 def encryption_cost(slide: Path, home: Path, rounds: int) -> dict[str, list[float]]:
     figures: dict[str, list[float]] = {"encrypted": [], "plain": []}
-    stores = {"encrypted": DATA / f"stores-{slide.stem}", "plain": DATA / f"plain-{slide.stem}"}
-    ids = {
-        "encrypted": convert(slide, stores["encrypted"], home),
-        "plain": convert(slide, stores["plain"], home, "--no-encrypt"),
-    }
+    stores, ids = {}, {}
+    stores["encrypted"], _, ids["encrypted"] = convert_once(slide)
+    stores["plain"], _, ids["plain"] = convert_once(slide, "plain", "--no-encrypt")
     settings = LoadSettings(
         traces=("random",), concurrency=(8,), max_requests=3000, max_seconds=30, passes=("cold",)
     )
@@ -145,10 +122,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    slide = slide_of(args.size)
-    home = DATA / "tileserver-home"
-    slide_id = convert(slide, DATA / f"stores-{slide.stem}", home)
-    thumbs = cold_thumbnails(DATA / f"stores-{slide.stem}", home, slide_id, args.repeats)
+    width, _, height = args.size.partition("x")
+    slide = ensure_slide((int(width), int(height)))
+    stores, home, slide_id = convert_once(slide)
+    thumbs = cold_thumbnails(stores, home, slide_id, args.repeats)
     enc = encryption_cost(slide, home, args.rounds)
     p95 = sorted(thumbs)[max(0, round(0.95 * len(thumbs)) - 1)]
     ratio = statistics.median(enc["encrypted"]) / statistics.median(enc["plain"])
