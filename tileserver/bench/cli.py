@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tileserver.bench.client import ClientOptions, parse_cookie, parse_header
-from tileserver.bench.load import PASSES, LoadSettings, run
-from tileserver.bench.traces import TRACES
+from tileserver.bench.traces import PASSES, TRACES
 from tileserver.errors import TileserverError
 
 EXIT_ERROR = 1
@@ -105,6 +103,10 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    # Imported here: aiohttp's client adds a quarter of a second to every other command.
+    from tileserver.bench.client import ClientOptions, parse_cookie, parse_header
+    from tileserver.bench.load import LoadSettings, run
+
     try:
         options = ClientOptions(
             headers=tuple(parse_header(h) for h in args.header),

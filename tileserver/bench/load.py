@@ -31,6 +31,7 @@ from tileserver.bench.client import (
     describe,
 )
 from tileserver.bench.traces import (
+    PASSES,
     TRACES,
     Group,
     Pyramid,
@@ -45,7 +46,6 @@ from tileserver.bench.traces import (
     parse_iiif_info,
 )
 
-PASSES = ("cold", "warm")
 CDF_POINTS = 101  # latency percentiles 0..100 kept per pass, for plots
 
 

@@ -23,6 +23,8 @@ from xml.etree import ElementTree
 
 VIEWPORT = (1920, 1080)
 TRACES = ("pan", "random", "zoom")
+# Each trace runs twice: cold (the server's first sight of its tiles), then warm (again).
+PASSES = ("cold", "warm")
 
 
 def _ceil_div(a: int, b: int) -> int:

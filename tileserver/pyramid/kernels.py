@@ -4,7 +4,8 @@ Kernels are leaf functions: arrays in, results written into a caller-provided ou
 They hold no allocation policy, I/O or logging, so the builder decides memory layout and
 threading. The serial kernels are compiled with ``nogil=True`` so that a thread pool gets real
 parallelism; ``downsample_2x_parallel`` uses Numba's own threads and is meant for the offline
-builder only, where nothing else competes for the cores.
+builder only, where nothing else competes for the cores. Kernels are cached on disk
+(``__pycache__``, or ``NUMBA_CACHE_DIR``): compiling them costs every process about a second.
 
 Every public kernel has a plain NumPy twin with the same signature in
 :mod:`tileserver.pyramid.reference`; the tests check that both agree exactly.
@@ -22,7 +23,7 @@ from tileserver.pyramid.contracts import check_downsample_args, check_image
 __all__ = ["downsample_2x", "downsample_2x_parallel", "is_uniform"]
 
 
-@njit(nogil=True, cache=False, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _downsample_row(src: np.ndarray, y0: int, y1: int, out: np.ndarray, oy: int) -> None:
     """Reduce source rows ``y0`` and ``y1`` into output row ``oy``.
 
@@ -52,7 +53,7 @@ def _downsample_row(src: np.ndarray, y0: int, y1: int, out: np.ndarray, oy: int)
             out[oy, full, k] = np.uint8((s + np.uint32(1)) >> np.uint32(1))
 
 
-@njit(nogil=True, cache=False)
+@njit(nogil=True, cache=True)
 def _downsample_2x_serial(src: np.ndarray, out: np.ndarray) -> None:
     """Serial 2x2 mean; releases the GIL so callers can run it on a thread pool."""
     h = src.shape[0]
@@ -62,7 +63,7 @@ def _downsample_2x_serial(src: np.ndarray, out: np.ndarray) -> None:
         _downsample_row(src, y0, y1, out, oy)
 
 
-@njit(nogil=True, cache=False, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _downsample_2x_prange(src: np.ndarray, out: np.ndarray) -> None:
     """Row-parallel 2x2 mean for the offline builder (uses Numba's thread pool)."""
     h = src.shape[0]
@@ -72,7 +73,7 @@ def _downsample_2x_prange(src: np.ndarray, out: np.ndarray) -> None:
         _downsample_row(src, y0, y1, out, oy)
 
 
-@njit(nogil=True, cache=False)
+@njit(nogil=True, cache=True)
 def _is_uniform_rows(rows: np.ndarray, lo: int, hi: int) -> bool:
     """Fast path over (h, w*c) rows: a branch-free inner loop vectorizes; exit once per row."""
     lo32 = np.int32(lo)
@@ -87,7 +88,7 @@ def _is_uniform_rows(rows: np.ndarray, lo: int, hi: int) -> bool:
     return True
 
 
-@njit(nogil=True, cache=False)
+@njit(nogil=True, cache=True)
 def _is_uniform_3d(tile: np.ndarray, lo: int, hi: int) -> bool:
     """Fallback for views whose pixels cannot be merged into one row axis."""
     lo32 = np.int32(lo)
