@@ -117,7 +117,7 @@ class _Builder:
             return "background"
         try:
             pixels = decode_jpeg_half(raw.data)
-        except OSError as exc:  # Pillow's word for undecodable data
+        except ValueError as exc:
             msg = f"{self.source.name}: level 0 tile ({t_col}, {t_row}) is corrupt: {exc}"
             raise CorruptSlide(msg) from exc
         if pixels.shape[:2] != (half, half):
