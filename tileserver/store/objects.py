@@ -85,11 +85,17 @@ class LocalObjects:
             if path.parent not in self._dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._dirs.add(path.parent)
-            with open(target, "wb") as f:
-                f.write(data)
+            # A bare descriptor: a store is ~10^4 small files, and Python's file objects
+            # add three syscalls (fstat, ioctl, lseek) and a buffer to each.
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             if atomic:
                 os.replace(target, path)
             if durable:
