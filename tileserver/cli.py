@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -120,6 +121,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
             "carry patient identifiers, into the stores",
             file=sys.stderr,
         )
+    # Everything alive now (Numba's compiler alone is about a million objects) lives until
+    # exit: keep it out of the collections that each slide's garbage triggers.
+    gc.freeze()
     failed = 0
     for path in args.slides:
         try:
