@@ -139,7 +139,7 @@ def main() -> int:
         "## Store reads: cold thumbnails, cost of encryption (`benchmarks/bench_store.py`)",
         "",
         f"Command: `{command}`; slide: synthetic {args.size} SVS; "
-        f"machine: {facts.get('cpu', '?')}, {facts.get('cores', '?')} cores; {when}.",
+        f"machine: {facts['CPU']}, {facts['cores']} cores; {when}.",
         "",
         "| figure | value | target | verdict |",
         "|---|---:|---|---|",
