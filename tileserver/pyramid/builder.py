@@ -62,9 +62,9 @@ def source_metadata(source: SlideSource) -> dict[str, Any]:
 
 class _ChunkWrites:
     """Chunk writes on a thread of their own, so decoding and downsampling never wait for the
-    kernel to create a file (0.03-0.7 ms each on this machine's ext4), and files are only ever created by
-    one thread (two creating in the same directory spin on its lock). Chunks are handed
-    over a batch at a time; a failed write is raised by the next ``drain``."""
+    kernel to create a file (0.03-0.7 ms each on this machine's ext4), and files are only
+    ever created by one thread (two creating in the same directory spin on its lock). Chunks
+    are handed over a batch at a time; a failed write is raised by the next ``drain``."""
 
     def __init__(self, writer: StoreWriter) -> None:
         self.writer = writer
