@@ -253,9 +253,9 @@ def measure_throughput(slide: Path, repeats: int, extra: Sequence[str]) -> dict[
     warm_cache(slide)
     LOAD.append(load_now())
     # Outputs are deleted only at the end. This disk's ext4 has no journal, and there each
-    # file creation skips, one by one, the inodes freed in the last ~30 s (perf: find_inode_bit
-    # -> recently_deleted): deleting one converter's ~30k files just before timing the next
-    # slowed whichever one-file-per-tile converter came next by up to 2x.
+    # file creation skips, one by one, the inodes freed in the last 1-6 minutes (perf:
+    # find_inode_bit -> recently_deleted): deleting one converter's ~30k files just before
+    # timing the next slowed whichever one-file-per-tile converter came next by up to 2x.
     with tempfile.TemporaryDirectory(dir=DATA, prefix="bench-throughput-") as tmp:
         for rep in range(repeats):
             for method in METHODS:
