@@ -22,6 +22,12 @@ from tileserver.security.audit import (
     export,
     verify,
 )
+from tileserver.security.checkpoints import (
+    append_checkpoint,
+    create_signing_key,
+    make_checkpoint,
+    verify_with_checkpoints,
+)
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ENROL_TTL, LINK_TTL
 from tileserver.store.layout import is_slide_id
@@ -173,17 +179,31 @@ def cmd_slides(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     home = args.settings.home
+    if args.audit_command == "signing-key":
+        public = create_signing_key(args.path)
+        print(f"signing key written to {args.path} (0600); public key: {public}")
+        return 0
     key = KeyRing(home).service_key("audit")
     path = home / "audit" / "audit.jsonl"
+    if args.audit_command == "checkpoint":
+        checkpoint = make_checkpoint(path, key, args.signing_key)
+        append_checkpoint(args.out, checkpoint)
+        print(f"checkpoint of {checkpoint['records']} records appended to {args.out}")
+        return 0
     if args.audit_command == "verify":
-        result = verify(path, key)
+        if (args.checkpoints is None) != (args.public_key is None):
+            raise TileserverError("--checkpoints and --public-key go together")
+        if args.checkpoints is None:
+            result = verify(path, key)
+        else:
+            result = verify_with_checkpoints(path, key, args.checkpoints, args.public_key)
         if not result.ok:
             print(
                 f"tileserver: audit trail BROKEN at record {result.first_bad}: {result.reason}",
                 file=sys.stderr,
             )
             return 2
-        print(f"audit trail intact: {result.records} records")
+        print(f"audit trail intact: {result.reason}")
         return 0
     out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
     try:
@@ -245,7 +265,16 @@ def add_commands(sub: Any) -> None:
 
     audit = sub.add_parser("audit", help="verify or export the tamper-evident audit trail")
     au = audit.add_subparsers(dest="audit_command", required=True)
-    au.add_parser("verify", help="check the hash chain; names the first bad record")
+    check = au.add_parser("verify", help="check the hash chain; names the first bad record")
+    check.add_argument("--checkpoints", type=Path, help="signed checkpoints (detect truncation)")
+    check.add_argument("--public-key", type=Path, help="the checkpoint signing key's public half")
+    key = au.add_parser("signing-key", help="create an Ed25519 checkpoint signing key (0600)")
+    key.add_argument("path", type=Path, help="keep it where only the checkpoint account reads")
+    point = au.add_parser(
+        "checkpoint", help="sign the chain's head and append it to a file kept off this host"
+    )
+    point.add_argument("--signing-key", type=Path, required=True)
+    point.add_argument("--out", type=Path, required=True)
     exp = au.add_parser("export", help="write the records as JSON lines for a SIEM")
     exp.add_argument("--out", default="-")
     audit.set_defaults(func=cmd_audit)

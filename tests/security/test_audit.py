@@ -177,7 +177,7 @@ def test_append_refuses_after_torn_write(log: AuditLog) -> None:
 
 
 def test_truncation_is_not_detected_by_the_chain_alone(log: AuditLog, key: bytes) -> None:
-    """Pinned limitation: a prefix of a valid chain is valid (checkpoints are future work)."""
+    """Pinned limitation: a prefix of a valid chain is valid (test_checkpoints covers it)."""
     fill(log, 10)
     write_lines(log.path, lines(log.path)[:6])
     assert verify(log.path, key) == VerifyResult(True, 6, None, "6 records verified")

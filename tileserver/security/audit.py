@@ -18,8 +18,7 @@ user name cannot forge a record (AUD-03). Fields:
 ``verify`` recomputes the chain and names the first modified, deleted, reordered, forged or
 malformed record. What a chain alone cannot show is *truncation*: cutting records off the end
 leaves a shorter chain that is still valid. Detecting that needs the last (seq, mac) to be
-known elsewhere: periodic checkpoints signed off-host (AUD-04), future work; ``export`` to a
-SIEM gives part of that today, since the SIEM holds the records it already received.
+known elsewhere: signed checkpoints kept off this host (checkpoints.py, AUD-04).
 """
 
 from __future__ import annotations
@@ -342,7 +341,7 @@ def verify(path: Path, key: bytes) -> VerifyResult:
     """Recompute the chain and report the first record that is not as it was written.
 
     Truncation (records cut off the end) is NOT detected: the shorter chain is still valid.
-    See the module docstring.
+    ``checkpoints.verify_with_checkpoints`` adds that.
     """
     _check_key(key)
     path = Path(path)

@@ -1,4 +1,5 @@
-"""AES-256-GCM sealing of byte strings. The only module that imports cryptography's hazmat.
+"""AES-256-GCM sealing of byte strings, Ed25519 signatures and the self-signed TLS
+certificate. The only module that imports cryptography's hazmat.
 
 A sealed object is ``MAGIC (4 bytes) || nonce (12 random bytes) || ciphertext || tag (16)``.
 The associated data is supplied by the caller and binds the object to where it belongs; a
@@ -12,9 +13,9 @@ import ipaddress
 import os
 
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -98,3 +99,38 @@ def self_signed_certificate(hosts: list[str], days: int = 365) -> tuple[bytes, b
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def new_signing_key() -> tuple[bytes, bytes]:
+    """A fresh Ed25519 key: (unencrypted PKCS#8 private PEM, public PEM)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+def sign(private_pem: bytes, message: bytes) -> bytes:
+    """Ed25519 signature of ``message``; ValueError when the PEM is not an Ed25519 key."""
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError("not an Ed25519 private key")
+    return key.sign(message)
+
+
+def signature_valid(public_pem: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is the Ed25519 signature of ``message`` under ``public_pem``;
+    ValueError when the PEM is not an Ed25519 public key."""
+    key = serialization.load_pem_public_key(public_pem)
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
