@@ -46,6 +46,26 @@ def test_aligned_tiles_are_the_stored_bytes(server: Server, stores: Stores) -> N
     assert copied >= 2
 
 
+def test_background_tiles_are_white_tiles(server: Server, stores: Stores) -> None:
+    """Background chunks are never written; their tiles are white, full-size, and stable."""
+    reader = StoreReader.open(stores.directory / stores.synthetic, KeyRing(stores.home))
+    background = [
+        (t_col, t_row)
+        for t_row in range(8)
+        for t_col in range(12)
+        if reader.chunk_bytes(0, t_col, t_row) is None
+    ]
+    assert len(background) >= 2
+    bodies = set()
+    for t_col, t_row in background[:2]:
+        reply = server.get(f"/deepzoom/{stores.synthetic}_files/12/{t_col}_{t_row}.jpeg")
+        assert reply.status == 200 and reply.headers["content-type"] == "image/jpeg"
+        assert pixels(reply.body).shape == (240, 240, 3)
+        assert (pixels(reply.body) >= 250).all()
+        bodies.add(reply.body)
+    assert len(bodies) == 1
+
+
 def test_edge_tiles_are_cropped(server: Server, stores: Stores) -> None:
     # 3000 = 12 * 240 + 120; 2000 = 8 * 240 + 80.
     reply = server.get(f"/deepzoom/{stores.synthetic}_files/12/12_8.png")
