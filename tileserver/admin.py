@@ -146,10 +146,14 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         role="admin",
         detail={"change": "created token", "target": args.name, "scopes": sorted(scopes)},
     )
-    print(
+    summary = (
         f"token {args.name}: scopes {','.join(sorted(scopes))}; "
-        f"collections {','.join(sorted(collections)) if collections else 'all'}; shown once:"
+        f"collections {','.join(sorted(collections)) if collections else 'all'}"
     )
+    if args.certificate_only:  # the secret is dropped here: no bearer can ever use it
+        print(f"{summary}; for client certificates with common name {args.name!r} only")
+        return 0
+    print(f"{summary}; shown once:")
     print(token)
     return 0
 
@@ -252,6 +256,12 @@ def add_commands(sub: Any) -> None:
     create.add_argument("--scope", required=True, help=f"comma-separated: {','.join(SCOPES)}")
     create.add_argument("--collection", action="append", help="limit to a collection (repeat)")
     create.add_argument("--expires-days", type=float, default=None)
+    create.add_argument(
+        "--certificate-only",
+        action="store_true",
+        help="no bearer secret: only a client certificate with this common name (serve "
+        "--client-ca) acts as this token",
+    )
     ts.add_parser("revoke", help="revoke a token").add_argument("name")
     ts.add_parser("list", help="tokens (never their values)")
     tokens.set_defaults(func=cmd_tokens)

@@ -204,6 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cert=args.cert,
         key=args.key,
         login_link=args.login_link,
+        client_ca=args.client_ca,
     )
     weakened = [
         name for name, on in [("TLS", args.insecure_http), ("authentication", args.no_auth)] if on
@@ -292,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cert", type=Path, help="TLS certificate (default: self-signed, made once)"
     )
     serve.add_argument("--key", type=Path, help="TLS private key (0600)")
+    serve.add_argument(
+        "--client-ca",
+        type=Path,
+        help="CA bundle for machine clients' certificates (mutual TLS): a certificate whose "
+        "common name is a token's name acts as that token",
+    )
     serve.add_argument(
         "--login-link", metavar="USER", help="print a one-time login link for USER (loopback only)"
     )

@@ -327,10 +327,25 @@ class Accounts:
         return token
 
     def token_principal(self, token: str) -> Principal | None:
-        rows = self._read(
-            "SELECT name, scopes, collections, expires FROM tokens WHERE hash=? AND revoked=0",
-            (digest(token),),
+        """The machine presenting this bearer token, if the token is live."""
+        return self._live_token(
+            self._read(
+                "SELECT name, scopes, collections, expires FROM tokens WHERE hash=? AND revoked=0",
+                (digest(token),),
+            )
         )
+
+    def certificate_principal(self, name: str) -> Principal | None:
+        """The machine whose verified client certificate names it (TLS-04): the live token
+        of that name gives its scopes and collections."""
+        return self._live_token(
+            self._read(
+                "SELECT name, scopes, collections, expires FROM tokens WHERE name=? AND revoked=0",
+                (name,),
+            )
+        )
+
+    def _live_token(self, rows: list[tuple[object, ...]]) -> Principal | None:
         if not rows:
             return None
         name, scopes, collections, expires = rows[0]

@@ -193,9 +193,15 @@ class Authenticator:
         return self.accounts.create_session(user.name)
 
     # -- every request -------------------------------------------------------------------------
-    def principal(self, session: str | None, bearer: str | None) -> Principal | None:
+    def principal(
+        self, session: str | None, bearer: str | None, certificate: str | None = None
+    ) -> Principal | None:
+        """The caller, from a bearer token, a session cookie or (machines only) the name in
+        a client certificate the TLS layer has verified against the client CA."""
         if bearer:
             return self.accounts.token_principal(bearer)
+        if certificate and not session:
+            return self.accounts.certificate_principal(certificate)
         if session:
             found = self.accounts.session_user(session, IDLE_TIMEOUT, ABSOLUTE_TIMEOUT)
             if found:

@@ -30,8 +30,12 @@ def ensure_certificate(home: Path, hosts: list[str]) -> tuple[Path, Path, bool]:
     return cert, key, True
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """TLS 1.2+ with ECDHE and AEAD ciphers only, no compression, P-256/X25519 curves."""
+def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2+ with ECDHE and AEAD ciphers only, no compression, P-256/X25519 curves.
+
+    With ``client_ca``, clients may present a certificate (machines, TLS-04); one that does
+    not chain to that CA, or has expired, fails the handshake. Browsers present none and
+    log in as usual."""
     if not cert.is_file() or not key.is_file():
         raise ConfigError(f"TLS certificate or key not found: {cert}, {key}")
     check_private(key)
@@ -45,4 +49,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         context.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"cannot load TLS certificate {cert}: {exc}") from exc
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load client CA {client_ca}: {exc}") from exc
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context

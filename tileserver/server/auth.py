@@ -107,9 +107,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     session = request.cookies.get(SESSION_COOKIE)
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    certificate = certificate_name(request)
     principal = None
-    if session or bearer:
-        principal = security.authenticator.principal(session, bearer)
+    if session or bearer or certificate:
+        principal = security.authenticator.principal(session, bearer, certificate)
     if principal is None:
         if is_public(request.path):
             return await handler(request)
@@ -122,6 +123,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if session:
         request[SESSION] = session
     return await handler(request)
+
+
+def certificate_name(request: web.Request) -> str | None:
+    """The common name of the client certificate, when TLS asked for one (``--client-ca``)
+    and verified it; None without one."""
+    transport = request.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    if not peer:
+        return None
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def _check_rate(security: Security, principal: Principal) -> None:

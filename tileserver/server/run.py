@@ -43,6 +43,7 @@ class ServeOptions:
     cert: Path | None = None
     key: Path | None = None
     login_link: str | None = None  # user to print a one-time loopback login link for
+    client_ca: Path | None = None  # machines may authenticate with certificates it issued
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +68,8 @@ def check_safe(options: ServeOptions) -> None:
         raise ConfigError("one-time login links are only for servers bound to loopback")
     if (options.cert is None) != (options.key is None):
         raise ConfigError("--cert and --key go together")
+    if options.client_ca is not None and not (options.tls and options.auth):
+        raise ConfigError("--client-ca needs TLS and authentication")
 
 
 def build_security(options: ServeOptions) -> Security:
@@ -104,7 +107,7 @@ async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | No
             cert, key, _ = ensure_certificate(
                 options.home, ["localhost", "127.0.0.1", options.host]
             )
-        ssl_context = server_context(cert, key)
+        ssl_context = server_context(cert, key, options.client_ca)
     site = web.TCPSite(
         runner,
         options.host,
