@@ -16,6 +16,7 @@ from tileserver.errors import TileserverError
 from tileserver.security.accounts import ROLES, SCOPES, Accounts
 from tileserver.security.audit import (
     AUDIT_LOG_USED,
+    SECURITY_CONFIGURATION,
     SECURITY_ROLES_CHANGED,
     USER_SECURITY_ATTRIBUTES_CHANGED,
     AuditLog,
@@ -30,6 +31,7 @@ from tileserver.security.checkpoints import (
 )
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ENROL_TTL, LINK_TTL
+from tileserver.security.signed_urls import UrlKeys
 from tileserver.store.layout import is_slide_id
 
 ADMIN = "cli-admin"
@@ -158,6 +160,26 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_urls(args: argparse.Namespace) -> int:
+    """Signing keys of signed URLs: list, rotate (new key signs), retire (its URLs stop)."""
+    keys = UrlKeys(KeyRing(args.settings.home))
+    if args.urls_command == "list":
+        kids = keys.kids()
+        for kid in kids:
+            print(f"url key {kid}{' (signs)' if kid == kids[-1] else ''}")
+        return 0
+    _, audit = _open(args.settings.home)
+    if args.urls_command == "rotate":
+        kid = keys.rotate()
+        detail = {"change": "url signing key rotated", "target": kid}
+    else:
+        keys.retire(args.kid)
+        detail = {"change": "url signing key retired", "target": args.kid}
+    audit.append(SECURITY_CONFIGURATION, action="U", user=ADMIN, role="admin", detail=detail)
+    print(f"{detail['change']}: {detail['target']}")
+    return 0
+
+
 def assign_collection(home: Path, slide_id: str, collection: str) -> None:
     """Put a slide into a collection (case); recorded as an administrative action."""
     if not is_slide_id(slide_id):
@@ -272,6 +294,13 @@ def add_commands(sub: Any) -> None:
     assign.add_argument("collection")
     assign.add_argument("slide_ids", nargs="+")
     slides.set_defaults(func=cmd_slides)
+
+    urls = sub.add_parser("urls", help="keys that sign shareable tile URLs")
+    ul = urls.add_subparsers(dest="urls_command", required=True)
+    ul.add_parser("list", help="key IDs; the newest signs")
+    ul.add_parser("rotate", help="a new key signs from now on; older ones still verify")
+    ul.add_parser("retire", help="destroy a key: URLs it signed are refused").add_argument("kid")
+    urls.set_defaults(func=cmd_urls)
 
     audit = sub.add_parser("audit", help="verify or export the tamper-evident audit trail")
     au = audit.add_subparsers(dest="audit_command", required=True)

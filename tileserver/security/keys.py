@@ -70,6 +70,16 @@ def check_private(path: Path) -> None:
         )
 
 
+def _destroy(path: Path) -> None:
+    """Overwrite a key file, then unlink it: unlinking alone leaves the bytes on disk."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())
+    path.unlink()
+
+
 def make_private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.chmod(0o700)
@@ -127,6 +137,22 @@ class KeyRing:
         if len(key) != KEY_BYTES:
             raise KeyUnavailable(f"{path} is not a {KEY_BYTES}-byte key")
         return key
+
+    def existing_service_key(self, name: str) -> bytes | None:
+        """A service key if it exists (never made here): for keys that can be retired."""
+        if not name.isalnum() or not (self.root / "service" / f"{name}.key").is_file():
+            return None
+        return self.service_key(name)
+
+    def service_key_names(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "service").glob("*.key"))
+
+    def retire_service_key(self, name: str) -> None:
+        """Destroy a service key: whatever it signed or sealed is refused from now on."""
+        path = self.root / "service" / f"{name}.key"
+        if not name.isalnum() or not path.is_file():
+            raise KeyUnavailable(f"no service key {name!r}")
+        _destroy(path)
 
     # -- KEKs ------------------------------------------------------------------------------
     def kek(self, key_id: str) -> KeyEncryptionKey:
@@ -238,11 +264,6 @@ class KeyRing:
         path = self._slide_path(slide_id)
         if not path.is_file():
             raise KeyUnavailable(f"{slide_id}: no data key to shred")
-        size = path.stat().st_size
-        with open(path, "r+b") as f:  # overwrite first: unlinking alone leaves the bytes
-            f.write(os.urandom(size))
-            f.flush()
-            os.fsync(f.fileno())
-        path.unlink()
+        _destroy(path)
         with self._lock:
             self._data_keys.pop(slide_id, None)

@@ -20,6 +20,7 @@ from tileserver.errors import SlideNotFound
 from tileserver.security.accounts import SCOPES, Accounts, Principal
 from tileserver.security.audit import AuditLog, SlideViewAggregator
 from tileserver.security.login import Authenticator
+from tileserver.security.signed_urls import UrlKeys, check, is_signed
 
 SESSION_COOKIE = "__Host-tileserver"
 # Routes that answer without credentials: health, and what it takes to log in.
@@ -38,6 +39,12 @@ PUBLIC_PREFIXES = ("/static/",)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 SESSION = web.RequestKey("session", str)
+SIGNED = web.RequestKey("signed", list)  # the query pairs of a signed URL, checked per route
+
+# Whoever holds a signed URL: it opens tiles or regions of one slide (checked in authorize),
+# and only under these prefixes; every other route refuses it.
+SIGNED_URL = Principal("url", "signed-url", "viewer", frozenset({"tiles", "regions"}), None)
+SIGNED_PREFIXES = ("/deepzoom/", "/iiif/", "/api/slides/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,6 +67,7 @@ class Security:
     views: SlideViewAggregator | None
     tls: bool
     loopback: bool  # bound to loopback only: one-time login links are allowed
+    url_keys: UrlKeys | None = None  # signed URLs (None: refused like any unknown caller)
     rate: float = 2000.0  # requests per second per principal, sustained (a viewer bursts)
     burst: float = 4000.0
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
@@ -111,6 +119,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     principal = None
     if session or bearer or certificate:
         principal = security.authenticator.principal(session, bearer, certificate)
+    if (
+        principal is None
+        and security.url_keys is not None
+        and request.path.startswith(SIGNED_PREFIXES)
+        and is_signed(request.query)
+    ):
+        principal = SIGNED_URL
+        request[SIGNED] = list(request.query.items())
     if principal is None:
         if is_public(request.path):
             return await handler(request)
@@ -148,14 +164,23 @@ def _check_rate(security: Security, principal: Principal) -> None:
 
 
 def principal_of(request: web.Request) -> Principal:
+    """The authenticated caller; a signed URL does not count (it only opens ``authorize``)."""
     try:
-        return request[PRINCIPAL]
+        principal = request[PRINCIPAL]
     except KeyError:
         raise web.HTTPUnauthorized(reason="authentication required") from None
+    if principal is SIGNED_URL:
+        raise web.HTTPForbidden(reason="a signed URL opens only its slide's tiles or regions")
+    return principal
 
 
 def authorize(request: web.Request, slide_id: str, scope: str) -> Principal:
-    """The caller, if it may use ``scope`` on this slide; otherwise the 404 of a missing slide."""
+    """The caller, if it may use ``scope`` on this slide; otherwise the 404 of a missing slide.
+    A signed URL must be signed for exactly this slide and scope (403 saying why, if not)."""
+    url_keys = request.app[SECURITY].url_keys
+    if request.get(PRINCIPAL) is SIGNED_URL and url_keys is not None:
+        check(request[SIGNED], slide_id, scope, time.time(), url_keys.key_of)
+        return SIGNED_URL
     principal = principal_of(request)
     accounts = request.app[SECURITY].accounts
     if accounts is not None and not accounts.allows(principal, slide_id, scope):

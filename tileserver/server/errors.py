@@ -24,6 +24,7 @@ from tileserver.errors import (
 )
 from tileserver.protocols.deepzoom import TileNotFound
 from tileserver.protocols.iiif import IIIFError
+from tileserver.security.signed_urls import SignatureRejected
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (SlideNotFound, 404),
     (TileNotFound, 404),
     (IIIFError, 400),
+    (SignatureRejected, 403),
     (RegionError, 400),
     (IntegrityError, 500),
     (KeyUnavailable, 500),

@@ -139,6 +139,33 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _IMAGE, **_ERRORS},
                 }
             },
+            "/api/slides/{slide_id}/share": {
+                "post": {
+                    "summary": "A signed URL: this slide's tiles (or regions) for up to 15 minutes,"
+                    " without credentials (exp, kid and sig query parameters)",
+                    "parameters": [
+                        _ID,
+                        {
+                            "name": "scope",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["tiles", "regions"],
+                                "default": "tiles",
+                            },
+                        },
+                        _int("minutes", "lifetime, 1 to 15 (default 15)", minimum=1),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "query string, DZI URL and expiry",
+                            "content": {"application/json": {}},
+                        },
+                        "403": _ERROR,
+                        **_ERRORS,
+                    },
+                }
+            },
             "/deepzoom/{slide_id}.dzi": {
                 "get": {
                     "summary": "DeepZoom descriptor",

@@ -21,6 +21,7 @@ from tileserver.security.accounts import Accounts
 from tileserver.security.audit import AuditLog, SlideViewAggregator
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import LINK_TTL, Authenticator
+from tileserver.security.signed_urls import UrlKeys
 from tileserver.security.tls import ensure_certificate, server_context
 from tileserver.server.app import create_app
 from tileserver.server.auth import Security
@@ -81,7 +82,12 @@ def build_security(options: ServeOptions) -> Security:
     accounts = Accounts(options.home / "auth.db", keyring.service_key("totp"))
     views = SlideViewAggregator(keyring.service_key("audit"))
     return Security(
-        Authenticator(accounts, audit), audit, views, options.tls, is_loopback(options.host)
+        Authenticator(accounts, audit),
+        audit,
+        views,
+        options.tls,
+        is_loopback(options.host),
+        url_keys=UrlKeys(keyring),
     )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 
 from aiohttp import web
 
 from tileserver.geometry import Region, Size
-from tileserver.security.audit import INSTANCES_ACCESSED
-from tileserver.server.auth import audit, authorize, principal_of, visible_slides
+from tileserver.security.audit import EXPORT, INSTANCES_ACCESSED, iso_utc
+from tileserver.security.signed_urls import MAX_LIFETIME, SCOPES
+from tileserver.server.auth import SECURITY, audit, authorize, principal_of, visible_slides
 from tileserver.server.errors import BadRequest
 from tileserver.server.http import (
     float_param,
@@ -106,6 +108,32 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         )
         return image_response(encoded)
 
+    async def share(request: web.Request) -> web.Response:
+        """A signed URL for this slide's tiles (or regions), for whoever gets the link."""
+        slide_id = request.match_info["slide_id"]
+        scope = request.query.get("scope", "tiles")
+        if scope not in SCOPES:
+            raise BadRequest(f"scope must be one of {', '.join(SCOPES)}")
+        minutes = int_param(request, "minutes", MAX_LIFETIME // 60, lo=1, hi=MAX_LIFETIME // 60)
+        principal_of(request)  # a signed URL cannot mint another one
+        authorize(request, slide_id, scope)
+        url_keys = request.app[SECURITY].url_keys
+        if url_keys is None:
+            raise web.HTTPNotFound(reason="signed URLs need authentication to be on")
+        exp = int(time.time()) + minutes * 60
+        query = url_keys.sign(slide_id, scope, exp)
+        await audit(
+            request,
+            EXPORT,
+            action="E",
+            obj=slide_id,
+            detail={"kind": "signed-url", "scope": scope, "expires": iso_utc(exp)},
+        )
+        return web.json_response(
+            {"query": query, "dzi": f"/deepzoom/{slide_id}.dzi?{query}", "expires": iso_utc(exp)},
+            headers={"Cache-Control": "no-store"},
+        )
+
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
@@ -115,6 +143,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         web.get(f"/api/slides/{SLIDE}/thumbnail", thumbnail),
         web.get(f"/api/slides/{SLIDE}/region", region),
         web.get(f"/api/slides/{SLIDE}/associated/{{name:[a-z]{{1,20}}}}", associated),
+        web.post(f"/api/slides/{SLIDE}/share", share),
         web.get("/api/openapi.json", openapi),
     ]
 
