@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
@@ -368,6 +368,26 @@ def test_stock_openseadragon_renders_our_endpoints(
     assert statuses and all(s in (200, 304) for s in statuses), statuses
     mean, std = image_stats(page.locator("#osd").screenshot())
     assert std > 20 and mean < 235, (protocol, mean, std)
+
+
+def test_stock_openseadragon_opens_a_shared_link_without_a_session(
+    alice: dict[str, Any], new_context: Any, viewer_site: Site
+) -> None:
+    """URL-01 end to end: the DZI URL of a share carries its query to every tile request."""
+    site = viewer_site
+    shared = new_context(site.alice.storage).request.post(f"/api/slides/{site.a1}/share")
+    assert shared.status == 200, shared.text()
+    page = new_context().new_page()  # no session, no cookies
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/deepzoom/" in r.url else None)
+    page.goto(f"/static/compat/dzi.html?id={site.a1}&signed={quote(shared.json()['query'])}")
+    poll(page, "document.body.dataset.open === 'true'")
+    poll(page, "Number(document.body.dataset.tiles || 0) >= 4")
+    page.wait_for_timeout(500)
+    assert len(statuses) >= 5 and all(s == 200 for s in statuses), statuses
+    mean, std = image_stats(page.locator("#osd").screenshot())
+    assert std > 20 and mean < 235, (mean, std)
+    assert page.context.request.get(f"/deepzoom/{site.a1}.dzi").status == 401
 
 
 def test_viewer_says_when_openseadragon_is_missing(

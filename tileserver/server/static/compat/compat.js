@@ -1,11 +1,14 @@
 /* Compatibility check: a stock OpenSeadragon given nothing but our DZI or IIIF info.json URL
-   (?id=SLIDE_ID). No tileserver code is involved; used by tests/viewer. */
+   (?id=SLIDE_ID, and for a shared link &signed=QUERY). No tileserver code is involved; used
+   by tests/viewer. */
 "use strict";
 
 (() => {
-  const id = new URLSearchParams(location.search).get("id") || "";
+  const params = new URLSearchParams(location.search);
+  const id = params.get("id") || "";
   const protocol = document.body.dataset.protocol;
-  const url = protocol === "iiif" ? `/iiif/3/${id}/info.json` : `/deepzoom/${id}.dzi`;
+  const base = protocol === "iiif" ? `/iiif/3/${id}/info.json` : `/deepzoom/${id}.dzi`;
+  const url = params.get("signed") ? `${base}?${params.get("signed")}` : base;
   const viewer = OpenSeadragon({
     id: "osd",
     prefixUrl: "/static/vendor/openseadragon/images/",
