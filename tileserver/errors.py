@@ -10,6 +10,7 @@
     ├── StoreError                 a store that is missing, incomplete, malformed or unwritable
     │   └── IntegrityError         a stored object failed authentication (tampered, swapped, cut)
     ├── KeyUnavailable             a key that is missing, shredded, wrong or unsafely stored
+    ├── ResourceLimit              work stopped at a memory, CPU or wall-clock limit
     └── ConfigError                settings that are missing, invalid or unsafe
 
 Messages name the file and the reason in one line, so the CLI can print them as they are
@@ -57,6 +58,10 @@ class IntegrityError(StoreError):
 
 class KeyUnavailable(TileserverError):
     """A key-encryption or data key that is missing, shredded, wrong or unsafely stored."""
+
+
+class ResourceLimit(TileserverError):
+    """Work stopped at a limit: out of its memory, CPU time or wall-clock time, or killed."""
 
 
 class ConfigError(TileserverError):

@@ -74,6 +74,24 @@ def test_killed_conversion_resumes_to_the_same_pixels(
     assert again.returncode == 0 and "already converted" in again.stdout
 
 
+def test_a_slide_over_its_time_limit_is_stopped_and_resumes_later(
+    big_svs: Path, tmp_path: Path, keyring: KeyRing
+) -> None:
+    """CFG-07: the wall-clock limit stops a slide's converter (here a slow one stands in for
+    a hung one); the batch goes on, and a later run completes the same store."""
+    out = tmp_path / "out"
+    proc = run_convert(big_svs, big_svs, "--out", out, "--timeout", "0.2")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tileserver: error:")]
+    assert errors == ["tileserver: error: big.svs: stopped after 0.2 s (wall-clock limit)"] * 2
+    assert complete_stores(out) == []
+    assert run_convert(big_svs, "--out", out).returncode == 0
+    assert len(complete_stores(out)) == 1
+    refused = run_convert(big_svs, "--out", out, "--max-memory", "1")
+    assert refused.returncode == 1 and "at least 2" in refused.stderr
+
+
 def _corrupt_copy(svs: Path, dest: Path) -> tuple[int, int]:
     """Zero one tissue tile's bytes in level 0 of a copy; returns its (col, row)."""
     shutil.copy(svs, dest)
