@@ -3,24 +3,11 @@ enrolled yet, grant, and a loopback login link (regression: each step once faile
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.cli import cli
 from tileserver.security.accounts import Accounts
 from tileserver.security.keys import KeyRing
-
-
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TILESERVER_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "tileserver.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def test_convert_into_collection_then_grant_a_pending_user(

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import cli
 from tileserver.errors import KeyUnavailable
 from tileserver.security.audit import (
     USER_AUTHENTICATION,
@@ -164,32 +162,27 @@ def test_signing_key_is_private_and_never_overwritten(
 
 def test_cli_checkpoint_then_verify_then_truncate(tmp_path: Path) -> None:
     """The operator's path: key, checkpoint, verify; then the log loses its tail."""
-    env = {**os.environ, "TILESERVER_HOME": str(tmp_path / "home")}
-
-    def tileserver(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "tileserver.cli", *args]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-
-    assert tileserver("keys", "init").returncode == 0
+    home = tmp_path / "home"
+    assert cli(home, "keys", "init").returncode == 0
     for name in ("alice", "bob", "carol"):  # each writes audit records
-        assert tileserver("users", "add", name).returncode == 0
+        assert cli(home, "users", "add", name).returncode == 0
     signer = tmp_path / "signer.key"
     offhost = tmp_path / "offhost.jsonl"
-    made = tileserver("audit", "signing-key", str(signer))
+    made = cli(home, "audit", "signing-key", str(signer))
     assert made.returncode == 0, made.stderr
-    done = tileserver("audit", "checkpoint", "--signing-key", str(signer), "--out", str(offhost))
+    done = cli(home, "audit", "checkpoint", "--signing-key", str(signer), "--out", str(offhost))
     assert done.returncode == 0, done.stderr
     verify_args = ("audit", "verify", "--checkpoints", str(offhost))
-    good = tileserver(*verify_args, "--public-key", f"{signer}.pub")
+    good = cli(home, *verify_args, "--public-key", f"{signer}.pub")
     assert good.returncode == 0, good.stderr
     assert "1 checkpoints" in good.stdout
-    log = tmp_path / "home" / "audit" / "audit.jsonl"
+    log = home / "audit" / "audit.jsonl"
     log.write_text("".join(log.read_text("ascii").splitlines(keepends=True)[:-1]), "ascii")
-    assert tileserver("audit", "verify").returncode == 0  # the chain alone cannot tell
-    bad = tileserver(*verify_args, "--public-key", f"{signer}.pub")
+    assert cli(home, "audit", "verify").returncode == 0  # the chain alone cannot tell
+    bad = cli(home, *verify_args, "--public-key", f"{signer}.pub")
     assert bad.returncode == 2
     assert "log truncated" in bad.stderr and "Traceback" not in bad.stderr
-    half = tileserver(*verify_args)
+    half = cli(home, *verify_args)
     assert half.returncode == 1 and "go together" in half.stderr
     for args in [
         ("audit", "verify", "--checkpoints", str(tmp_path / "nope"), "--public-key", str(signer)),
@@ -197,7 +190,7 @@ def test_cli_checkpoint_then_verify_then_truncate(tmp_path: Path) -> None:
         ("audit", "checkpoint", "--signing-key", f"{signer}.pub", "--out", str(offhost)),
         ("audit", "signing-key", str(tmp_path / "no-such-dir" / "k")),
     ]:
-        failed = tileserver(*args)
+        failed = cli(home, *args)
         assert failed.returncode == 1, (args, failed.stderr)
         assert failed.stderr.startswith("tileserver: error: "), (args, failed.stderr)
         assert len(failed.stderr.splitlines()) == 1, (args, failed.stderr)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
-import os
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.cli import cli
 from tests.server.conftest import Server, run_server
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
@@ -91,12 +89,6 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
         return _write(self.directory, stem, cert, key)
-
-
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TILESERVER_HOME": str(home)}
-    cmd = [sys.executable, "-m", "tileserver.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
 def get(server: Server, path: str, client: Issued | None) -> int:

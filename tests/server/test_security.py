@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import socket
 import ssl
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.cli import cli
 from tests.server.conftest import Server, Stores, run_server
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
@@ -30,17 +28,6 @@ from tileserver.store.layout import new_slide_id
 
 PASSWORD_A = "correct horse battery staple A"  # test-only, generated for this suite
 PASSWORD_B = "correct horse battery staple B"
-
-
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TILESERVER_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "tileserver.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def last_line_token(output: str, key: str) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +10,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from tests.cli import cli
 from tests.server.conftest import Server, run_server
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
@@ -20,12 +18,6 @@ from tileserver.security.keys import KeyRing
 from tileserver.security.signed_urls import MAX_LIFETIME, UrlKeys
 from tileserver.sources import open_slide
 from tileserver.store.layout import new_slide_id
-
-
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TILESERVER_HOME": str(home)}
-    cmd = [sys.executable, "-m", "tileserver.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
 @dataclass

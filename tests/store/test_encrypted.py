@@ -6,13 +6,12 @@ import base64
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cli import cli
 from tests.fixtures.make_golden_store import FIXTURE, install_golden_kek, level_digests
 from tileserver.errors import IntegrityError, KeyUnavailable
 from tileserver.geometry import Region
@@ -151,28 +150,17 @@ def test_golden_store_stays_readable(tmp_path: Path) -> None:
     assert level_digests(reader) == expected["levels"]
 
 
-def _cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TILESERVER_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "tileserver.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
 def test_cli_refuses_missing_and_exposed_keys(synthetic_svs: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    proc = _cli("convert", str(synthetic_svs), "--out", str(tmp_path / "o"), home=home)
+    proc = cli(home, "convert", str(synthetic_svs), "--out", str(tmp_path / "o"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "no key-encryption key" in proc.stderr and "tileserver keys init" in proc.stderr
-    assert _cli("keys", "init", home=home).returncode == 0
+    assert cli(home, "keys", "init").returncode == 0
     assert (home.stat().st_mode & 0o777) == 0o700
     kek = next((home / "keys" / "kek").glob("*.key"))
     assert (kek.stat().st_mode & 0o777) == 0o600
     kek.chmod(0o644)
-    proc = _cli("convert", str(synthetic_svs), "--out", str(tmp_path / "o"), home=home)
+    proc = cli(home, "convert", str(synthetic_svs), "--out", str(tmp_path / "o"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "accessible by group or others" in proc.stderr and "chmod" in proc.stderr
 
@@ -180,24 +168,22 @@ def test_cli_refuses_missing_and_exposed_keys(synthetic_svs: Path, tmp_path: Pat
 def test_cli_keys_lifecycle(synthetic_svs: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     out = tmp_path / "out"
-    assert "created" in _cli("keys", "init", home=home).stdout
-    assert "already exists" in _cli("keys", "init", home=home).stdout
-    assert (
-        _cli("convert", "--quiet", str(synthetic_svs), "--out", str(out), home=home).returncode == 0
-    )
-    plain = _cli(
+    assert "created" in cli(home, "keys", "init").stdout
+    assert "already exists" in cli(home, "keys", "init").stdout
+    assert cli(home, "convert", "--quiet", str(synthetic_svs), "--out", str(out)).returncode == 0
+    plain = cli(
+        home,
         "convert",
         "--quiet",
         "--no-encrypt",
         str(synthetic_svs),
         "--out",
         str(tmp_path / "p"),
-        home=home,
     )
     assert plain.returncode == 0 and "PLAINTEXT" in plain.stderr
-    assert "wraps 1 data key" in _cli("keys", "list", home=home).stdout
-    assert "1 data key(s) re-wrapped" in _cli("keys", "rotate", home=home).stdout
+    assert "wraps 1 data key" in cli(home, "keys", "list").stdout
+    assert "1 data key(s) re-wrapped" in cli(home, "keys", "rotate").stdout
     (slide_id,) = [p.name for p in out.iterdir() if p.is_dir()]
-    assert "destroyed" in _cli("keys", "shred", slide_id, home=home).stdout
-    again = _cli("keys", "shred", slide_id, home=home)
+    assert "destroyed" in cli(home, "keys", "shred", slide_id).stdout
+    again = cli(home, "keys", "shred", slide_id)
     assert again.returncode == 1 and "no data key" in again.stderr

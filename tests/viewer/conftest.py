@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.cli import cli
 from tests.server.conftest import Server, run_server
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
@@ -76,17 +77,7 @@ class Site:
 
 
 def _cli(home: Path, *args: str) -> str:
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TILESERVER_HOME": str(home)}
-    done = subprocess.run(
-        [sys.executable, "-m", "tileserver.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    done = cli(home, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

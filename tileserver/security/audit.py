@@ -89,6 +89,7 @@ class VerifyResult:
     records: int  # records that verified, in order, before the first bad one
     first_bad: int | None  # 0-based line (= expected seq) of the first bad record
     reason: str
+    head: str | None = field(default=None, compare=False)  # mac of the last good record
 
 
 def canonical(record: dict[str, Any]) -> str:
@@ -372,7 +373,7 @@ def verify(path: Path, key: bytes) -> VerifyResult:
             return VerifyResult(False, count, count, problem)
         prev = record["mac"]
         count += 1
-    return VerifyResult(True, count, None, f"{count} records verified")
+    return VerifyResult(True, count, None, f"{count} records verified", prev if count else None)
 
 
 def _seq_problem(path: Path, size: int, line_number: int, found: int) -> str:

@@ -77,14 +77,14 @@ def make_checkpoint(
     result = verify(log, audit_key)
     if not result.ok:
         raise AuditChainBroken(f"{log}: not signed: {result.reason}")
-    if result.records == 0:
+    if result.head is None:
         raise AuditError(f"{log}: no records to checkpoint")
-    head: dict[str, Any] = {}
-    for record in records(log):
-        if record["seq"] == result.records - 1:
-            head = record
-            break
-    body = {"records": result.records, "seq": head["seq"], "mac": head["mac"], "ts": iso_utc(now())}
+    body = {
+        "records": result.records,
+        "seq": result.records - 1,
+        "mac": result.head,
+        "ts": iso_utc(now()),
+    }
     try:
         signature = crypto.sign(private_pem, canonical(body).encode("ascii"))
     except ValueError as exc:

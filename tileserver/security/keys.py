@@ -126,23 +126,27 @@ class KeyRing:
         """A 32-byte key for one purpose (audit HMAC, TOTP sealing), made on first use."""
         if not name.isalnum():
             raise ValueError(f"bad key name {name!r}")
-        make_private_dir(self.root.parent)
-        make_private_dir(self.root)
-        make_private_dir(self.root / "service")
-        path = self.root / "service" / f"{name}.key"
-        if not path.exists():
+        key = self.existing_service_key(name)
+        if key is None:
+            make_private_dir(self.root.parent)
+            make_private_dir(self.root)
+            make_private_dir(self.root / "service")
             self._write(f"service/{name}.key", new_key())
+            key = self.existing_service_key(name)
+            assert key is not None
+        return key
+
+    def existing_service_key(self, name: str) -> bytes | None:
+        """A service key if it exists (never made here): for keys that can be retired, and
+        read per signed-URL request, so no directory is created or chmod-ed here."""
+        path = self.root / "service" / f"{name}.key"
+        if not name.isalnum() or not path.is_file():
+            return None
         check_private(path)
         key = path.read_bytes()
         if len(key) != KEY_BYTES:
             raise KeyUnavailable(f"{path} is not a {KEY_BYTES}-byte key")
         return key
-
-    def existing_service_key(self, name: str) -> bytes | None:
-        """A service key if it exists (never made here): for keys that can be retired."""
-        if not name.isalnum() or not (self.root / "service" / f"{name}.key").is_file():
-            return None
-        return self.service_key(name)
 
     def service_key_names(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "service").glob("*.key"))
