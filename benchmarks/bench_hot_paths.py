@@ -22,9 +22,10 @@ from tileserver.render.encode import decode_jpeg_half, encode
 from tileserver.security.crypto import Sealer, new_key
 from tileserver.security.keys import KeyRing
 from tileserver.service import ServiceSettings, SlideService
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
 from tileserver.store.chunks import decode_chunk, encode_chunk
-from tileserver.store.layout import new_slide_id
+from tileserver.store.local import LocalObjects
 
 TILE = render_tile(9000, 9000, 240, 240, seed=1)  # a tissue tile
 JPEG = encode_chunk(TILE, "jpeg", 85)
@@ -65,7 +66,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> tuple[SlideService, str
     keyring.initialise()
     slide_id = new_slide_id()
     with open_slide(slide) as source:
-        convert(source, root / "out" / slide_id, slide_id, ConvertOptions(), keyring)
+        convert(source, LocalObjects(root / "out" / slide_id), slide_id, ConvertOptions(), keyring)
     library = SlideLibrary(root / "out", sources=False, keyring=keyring)
     settings = ServiceSettings(response_cache_bytes=0, chunk_cache_items=0)
     return SlideService(library, settings), slide_id

@@ -8,6 +8,7 @@ from pathlib import Path
 from tests.cli import cli
 from tileserver.security.accounts import Accounts
 from tileserver.security.keys import KeyRing
+from tileserver.slide_ids import is_slide_id
 
 
 def test_convert_into_collection_then_grant_a_pending_user(
@@ -20,7 +21,7 @@ def test_convert_into_collection_then_grant_a_pending_user(
         home, "convert", "--quiet", str(synthetic_svs), "--out", str(out), "--collection", "case-7"
     )
     assert converted.returncode == 0, converted.stderr
-    (slide_id,) = [p.name for p in out.iterdir() if p.is_dir()]
+    (slide_id,) = [p.name for p in out.iterdir() if is_slide_id(p.name)]
     added = cli(home, "users", "add", "dana")
     assert added.returncode == 0 and "/login?setup=" in added.stdout.splitlines()[-1]
     assert "enrolling" in cli(home, "users", "list").stdout

@@ -32,7 +32,7 @@ from tileserver.security.checkpoints import (
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ENROL_TTL, LINK_TTL
 from tileserver.security.signed_urls import UrlKeys
-from tileserver.store.layout import is_slide_id
+from tileserver.slide_ids import is_slide_id
 
 ADMIN = "cli-admin"
 
@@ -46,7 +46,7 @@ def _open(home: Path) -> tuple[Accounts, AuditLog]:
 
 
 def _base(args: argparse.Namespace) -> str:
-    return args.url.rstrip("/")
+    return str(args.url).rstrip("/")
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -59,9 +59,9 @@ def cmd_users(args: argparse.Namespace) -> int:
         )
 
     if action == "list":
-        for user in accounts.users():
-            state = "disabled" if user.disabled else ("active" if user.pw_hash else "enrolling")
-            print(f"{user.name:24} {user.role:12} {state}")
+        for each in accounts.users():
+            state = "disabled" if each.disabled else ("active" if each.pw_hash else "enrolling")
+            print(f"{each.name:24} {each.role:12} {state}")
         return 0
     if action == "bootstrap":
         if accounts.has_users():
@@ -122,9 +122,9 @@ def cmd_users(args: argparse.Namespace) -> int:
 def cmd_tokens(args: argparse.Namespace) -> int:
     accounts, audit = _open(args.settings.home)
     if args.tokens_command == "list":
-        for name, scopes, collections, expires in accounts.tokens():
+        for name, granted, within, expires in accounts.tokens():
             until = time.strftime("%Y-%m-%d", time.gmtime(expires)) if expires else "never"
-            print(f"{name:24} scopes={scopes} collections={collections or 'all'} expires={until}")
+            print(f"{name:24} scopes={granted} collections={within or 'all'} expires={until}")
         return 0
     if args.tokens_command == "revoke":
         accounts.revoke_token(args.name)

@@ -103,6 +103,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             tile=args.tile,
             workers=args.workers,
             keep_associated=args.keep_associated,
+            shard=args.shard,
         )
     except ValueError as exc:
         raise TileserverError(str(exc)) from exc
@@ -165,7 +166,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             f"{path.name}: {result.slide_id}  {result.l0_pixels / 1e6:.0f} Mpx in "
             f"{result.seconds:.1f} s = {result.megapixels_per_second:.1f} Mpx/s  "
             f"(chunks: {chunks['copied']} copied, {chunks['written']} encoded, "
-            f"{chunks['background']} background)"
+            f"{chunks['background']} background, {chunks['kept']} kept from an earlier run)"
         )
     if failed:
         print(f"tileserver: {failed} of {len(args.slides)} slides failed", file=sys.stderr)
@@ -197,10 +198,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tileserver.server.run import ServeOptions, serve
     from tileserver.service import ServiceSettings
 
-    if not args.directory.is_dir():
-        raise TileserverError(f"{args.directory}: not a directory")
+    if (args.sources or "://" not in args.location) and not Path(args.location).is_dir():
+        raise TileserverError(f"{args.location}: not a directory")
     options = ServeOptions(
-        directory=args.directory,
+        location=args.location,
         sources=args.sources,
         host=args.host,
         port=args.port,
@@ -232,6 +233,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(options)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tileserver.security.keys import KeyRing
+    from tileserver.store.location import open_location
+    from tileserver.store.migrate import migrate_all
+
+    if not 1 <= args.shard <= 256:
+        raise TileserverError("--shard must be 1..256")
+    stores = open_location(args.location)
+    with tqdm(desc="migrate", unit="slide", disable=args.quiet, leave=False) as bar:
+        report = migrate_all(stores, KeyRing(args.settings.home), args.shard, bar.update)
+    for slide_id, outcome in report.items():
+        print(f"{slide_id}: {outcome}")
+    failed = sum(outcome.startswith("failed") for outcome in report.values())
+    return min(failed, 100)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tileserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="build a store per slide (exit status: number of slides that failed)",
     )
     convert.add_argument("slides", type=Path, nargs="+")
-    convert.add_argument("--out", type=Path, required=True, help="directory of stores")
+    convert.add_argument(
+        "--out", required=True, help="where the stores go: a directory, file:// or s3:// URL"
+    )
     convert.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     convert.add_argument(
         "--codec",
@@ -263,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=256,
         help="chunk edge when source tiles cannot be copied as they are",
+    )
+    convert.add_argument(
+        "--shard", type=int, default=16, help="chunks per shard edge (default 16: 256 a shard)"
     )
     convert.add_argument(
         "--keep-associated",
@@ -291,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.set_defaults(func=cmd_convert)
 
-    serve = sub.add_parser("serve", help="serve the complete stores in a directory")
-    serve.add_argument("directory", type=Path)
+    serve = sub.add_parser(
+        "serve", help="serve the complete stores at a location (directory, file:// or s3://)"
+    )
+    serve.add_argument("location", help="where the stores are (or the slide files: --sources)")
     serve.add_argument(
         "--sources",
         action="store_true",
@@ -346,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     shred = keys_sub.add_parser("shred", help="destroy one slide's data key (crypto-erase)")
     shred.add_argument("slide_id")
     keys.set_defaults(func=cmd_keys)
+
+    migrate = sub.add_parser(
+        "migrate", help="rewrite format-1 stores at a location into format 2, verified"
+    )
+    migrate.add_argument("location", help="a directory, file:// or s3:// URL of stores")
+    migrate.add_argument("--shard", type=int, default=16, help="chunks per shard edge")
+    migrate.add_argument("--quiet", action="store_true", help="no progress bar")
+    migrate.set_defaults(func=cmd_migrate)
     add_admin_commands(sub)
     add_bench_commands(sub)
     return parser

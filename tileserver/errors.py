@@ -52,6 +52,10 @@ class StoreError(TileserverError):
     """A store that is missing, incomplete, malformed, or cannot be written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's backend failed in a way that may pass (unreachable, throttled, 5xx)."""
+
+
 class IntegrityError(StoreError):
     """A sealed object failed authentication: flipped, truncated, swapped or replaced."""
 

@@ -1,8 +1,9 @@
-"""The slides a server can show: complete stores in a directory (or, with ``--sources``, slide
-files read directly), each presented as a ``Pyramid`` of halving levels and square chunks.
+"""The slides a server can show: complete stores at a location (a directory or an object
+store URL; or, with ``--sources``, slide files in a directory read directly), each presented
+as a ``Pyramid`` of halving levels and square chunks.
 
-Slide IDs are 32 hex digits and are looked up in an index, never joined onto a path from
-the request: a URL cannot name anything outside the directory.
+Slide IDs are 32 hex digits, checked before they name a store, and source files are looked up
+in an index, never joined onto a path from the request: a URL cannot name anything else.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import numpy as np
 from tileserver.errors import SlideError, SlideNotFound
 from tileserver.geometry import Region, Size
 from tileserver.render.encode import decode, resize
+from tileserver.slide_ids import is_slide_id
 from tileserver.sources import open_slide
 from tileserver.sources.base import SlideSource
-from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, is_slide_id, pyramid_sizes
+from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, pyramid_sizes
+from tileserver.store.location import open_location
+from tileserver.store.objects import ObjectStore
 from tileserver.store.reader import StoreReader
 
 if TYPE_CHECKING:
@@ -47,6 +51,8 @@ class Pyramid(Protocol):
 
     def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None: ...
 
+    async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None: ...
+
     def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray: ...
 
     def read_associated(self, name: str) -> np.ndarray: ...
@@ -55,16 +61,15 @@ class Pyramid(Protocol):
 class StorePyramid:
     """A complete store: stored chunks can be passed through as they are."""
 
-    def __init__(self, root: Path, keyring: KeyRing | None) -> None:
-        self.reader = StoreReader.open(root, keyring)
+    def __init__(self, store: ObjectStore, slide_id: str, keyring: KeyRing | None) -> None:
+        self.reader = StoreReader.open(store, slide_id, keyring)
         layout = self.reader.layout
         self.slide_id = layout.slide_id
         self.levels = layout.levels
         self.tile = layout.tile
         self.codec: str | None = layout.codec
         # The marker is rewritten (with a fresh nonce when sealed) whenever a store is rebuilt.
-        marker = (root / COMPLETE_MARKER).read_bytes()
-        self.generation = hashlib.sha256(marker).hexdigest()[:16]
+        self.generation = hashlib.sha256(self.reader.generation_bytes).hexdigest()[:16]
         self.metadata = dict(self.reader.source)
         kept = self.reader.summary().get("associated", [])
         self._associated = tuple(sorted(kept))
@@ -75,6 +80,9 @@ class StorePyramid:
 
     def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None:
         return self.reader.chunk_bytes(level, t_col, t_row)
+
+    async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None:
+        return await self.reader.chunk_bytes_async(level, t_col, t_row)
 
     def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
         return self.reader.read_chunk(level, t_col, t_row)
@@ -116,6 +124,9 @@ class SourcePyramid:
     def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None:
         raise NotImplementedError("slide files have no stored chunks")
 
+    async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None:
+        raise NotImplementedError("slide files have no stored chunks")
+
     def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
         downsample = 2**level
         size = self.levels[level]
@@ -149,10 +160,12 @@ class SlideLibrary:
     """Slide IDs -> open pyramids, with a bounded cache of open slides. Thread-safe."""
 
     def __init__(
-        self, directory: Path, *, sources: bool, keyring: KeyRing | None, max_open: int = 64
+        self, location: str | Path, *, sources: bool, keyring: KeyRing | None, max_open: int = 64
     ) -> None:
-        self.directory = directory.resolve()
+        self.location = str(location)
         self.sources = sources
+        self.directory = Path(location).resolve() if sources else Path()
+        self.stores: ObjectStore | None = None if sources else open_location(location)
         self.keyring = keyring
         self.max_open = max_open
         self._open: OrderedDict[str, Pyramid] = OrderedDict()
@@ -162,12 +175,13 @@ class SlideLibrary:
 
     def slide_ids(self) -> list[str]:
         """Every servable slide, sorted. Incomplete stores are never listed."""
-        if not self.sources:
-            return sorted(
-                p.name
-                for p in self.directory.iterdir()
-                if is_slide_id(p.name) and (p / COMPLETE_MARKER).is_file()
-            )
+        if self.stores is not None:
+            stores = self.stores
+            return [
+                name
+                for name in stores.children()
+                if is_slide_id(name) and stores.exists(f"{name}/{COMPLETE_MARKER}")
+            ]
         paths = {}
         for root, _dirs, files in os.walk(self.directory):
             for name in files:
@@ -212,11 +226,11 @@ class SlideLibrary:
         return pyramid
 
     def _load(self, slide_id: str) -> Pyramid:
-        if not self.sources:
-            root = self.directory / slide_id
-            if not (root / COMPLETE_MARKER).is_file():
+        if self.stores is not None:
+            store = self.stores.child(f"{slide_id}/")  # slide_id is 32 hex digits: checked
+            if not store.exists(COMPLETE_MARKER):
                 raise SlideNotFound("no such slide")
-            return StorePyramid(root, self.keyring)
+            return StorePyramid(store, slide_id, self.keyring)
         path = self._source_paths.get(slide_id)
         if path is None:
             self.slide_ids()

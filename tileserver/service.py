@@ -2,9 +2,10 @@
 
 The async boundary: opening slides, decoding, resizing and encoding run in a bounded
 thread pool. A request abandoned by its client is cancelled while it waits for a worker,
-so its work never starts. A pass-through tile (one small file read and an AES-GCM open,
-about 50 us from the page cache) runs on the loop: the two thread hops of the pool would
-cost more than the work (cold random tiles: about 1.3x the throughput at concurrency 8).
+so its work never starts. A pass-through tile (one ranged read and an AES-GCM open) is
+awaited on the loop: from an object store the read is asynchronous, and from local disk it
+is about 50 us from the page cache, less than the two thread hops of the pool would cost
+(cold random tiles: about 1.3x the throughput at concurrency 8; decision 0001).
 Caches (all bounded): open slides (in the library), decoded chunks, encoded responses.
 """
 
@@ -15,7 +16,7 @@ import functools
 import hashlib
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -188,8 +189,8 @@ class SlideService:
         chunk = deepzoom.passthrough_chunk(grid, z, t_col, t_row, p.tile, len(p.levels))
         key = ("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt)
         if chunk is not None and p.codec == fmt:
-            passthrough = partial(self._passthrough, p, *chunk, fmt)
-            return await self._respond(p, key, fmt, if_none_match, passthrough, on_loop=True)
+            fetch = partial(self._passthrough, p, *chunk, fmt)
+            return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         source = grid.tile_source(z, t_col, t_row, len(p.levels))
         work = partial(self._render, p, source.level, source.l_region, source.z_size, fmt)
         return await self._respond(p, key, fmt, if_none_match, work)
@@ -233,8 +234,8 @@ class SlideService:
         chunk = iiif.passthrough_chunk(request, p.levels[0], p.tile, len(p.levels))
         key = ("iiif", request)
         if chunk is not None and p.codec == fmt:
-            passthrough = partial(self._passthrough, p, *chunk, fmt)
-            return await self._respond(p, key, fmt, if_none_match, passthrough, on_loop=True)
+            fetch = partial(self._passthrough, p, *chunk, fmt)
+            return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         work = partial(self._render_iiif, p, request, fmt)
         return await self._respond(p, key, fmt, if_none_match, work)
 
@@ -316,12 +317,13 @@ class SlideService:
         key: tuple[Any, ...],
         fmt: str,
         if_none_match: Collection[str],
-        work: Callable[[], bytes],
+        work: Callable[[], bytes] | None = None,
         *,
-        on_loop: bool = False,
+        fetch: Callable[[], Awaitable[bytes]] | None = None,
     ) -> Encoded | NotModified:
         """304 when the client has it, the cached response when we have it, else ``work``
-        run in the render pool, or here for cheap ``on_loop`` work (and its result cached)."""
+        run in the render pool, or ``fetch`` (stored bytes, no pixels) awaited here; the
+        result is cached."""
         etag = self._etag(p, key)
         if etag in if_none_match:
             return NotModified(etag)
@@ -329,16 +331,23 @@ class SlideService:
         cached = self._responses.get(cache_key)
         if cached is not None:
             return cast(Encoded, cached)
-        data = work() if on_loop else await self._run(work)
+        if fetch is not None:
+            data = await fetch()
+        else:
+            assert work is not None
+            data = await self._run(work)
         encoded = Encoded(data, MEDIA_TYPES[fmt], etag)
         self._responses.put(cache_key, encoded)
         return encoded
 
-    # -- pixels (executor threads) -----------------------------------------------------------
-    def _passthrough(self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str) -> bytes:
+    async def _passthrough(
+        self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str
+    ) -> bytes:
         self.stats["passthrough"] += 1
-        data = p.chunk_bytes(level, t_col, t_row)
+        data = await p.chunk_bytes_async(level, t_col, t_row)
         return _blank_tile(p.tile, fmt, self.settings.quality) if data is None else data
+
+    # -- pixels (executor threads) -----------------------------------------------------------
 
     def _chunk(self, p: Pyramid, level: int, t_col: int, t_row: int) -> np.ndarray:
         key = (p.slide_id, p.generation, level, t_col, t_row)

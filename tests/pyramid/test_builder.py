@@ -11,20 +11,23 @@ import zarr
 from PIL import Image
 
 from tests.corpus import require_corpus
+from tests.stores import complete_stores, open_reader
 from tileserver.geometry import Region
 from tileserver.pyramid import reference
 from tileserver.pyramid.builder import ConvertResult, convert
 from tileserver.pyramid.plan import ConvertOptions
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
 from tileserver.store.chunks import encode_chunk
-from tileserver.store.layout import COMPLETE_MARKER, new_slide_id
-from tileserver.store.reader import StoreReader, complete_stores
+from tileserver.store.layout import COMPLETE_MARKER
+from tileserver.store.local import LocalObjects
+from tileserver.store.reader import StoreReader
 
 
 def build(slide: Path, out: Path, **options: object) -> ConvertResult:
     slide_id = new_slide_id()
     with open_slide(slide) as source:
-        return convert(source, out / slide_id, slide_id, ConvertOptions(**options), None)  # type: ignore[arg-type]
+        return convert(source, LocalObjects(out / slide_id), slide_id, ConvertOptions(**options), None)  # type: ignore[arg-type]
 
 
 def whole(reader: StoreReader, level: int) -> np.ndarray:
@@ -34,7 +37,7 @@ def whole(reader: StoreReader, level: int) -> np.ndarray:
 
 def test_level0_tiles_are_copied_byte_for_byte(synthetic_svs: Path, tmp_path: Path) -> None:
     result = build(synthetic_svs, tmp_path)
-    reader = StoreReader.open(result.store)
+    reader = open_reader(result.store)
     assert reader.layout.tile == 240
     assert result.chunks["copied"] > 0 and result.chunks["background"] > 0
     with open_slide(synthetic_svs) as source:
@@ -52,7 +55,7 @@ def test_level0_tiles_are_copied_byte_for_byte(synthetic_svs: Path, tmp_path: Pa
 
 
 def test_levels_match_a_reference_downsample(synthetic_svs: Path, tmp_path: Path) -> None:
-    reader = StoreReader.open(build(synthetic_svs, tmp_path).store)
+    reader = open_reader(build(synthetic_svs, tmp_path).store)
     sizes = reader.layout.levels
     assert sizes[0] == (3000, 2000) and sizes[1] == (1500, 1000) and sizes[-1].width <= 240
     expected = whole(reader, 0)
@@ -79,7 +82,7 @@ def test_store_opens_with_zarr_and_validates_as_ome_zarr(
     multiscale = image.ome_attributes.multiscales[0]
     assert [a.name for a in multiscale.axes] == ["c", "y", "x"]
     assert multiscale.datasets[1].coordinateTransformations[0].scale == [1.0, 0.5, 0.5]
-    reader = StoreReader.open(result.store)
+    reader = open_reader(result.store)
     for level in (0, 2):
         via_zarr = np.asarray(group[str(level)][:]).transpose(1, 2, 0)
         assert np.array_equal(via_zarr, whole(reader, level))
@@ -100,17 +103,17 @@ def test_lossless_store_is_exact_and_needs_only_builtin_codecs(
 def test_incomplete_store_is_not_listed_or_opened(synthetic_tiff: Path, tmp_path: Path) -> None:
     result = build(synthetic_tiff, tmp_path)
     assert complete_stores(tmp_path) == [result.slide_id]
-    (result.store / COMPLETE_MARKER).unlink()
+    (Path(result.store) / COMPLETE_MARKER).unlink()
     assert complete_stores(tmp_path) == []
     with pytest.raises(Exception, match="incomplete"):
-        StoreReader.open(result.store)
+        open_reader(result.store)
 
 
 def test_real_slides_convert(tmp_path: Path) -> None:
     corpus = require_corpus()
     for name in ("svs/CMU-1-Small-Region.svs", "ndpi/test3-DAPI-2-(387).ndpi"):
         result = build(corpus / name, tmp_path)
-        reader = StoreReader.open(result.store)
+        reader = open_reader(result.store)
         with open_slide(corpus / name) as source:
             region = Region(700, 900, 400, 300)
             diff = np.abs(reader.read_region(0, region).astype(int) - source.read_region(0, region))

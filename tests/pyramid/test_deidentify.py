@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from sample_data import CANARY_BARCODE, CANARY_PATIENT
+from tests.stores import complete_stores, open_reader
 from tileserver.security.keys import KeyRing
 from tileserver.store.encrypted import EncryptedObjects, objects_for_reading
-from tileserver.store.reader import StoreReader, complete_stores
 
 # Identifying values planted in the synthetic SVS description besides the two canaries.
 PLANTED = [CANARY_PATIENT, CANARY_BARCODE, "CANARY42", "03/14/24", "09:26:53", "jdoe", "SS1234"]
@@ -68,7 +68,7 @@ def test_no_identifier_reaches_the_store(
     names = {p.name.lower() for p in store.rglob("*")}
     assert not names & {"label", "macro", "label.jpg", "macro.jpg"}
     # The allowlist keeps what a viewer needs.
-    reader = StoreReader.open(store, keyring)
+    reader = open_reader(store, keyring)
     props = reader.source["properties"]
     assert props["aperio.AppMag"] == "40" and props["aperio.MPP"] == "0.25"
     assert "aperio.Filename" not in props and "aperio.Barcode" not in props

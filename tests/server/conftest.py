@@ -22,8 +22,9 @@ from tests.corpus import SLIDES
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
-from tileserver.store.layout import new_slide_id
+from tileserver.store.local import LocalObjects
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Sto
     for name, path in slides.items():
         slide_id = new_slide_id()
         with open_slide(path) as source:
-            convert(source, out / slide_id, slide_id, ConvertOptions(), keyring)
+            convert(source, LocalObjects(out / slide_id), slide_id, ConvertOptions(), keyring)
         ids[name] = slide_id
     return Stores(out, home, ids["synthetic"], ids.get("cmu"))
 

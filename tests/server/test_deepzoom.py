@@ -12,9 +12,9 @@ from PIL import Image
 
 from tests.corpus import SLIDES, require_corpus
 from tests.server.conftest import Server, Stores, run_server
+from tests.stores import open_reader
 from tileserver.render.encode import encode
 from tileserver.security.keys import KeyRing
-from tileserver.store.reader import StoreReader
 
 
 def pixels(body: bytes) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_dzi_descriptor(server: Server, stores: Stores) -> None:
 
 
 def test_aligned_tiles_are_the_stored_bytes(server: Server, stores: Stores) -> None:
-    reader = StoreReader.open(stores.directory / stores.synthetic, KeyRing(stores.home))
+    reader = open_reader(stores.directory / stores.synthetic, KeyRing(stores.home))
     top = 12  # DZ level of full resolution for 3000 px: ceil(log2(3000)) = 12
     copied = 0
     for t_col, t_row in [(0, 0), (3, 2), (5, 4), (7, 6)]:
@@ -48,7 +48,7 @@ def test_aligned_tiles_are_the_stored_bytes(server: Server, stores: Stores) -> N
 
 def test_background_tiles_are_white_tiles(server: Server, stores: Stores) -> None:
     """Background chunks are never written; their tiles are white, full-size, and stable."""
-    reader = StoreReader.open(stores.directory / stores.synthetic, KeyRing(stores.home))
+    reader = open_reader(stores.directory / stores.synthetic, KeyRing(stores.home))
     background = [
         (t_col, t_row)
         for t_row in range(8)

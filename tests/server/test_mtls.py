@@ -21,8 +21,9 @@ from tests.server.conftest import Server, run_server
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
-from tileserver.store.layout import new_slide_id
+from tileserver.store.local import LocalObjects
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -123,7 +124,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     KeyRing(home).initialise()
     slide = new_slide_id()
     with open_slide(synthetic_svs) as source:
-        convert(source, root / "stores" / slide, slide, ConvertOptions(), KeyRing(home))
+        convert(source, LocalObjects(root / "stores" / slide), slide, ConvertOptions(), KeyRing(home))
     assert cli(home, "slides", "assign", "case-a", slide).returncode == 0
     made = cli(
         home, "tokens", "create", "lis", "--scope", "metadata,thumbnails", "--certificate-only"

@@ -23,8 +23,9 @@ from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security import totp
 from tileserver.security.keys import KeyRing
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
-from tileserver.store.layout import new_slide_id
+from tileserver.store.local import LocalObjects
 
 PASSWORD_A = "correct horse battery staple A"  # test-only, generated for this suite
 PASSWORD_B = "correct horse battery staple B"
@@ -95,10 +96,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     for _ in range(2):
         slide_id = new_slide_id()
         with open_slide(synthetic_svs) as source:
-            convert(
-                source,
-                out / slide_id,
-                slide_id,
+            convert(source, LocalObjects(out / slide_id), slide_id,
                 ConvertOptions(keep_associated=True),
                 KeyRing(home),
             )

@@ -16,8 +16,9 @@ from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
 from tileserver.security.signed_urls import MAX_LIFETIME, UrlKeys
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
-from tileserver.store.layout import new_slide_id
+from tileserver.store.local import LocalObjects
 
 
 @dataclass
@@ -38,7 +39,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     for _ in range(2):
         slide = new_slide_id()
         with open_slide(synthetic_svs) as source:
-            convert(source, root / "stores" / slide, slide, ConvertOptions(), KeyRing(home))
+            convert(source, LocalObjects(root / "stores" / slide), slide, ConvertOptions(), KeyRing(home))
         assert cli(home, "slides", "assign", "case-a", slide).returncode == 0
         ids.append(slide)
     made = cli(home, "tokens", "create", "reports", "--scope", "tiles,metadata")

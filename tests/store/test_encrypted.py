@@ -13,13 +13,16 @@ import pytest
 
 from tests.cli import cli
 from tests.fixtures.make_golden_store import FIXTURE, install_golden_kek, level_digests
+from tests.stores import open_reader
 from tileserver.errors import IntegrityError, KeyUnavailable
 from tileserver.geometry import Region
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
+from tileserver.slide_ids import is_slide_id, new_slide_id
 from tileserver.sources import open_slide
-from tileserver.store.layout import COMPLETE_MARKER, new_slide_id
+from tileserver.store.layout import COMPLETE_MARKER
+from tileserver.store.local import LocalObjects
 from tileserver.store.reader import StoreReader
 
 
@@ -27,8 +30,7 @@ from tileserver.store.reader import StoreReader
 def store(synthetic_svs: Path, tmp_path: Path, keyring: KeyRing) -> Path:
     slide_id = new_slide_id()
     with open_slide(synthetic_svs) as source:
-        return convert(
-            source, tmp_path / "out" / slide_id, slide_id, ConvertOptions(), keyring
+        return convert(source, LocalObjects(tmp_path / "out" / slide_id), slide_id, ConvertOptions(), keyring
         ).store
 
 
@@ -48,7 +50,7 @@ def test_every_object_is_sealed(store: Path, keyring: KeyRing) -> None:
         data = path.read_bytes()
         assert data.startswith(b"TSE\x01"), path
         assert b"zarr_format" not in data and b"\xff\xd8\xff" not in data[:64]
-    everything(StoreReader.open(store, keyring))
+    everything(open_reader(store, keyring))
 
 
 def test_nonces_are_fresh_and_records_hold_no_key_bytes(store: Path, keyring: KeyRing) -> None:
@@ -65,7 +67,7 @@ def test_nonces_are_fresh_and_records_hold_no_key_bytes(store: Path, keyring: Ke
 def _expect_integrity_error(store: Path, keyring: KeyRing, key_part: str) -> None:
     fresh = KeyRing(keyring.root.parent)
     with pytest.raises(IntegrityError) as caught:
-        everything(StoreReader.open(store, fresh))
+        everything(open_reader(store, fresh))
     assert store.name in str(caught.value) and key_part in str(caught.value)
 
 
@@ -101,7 +103,7 @@ def test_chunk_copied_from_another_slide(
 ) -> None:
     other_id = new_slide_id()
     with open_slide(synthetic_svs) as source:
-        other = convert(source, store.parent / other_id, other_id, ConvertOptions(), keyring).store
+        other = convert(source, LocalObjects(store.parent / other_id), other_id, ConvertOptions(), keyring).store
     chunk = a_chunk(store)
     shutil.copy(other / chunk.relative_to(store), chunk)
     _expect_integrity_error(store, keyring, chunk.relative_to(store).as_posix())
@@ -120,7 +122,7 @@ def test_wrong_kek(store: Path, keyring: KeyRing) -> None:
 
 def test_rotation_rewraps_without_touching_chunks(store: Path, keyring: KeyRing) -> None:
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
-    pixels = StoreReader.open(store, keyring).read_region(0, Region(0, 0, 900, 700))
+    pixels = open_reader(store, keyring).read_region(0, Region(0, 0, 900, 700))
     old = keyring.current_kek().key_id
     new, count = keyring.rotate()
     assert count == 1 and new != old
@@ -128,7 +130,7 @@ def test_rotation_rewraps_without_touching_chunks(store: Path, keyring: KeyRing)
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
     fresh = KeyRing(keyring.root.parent)  # no cached data keys: unwraps under the new KEK
     assert np.array_equal(
-        StoreReader.open(store, fresh).read_region(0, Region(0, 0, 900, 700)), pixels
+        open_reader(store, fresh).read_region(0, Region(0, 0, 900, 700)), pixels
     )
     assert [k.key_id for k in fresh.list()] == [new]
 
@@ -137,7 +139,7 @@ def test_shredded_store_can_never_be_read(store: Path, keyring: KeyRing) -> None
     keyring.shred(store.name)
     assert not (keyring.root / "slides" / f"{store.name}.json").exists()
     with pytest.raises(KeyUnavailable, match="shredded"):
-        StoreReader.open(store, KeyRing(keyring.root.parent))
+        open_reader(store, KeyRing(keyring.root.parent))
     with pytest.raises(KeyUnavailable):
         keyring.shred(store.name)
 
@@ -145,7 +147,7 @@ def test_shredded_store_can_never_be_read(store: Path, keyring: KeyRing) -> None
 def test_golden_store_stays_readable(tmp_path: Path) -> None:
     keyring = install_golden_kek(tmp_path / "home")
     expected = json.loads((FIXTURE / "expected.json").read_text())
-    reader = StoreReader.open(FIXTURE / "store" / expected["slide_id"], keyring)
+    reader = open_reader(FIXTURE / "store" / expected["slide_id"], keyring)
     assert (FIXTURE / "store" / expected["slide_id"] / COMPLETE_MARKER).is_file()
     assert level_digests(reader) == expected["levels"]
 
@@ -183,7 +185,7 @@ def test_cli_keys_lifecycle(synthetic_svs: Path, tmp_path: Path) -> None:
     assert plain.returncode == 0 and "PLAINTEXT" in plain.stderr
     assert "wraps 1 data key" in cli(home, "keys", "list").stdout
     assert "1 data key(s) re-wrapped" in cli(home, "keys", "rotate").stdout
-    (slide_id,) = [p.name for p in out.iterdir() if p.is_dir()]
+    (slide_id,) = [p.name for p in out.iterdir() if is_slide_id(p.name)]
     assert "destroyed" in cli(home, "keys", "shred", slide_id).stdout
     again = cli(home, "keys", "shred", slide_id)
     assert again.returncode == 1 and "no data key" in again.stderr

@@ -25,8 +25,9 @@ from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security import totp
 from tileserver.security.keys import KeyRing
 from tileserver.server.routes.viewer import openseadragon_dir
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
-from tileserver.store.layout import new_slide_id
+from tileserver.store.local import LocalObjects
 
 CHROMIUM = os.environ.get("TILESERVER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -105,7 +106,7 @@ def viewer_site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -
         slide_id = new_slide_id()
         with open_slide(synthetic_svs) as source:
             options = ConvertOptions(keep_associated=keep)
-            convert(source, out / slide_id, slide_id, options, KeyRing(home))
+            convert(source, LocalObjects(out / slide_id), slide_id, options, KeyRing(home))
         ids.append(slide_id)
     a1, a2, b1 = ids
     _cli(home, "slides", "assign", "case-a", a1, a2)

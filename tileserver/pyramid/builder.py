@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from tileserver.render.encode import decode_jpeg_half
 from tileserver.sources.base import SlideSource
 from tileserver.store.chunks import decode_chunk, encode_chunk
 from tileserver.store.layout import FILL_VALUE, StoreLayout
+from tileserver.store.objects import ObjectStore
 from tileserver.store.writer import StoreWriter
 
 if TYPE_CHECKING:
@@ -39,10 +39,10 @@ Progress = Callable[[int, int], None]
 @dataclass
 class ConvertResult:
     slide_id: str
-    store: Path
+    store: str  # where the store is (URL or path)
     l0_pixels: int
     seconds: float
-    chunks: dict[str, int] = field(default_factory=dict)  # written, copied, background
+    chunks: dict[str, int] = field(default_factory=dict)  # written, copied, background, kept
 
     @property
     def megapixels_per_second(self) -> float:
@@ -61,10 +61,9 @@ def source_metadata(source: SlideSource) -> dict[str, Any]:
 
 
 class _ChunkWrites:
-    """Chunk writes on a thread of their own, so decoding and downsampling never wait for the
-    kernel to create a file (0.03-0.7 ms each on this machine's ext4), and files are only
-    ever created by one thread (two creating in the same directory spin on its lock). Chunks
-    are handed over a batch at a time; a failed write is raised by the next ``drain``."""
+    """Chunk writes on a thread of their own, so decoding and downsampling never wait for
+    shards to be sealed and stored, and the writer is only ever called from one thread.
+    Chunks are handed over a row at a time; a failed write is raised by the next ``drain``."""
 
     def __init__(self, writer: StoreWriter) -> None:
         self.writer = writer
@@ -76,15 +75,15 @@ class _ChunkWrites:
         """Queue a chunk (from any thread: appending to a list is atomic)."""
         self._batch.append((level, t_col, t_row, data))
 
-    def flush(self) -> None:
-        """Hand the chunks queued so far to the writer thread."""
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._pending.append(self._thread.submit(self._write, batch))
+    def end_row(self, level: int, t_row: int) -> None:
+        """Hand a completed chunk row of a level (its chunks queued so far) to the writer."""
+        batch, self._batch = self._batch, []
+        self._pending.append(self._thread.submit(self._write, batch, level, t_row))
 
-    def _write(self, batch: list[tuple[int, int, int, bytes]]) -> None:
-        for level, t_col, t_row, data in batch:
-            self.writer.write_chunk(level, t_col, t_row, data)
+    def _write(self, batch: list[tuple[int, int, int, bytes]], level: int, t_row: int) -> None:
+        for chunk in batch:
+            self.writer.write_chunk(*chunk)
+        self.writer.end_row(level, t_row)
 
     def drain(self, backlog: int = 0) -> None:
         """Wait until at most ``backlog`` batches are queued (bounding memory), raising the
@@ -121,7 +120,7 @@ class _Builder:
             np.empty((2 * tile, s.width, 3), np.uint8) if k or not self.half else None
             for k, s in enumerate(layout.levels)
         ]
-        self.counts = {"written": 0, "copied": 0, "background": 0}
+        self.counts = {"written": 0, "copied": 0, "background": 0, "kept": 0}
         # Encoded level-0 tiles already found to be background (whole, not edge tiles).
         self.white_tiles: set[bytes] = set()
 
@@ -131,7 +130,7 @@ class _Builder:
         chunk = self._level0_half if self.half else self._level0_chunk
         for t_row in range(grid.height):
             kinds = list(self.pool.map(lambda c, r=t_row: chunk(c, r), range(grid.width)))
-            self._tally(kinds)
+            self._tally(kinds, 0, t_row)
             if not self.half:
                 self._band_done(0, t_row)
             elif t_row % 2 or t_row == grid.height - 1:  # a level-1 chunk row is complete
@@ -207,7 +206,7 @@ class _Builder:
             part = band[:, t_col * tile : (t_col + 1) * tile]
             return self._store_chunk(level, t_col, t_row, part, None)
 
-        self._tally(list(self.pool.map(chunk, range(self.layout.grid(level).width))))
+        self._tally(list(self.pool.map(chunk, range(self.layout.grid(level).width))), level, t_row)
 
     def _store_chunk(
         self, level: int, t_col: int, t_row: int, pixels: np.ndarray, stored: bytes | None
@@ -216,6 +215,8 @@ class _Builder:
         if is_uniform(pixels, FILL_VALUE, self.options.background_tolerance):
             pixels[...] = FILL_VALUE  # upper levels see exactly what a reader sees
             return "background"
+        if self.writes.writer.has_shard(level, t_col, t_row):
+            return "kept"  # an earlier run finished its shard
         if stored is not None:
             self.writes.add(level, t_col, t_row, stored)
             return "copied"
@@ -251,30 +252,31 @@ class _Builder:
             downsample_2x(src[:, 2 * l_x : 2 * l_x + 2 * width], dst[:, l_x : l_x + width])
             return self._store_chunk(level + 1, t_col, next_row, dst[:, l_x : l_x + width], None)
 
-        self._tally(list(self.pool.map(chunk, range(grid.width))))
+        self._tally(list(self.pool.map(chunk, range(grid.width))), level + 1, next_row)
         self._band_done(level + 1, next_row)
 
-    def _tally(self, kinds: list[str]) -> None:
-        """After each pool.map: count what happened, pass its writes on."""
+    def _tally(self, kinds: list[str], level: int, t_row: int) -> None:
+        """After each pool.map (one chunk row of one level): count what happened, pass the
+        row's writes on."""
         for kind in kinds:
             self.counts[kind] += 1
-        self.writes.flush()
+        self.writes.end_row(level, t_row)
 
 
 def convert(
     source: SlideSource,
-    root: Path,
+    store: ObjectStore,
     slide_id: str,
     options: ConvertOptions,
     keyring: KeyRing | None,
     progress: Progress | None = None,
 ) -> ConvertResult:
-    """Convert a whole slide into a store at ``root`` (``root.name`` is the slide ID).
+    """Convert a whole slide into ``store`` (the slide's own: ``{stores}/{slide_id}``).
 
     With a key ring the store is encrypted; ``None`` writes a plaintext research export."""
     started = time.perf_counter()
     layout, copy_level0 = plan_layout(source.info, source.raw_tile_codec(0), options, slide_id)
-    writer = StoreWriter.create(root, layout, source_metadata(source), keyring)
+    writer = StoreWriter.create(store, layout, source_metadata(source), keyring)
     writes = _ChunkWrites(writer)
     try:
         with ThreadPoolExecutor(options.workers) as pool:
@@ -287,7 +289,9 @@ def convert(
             pixels = source.read_associated(name)
             writer.objects.put(f"associated/{name}.jpg", encode_chunk(pixels, "jpeg", 90))
     seconds = time.perf_counter() - started
-    result = ConvertResult(slide_id, root, source.info.dimensions.pixels, seconds, builder.counts)
+    result = ConvertResult(
+        slide_id, store.url, source.info.dimensions.pixels, seconds, builder.counts
+    )
     writer.finish(
         {
             "slide_id": slide_id,

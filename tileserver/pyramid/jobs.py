@@ -1,29 +1,30 @@
-"""Converting slide files into an output directory: store naming, resume, and the journal.
+"""Converting slide files into a place of stores: store naming, resume, and the journal.
 
-The journal (``.tileserver-journal.json`` in the output directory) maps a content
-fingerprint of each source (never its name) to its slide ID. Running a conversion again
-resumes an incomplete store under the same ID and skips a complete one.
+The journal maps a content fingerprint of each source (never its name) to its slide ID, one
+object per source (``.tileserver-journal/{fingerprint}``) written create-if-absent: of two
+converters starting on the same slide at once, both go on under the first one's slide ID.
+Running a conversion again resumes an incomplete store under the same ID and skips a
+complete one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from tileserver.errors import StoreError
 from tileserver.pyramid.builder import ConvertResult, Progress, convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
+from tileserver.slide_ids import is_slide_id, new_slide_id
 from tileserver.sources import open_slide
-from tileserver.store.layout import COMPLETE_MARKER, new_slide_id
-from tileserver.store.objects import LocalObjects
+from tileserver.store.layout import COMPLETE_MARKER
+from tileserver.store.location import open_location
+from tileserver.store.objects import ObjectStore
 
-JOURNAL = ".tileserver-journal.json"
+JOURNAL = ".tileserver-journal"
+LEGACY_JOURNAL = ".tileserver-journal.json"  # one JSON map, before format 2
 _SAMPLE = 1 << 20
 
 
@@ -38,41 +39,35 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _journal(out_dir: Path) -> Iterator[dict[str, str]]:
-    """The journal, locked against other converters writing to the same directory."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(out_dir / f"{JOURNAL}.lock", "a")  # noqa: SIM115 - held for the block
-    except OSError as exc:
-        raise StoreError(f"cannot write to output directory {out_dir}: {exc.strerror}") from exc
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        path = out_dir / JOURNAL
-        entries: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        before = dict(entries)
-        yield entries
-        if entries != before:
-            LocalObjects(out_dir).put(JOURNAL, json.dumps(entries, indent=1).encode(), durable=True)
+def slide_id_for(stores: ObjectStore, key: str) -> str:
+    """The slide ID this source has (or had, in a legacy journal), or a new one claimed."""
+    legacy = stores.get(LEGACY_JOURNAL)
+    if legacy is not None:
+        known = json.loads(legacy).get(key)
+        if isinstance(known, str) and is_slide_id(known):
+            return known
+    entry = f"{JOURNAL}/{key}"
+    stores.put_if_absent(entry, new_slide_id().encode())  # the first converter's ID stands
+    recorded = (stores.get(entry) or b"").decode(errors="replace")
+    if not is_slide_id(recorded):
+        raise StoreError(f"{stores.url}: journal entry {entry} is malformed")
+    return recorded
 
 
 def convert_file(
     path: Path,
-    out_dir: Path,
+    out: str,
     options: ConvertOptions,
     keyring: KeyRing | None,
     backend: str = "auto",
     progress: Progress | None = None,
 ) -> ConvertResult | str:
-    """Convert one slide; returns the result, or the slide ID when it was already complete."""
+    """Convert one slide into the stores at ``out`` (a path or URL); returns the result, or
+    the slide ID when it was already complete."""
     with open_slide(path, backend) as source:
-        key = fingerprint(path)
-        with _journal(out_dir) as journal:
-            slide_id = journal.get(key)
-            if slide_id and (out_dir / slide_id / COMPLETE_MARKER).is_file():
-                return slide_id
-            if not slide_id:
-                slide_id = journal[key] = new_slide_id()
-        if not os.access(out_dir, os.W_OK):
-            raise StoreError(f"output directory {out_dir} is not writable")
-        return convert(source, out_dir / slide_id, slide_id, options, keyring, progress)
+        stores = open_location(out, create=True)
+        slide_id = slide_id_for(stores, fingerprint(path))
+        store = stores.child(f"{slide_id}/")
+        if store.exists(COMPLETE_MARKER):
+            return slide_id
+        return convert(source, store, slide_id, options, keyring, progress)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tileserver.geometry import Size
 from tileserver.sources.base import SlideInfo
-from tileserver.store.layout import CODECS, StoreLayout, pyramid_sizes
+from tileserver.store.layout import CODECS, DEFAULT_SHARD, StoreLayout, pyramid_sizes
 
 DEFAULT_TILE = 256
 # Source tiles we copy as chunks: square, even (2x2 downsampling pairs rows), not absurd.
@@ -21,6 +21,7 @@ class ConvertOptions:
     workers: int = 2  # threads decoding, downsampling and encoding chunks
     keep_associated: bool = False  # copy label/macro/thumbnail (identifying!) into the store
     background_tolerance: int = 3  # a chunk within this of pure white is not written
+    shard: int = DEFAULT_SHARD  # chunks per shard edge
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
@@ -29,6 +30,8 @@ class ConvertOptions:
             raise ValueError(f"JPEG quality must be 1..100, not {self.quality}")
         if self.tile < 16 or self.tile % 2:
             raise ValueError(f"tile must be an even number >= 16, not {self.tile}")
+        if not 1 <= self.shard <= 256:
+            raise ValueError(f"shard must be 1..256 chunks, not {self.shard}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, not {self.workers}")
 
@@ -50,5 +53,5 @@ def plan_layout(
     copied = passthrough_tile(info, raw_codec, options)
     tile = copied or options.tile
     levels = pyramid_sizes(Size(*info.dimensions), tile)
-    layout = StoreLayout(slide_id, levels, tile, options.codec, options.quality)
+    layout = StoreLayout(slide_id, levels, tile, options.codec, options.quality, options.shard)
     return layout, copied is not None

@@ -25,8 +25,8 @@ from typing import Protocol
 
 from tileserver.errors import IntegrityError, KeyUnavailable
 from tileserver.security.crypto import ALGORITHM, KEY_BYTES, Sealer, new_key
-from tileserver.store.layout import is_slide_id
-from tileserver.store.objects import LocalObjects
+from tileserver.slide_ids import is_slide_id
+from tileserver.files import write_atomic
 
 
 class KeyEncryptionKey(Protocol):
@@ -118,9 +118,9 @@ class KeyRing:
         self._write("current", key_id.encode())
         return key_id
 
-    def _write(self, key: str, data: bytes) -> None:
-        LocalObjects(self.root).put(key, data, durable=True)
-        (self.root / key).chmod(0o600)
+    def _write(self, key: str, data: bytes, *, exclusive: bool = False) -> bool:
+        """Write a key file (0600, durable); with ``exclusive`` only if it does not exist."""
+        return write_atomic(str(self.root / key), data, durable=True, exclusive=exclusive, mode=0o600)
 
     def service_key(self, name: str) -> bytes:
         """A 32-byte key for one purpose (audit HMAC, TOTP sealing), made on first use."""
@@ -218,10 +218,13 @@ class KeyRing:
         if self.has_data_key(slide_id):
             return self.data_key(slide_id)
         key = new_key()
-        self._store_record(slide_id, key, self.current_kek())
+        if not self._store_record(slide_id, key, self.current_kek(), exclusive=True):
+            return self.data_key(slide_id)  # another converter made it first: share theirs
         return key
 
-    def _store_record(self, slide_id: str, key: bytes, kek: KeyEncryptionKey) -> None:
+    def _store_record(
+        self, slide_id: str, key: bytes, kek: KeyEncryptionKey, *, exclusive: bool = False
+    ) -> bool:
         wrapped = kek.wrap(key, _wrap_aad(slide_id, kek.key_id))
         record = {
             "slide_id": slide_id,
@@ -229,7 +232,8 @@ class KeyRing:
             "algorithm": ALGORITHM,
             "wrapped": base64.b64encode(wrapped).decode(),
         }
-        self._write(f"slides/{slide_id}.json", json.dumps(record, indent=1).encode())
+        data = json.dumps(record, indent=1).encode()
+        return self._write(f"slides/{slide_id}.json", data, exclusive=exclusive)
 
     def _read_record(self, path: Path) -> dict[str, str]:
         try:

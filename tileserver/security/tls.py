@@ -9,7 +9,7 @@ from pathlib import Path
 from tileserver.errors import ConfigError
 from tileserver.security.crypto import self_signed_certificate
 from tileserver.security.keys import check_private, make_private_dir
-from tileserver.store.objects import LocalObjects
+from tileserver.files import write_atomic
 
 # TLS 1.2 suites: ECDHE key exchange with AEAD only (TLS 1.3 suites are all AEAD already).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -23,10 +23,8 @@ def ensure_certificate(home: Path, hosts: list[str]) -> tuple[Path, Path, bool]:
     if cert.exists() and key.exists():
         return cert, key, False
     cert_pem, key_pem = self_signed_certificate(hosts)
-    objects = LocalObjects(tls)
-    objects.put("key.pem", key_pem, durable=True)
-    key.chmod(0o600)
-    objects.put("cert.pem", cert_pem, durable=True)
+    write_atomic(str(key), key_pem, durable=True, mode=0o600)
+    write_atomic(str(cert), cert_pem, durable=True)
     return cert, key, True
 
 

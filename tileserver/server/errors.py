@@ -15,6 +15,7 @@ from aiohttp import web
 
 from tileserver.errors import (
     IntegrityError,
+    StoreUnavailable,
     KeyUnavailable,
     RegionError,
     SlideError,
@@ -43,6 +44,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (RegionError, 400),
     (IntegrityError, 500),
     (KeyUnavailable, 500),
+    (StoreUnavailable, 503),
     (StoreError, 500),
     (SlideError, 500),
     (TileserverError, 500),
@@ -50,6 +52,7 @@ STATUS: list[tuple[type[BaseException], int]] = [
 
 _GENERIC = {
     500: "internal error: the slide could not be read",
+    503: "the slide store is unavailable: try again shortly",
 }
 
 

@@ -32,7 +32,7 @@ KEEPALIVE_SECONDS = 10.0  # idle and slow-header connections are closed after th
 
 @dataclass(frozen=True)
 class ServeOptions:
-    directory: Path
+    location: str  # stores: a directory or URL; with ``sources``, a directory of slide files
     sources: bool
     host: str
     port: int
@@ -101,7 +101,7 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | None = None) -> None:
     library = SlideLibrary(
-        options.directory, sources=options.sources, keyring=KeyRing(options.home)
+        options.location, sources=options.sources, keyring=KeyRing(options.home)
     )
     security = build_security(options)
     runner = make_runner(create_app(library, options.service, security))
@@ -128,7 +128,7 @@ async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | No
         port = runner.addresses[0][1]
         base = f"{scheme}://{'127.0.0.1' if options.host == '0.0.0.0' else options.host}:{port}"
         count = len(library.slide_ids())
-        print(f"serving {count} slide(s) from {options.directory} at {base}/", flush=True)
+        print(f"serving {count} slide(s) from {options.location} at {base}/", flush=True)
         if options.login_link and security.authenticator is not None:
             token = security.authenticator.accounts.issue_one_time(
                 "link", options.login_link, None, LINK_TTL
@@ -163,7 +163,7 @@ def serve(options: ServeOptions) -> int:
         proc.start()
     scheme = "https" if options.tls else "http"
     print(
-        f"serving from {options.directory} at {scheme}://{options.host}:{options.port}/ "
+        f"serving from {options.location} at {scheme}://{options.host}:{options.port}/ "
         f"with {options.workers} worker processes",
         flush=True,
     )

@@ -1,23 +1,27 @@
-"""Key -> bytes objects in a local directory, with atomic writes.
+"""The one store contract: keys to bytes, whatever holds them (local disk, S3, a sealing
+wrapper over either). Nothing outside ``tileserver.store`` sees a path or a bucket.
 
 Keys are zarr-style relative paths ("0/c/0/3/7"); anything that could step outside the
-root (absolute paths, "..", empty parts, backslashes) is refused. A write lands in a
-temporary file that is renamed into place, so a killed writer never leaves half an object.
+store's root (absolute paths, "..", empty parts, backslashes, NUL) is refused.
+
+Semantics every implementation keeps (tests/store/contract.py checks them):
+- ``put`` is all-or-nothing per object: a reader sees the old object, the new one, or none;
+- ``put_if_absent`` writes only when no object has the key, atomically, and says whether it
+  did: of two racing writers exactly one wins;
+- ``get`` and ``get_range`` return None for a missing object; a range past the end returns
+  the bytes that are there (possibly none), so a truncated object shows up as short data;
+- ``list`` yields every key under a prefix (recursively, sorted); ``children`` the names of
+  the immediate sub-prefixes ("directories"); neither shows unfinished writes;
+- failures of the backend itself (unreachable, denied, throttled past the retries) raise
+  StoreError (or StoreUnavailable when retrying later may help), never a library's own error.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Protocol
 
 from tileserver.errors import StoreError
-
-_TMP_PREFIX = ".tmp-"
 
 
 def check_key(key: str) -> str:
@@ -33,99 +37,43 @@ def check_key(key: str) -> str:
     return key
 
 
-class Objects(Protocol):
-    """What stores read and write through: plain local files, or sealed ones."""
+def check_prefix(prefix: str) -> str:
+    """A prefix is "" (the whole store) or a key followed by "/"."""
+    if prefix and not prefix.endswith("/"):
+        raise StoreError(f"invalid prefix {prefix!r}: must end with '/'")
+    if prefix:
+        check_key(prefix[:-1])
+    return prefix
+
+
+class ObjectStore(Protocol):
+    """Keys to bytes under one root. Implementations are thread-safe."""
 
     @property
-    def root(self) -> Path: ...
+    def url(self) -> str:
+        """Where the store is (for messages and logs; never holds credentials)."""
+        ...
 
     def get(self, key: str) -> bytes | None: ...
 
-    def put(self, key: str, data: bytes, *, durable: bool = False, atomic: bool = True) -> None: ...
+    def get_range(self, key: str, start: int, length: int) -> bytes | None: ...
+
+    async def get_async(self, key: str) -> bytes | None: ...
+
+    async def get_range_async(self, key: str, start: int, length: int) -> bytes | None: ...
 
     def exists(self, key: str) -> bool: ...
 
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
+
     def delete(self, key: str) -> None: ...
 
-    def keys(self) -> Iterator[str]: ...
+    def list(self, prefix: str = "") -> Iterator[str]: ...
 
-    def remove_temporaries(self) -> None: ...
+    def children(self, prefix: str = "") -> list[str]: ...
 
-
-class LocalObjects:
-    """Objects under one directory. Thread-safe: every write is its own temp file + rename."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._prefix = f"{root}/"
-        self._dirs: set[str] = set()  # directories known to exist (saves a syscall a write)
-
-    def _path(self, key: str) -> str:
-        # Strings, not Paths: every tile served and every chunk written comes through here,
-        # and pathlib's parsing cost more than the system calls.
-        return self._prefix + check_key(key)
-
-    def get(self, key: str) -> bytes | None:
-        try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise StoreError(f"{self.root.name}: cannot read {key}: {exc.strerror}") from exc
-
-    def exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
-
-    def put(self, key: str, data: bytes, *, durable: bool = False, atomic: bool = True) -> None:
-        """Write an object. ``atomic`` (the default) goes through a temporary file and a rename,
-        so readers never see half an object; chunks of a store still being built skip that
-        (the store is unreadable until its marker exists, and a resumed build rewrites them).
-        ``durable`` also fsyncs, for markers that must survive a crash."""
-        path = self._path(key)
-        parent, _, name = path.rpartition("/")
-        target = f"{parent}/{_TMP_PREFIX}{secrets.token_hex(6)}-{name}" if atomic else path
-        try:
-            if parent not in self._dirs:
-                os.makedirs(parent, exist_ok=True)
-                self._dirs.add(parent)
-            # A bare descriptor: a store is ~10^4 small files, and Python's file objects
-            # add three syscalls (fstat, ioctl, lseek) and a buffer to each.
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            if atomic:
-                os.replace(target, path)
-            if durable:
-                dir_fd = os.open(parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-        except OSError as exc:
-            if atomic:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(target)
-            reason = "out of disk space" if exc.errno == errno.ENOSPC else exc.strerror
-            raise StoreError(f"cannot write {key} in {self.root}: {reason}") from exc
-
-    def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(key))
-
-    def keys(self) -> Iterator[str]:
-        """Every object key, temporary files excluded."""
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file() and not path.name.startswith(_TMP_PREFIX):
-                yield path.relative_to(self.root).as_posix()
-
-    def remove_temporaries(self) -> None:
-        """Drop leftovers of writes a killed process never finished."""
-        for path in self.root.rglob(f"{_TMP_PREFIX}*"):
-            path.unlink(missing_ok=True)
+    def child(self, prefix: str) -> ObjectStore:
+        """The store rooted at ``prefix`` ("a/b/") of this one."""
+        ...

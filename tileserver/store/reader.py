@@ -1,59 +1,174 @@
-"""Reads a complete store: layout from its metadata, chunks by key, regions by composition."""
+"""Reads a complete store: layout from its metadata, chunks by key, regions by composition.
+
+Format 2 (sharded): a chunk is a ranged read of its shard, located through the shard's index,
+which is read once (bounded cache) and checked against the digest the completion marker
+lists, so a deleted, truncated, replaced or swapped shard is an IntegrityError, never
+background. Only shards the marker does not list are background. Format 1 (a file per chunk)
+is still read; it cannot tell a deleted chunk from background, so opening one warns.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tileserver.errors import RegionError, StoreError
+from tileserver.errors import IntegrityError, RegionError, StoreError
 from tileserver.geometry import Region
 from tileserver.store.chunks import decode_chunk
-from tileserver.store.encrypted import objects_for_reading
+from tileserver.store.encrypted import objects_for_reading, parts
 from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, GROUP_METADATA, StoreLayout
-from tileserver.store.objects import Objects
+from tileserver.store.objects import ObjectStore
+from tileserver.store.shards import EMPTY, decode_index, index_bytes, index_digest, index_name
 
 if TYPE_CHECKING:
     from tileserver.security.keys import KeyRing
 
+logger = logging.getLogger(__name__)
+
 MAX_REGION_PIXELS = 1 << 28
+INDEX_CACHE_SHARDS = 1024  # 4 KiB each at 16 x 16 chunks per shard
+
+
+def _json_document(data: bytes | None, what: str) -> dict[str, Any]:
+    if data is None:
+        raise StoreError(f"{what} is missing")
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"{what} is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise StoreError(f"{what} is not a JSON object")
+    return doc
 
 
 class StoreReader:
-    """An open, complete store. Immutable after open; reads are thread-safe."""
+    """An open, complete store. Immutable after open (but for its index cache); reads are
+    thread-safe, and the ``*_async`` reads await the backend instead of blocking."""
 
-    def __init__(self, objects: Objects, name: str) -> None:
+    def __init__(self, objects: ObjectStore, name: str) -> None:
         self.objects = objects
         self.name = name
-        if objects.get(COMPLETE_MARKER) is None:
+        self.raw, self.sealing = parts(objects)
+        marker_blob = self.raw.get(COMPLETE_MARKER)
+        if marker_blob is None:
             raise StoreError(f"{name}: store is incomplete (no completion marker)")
-        doc = objects.get(GROUP_METADATA)
-        if doc is None:
-            raise StoreError(f"{name}: store has no {GROUP_METADATA}")
+        marker = _json_document(objects.get(COMPLETE_MARKER), f"{name}: completion marker")
+        doc = _json_document(objects.get(GROUP_METADATA), f"{name}: {GROUP_METADATA}")
+        layout, self.source = StoreLayout.from_group_metadata(doc)
+        # The marker is written last and decides the format: `migrate` rewrites it before the
+        # metadata documents.
+        version = marker.get("format_version", 1)
         try:
-            parsed = json.loads(doc)
-        except ValueError as exc:
-            raise StoreError(f"{name}: {GROUP_METADATA} is not JSON") from exc
-        self.layout, self.source = StoreLayout.from_group_metadata(parsed)
-        if self.layout.slide_id != name:
-            raise StoreError(f"{name}: metadata names slide {self.layout.slide_id}")
+            if version == 2:
+                layout = dataclasses.replace(layout, format_version=2, shard=int(marker["shard"]))
+                self.shards: dict[str, str] = {str(k): str(v) for k, v in marker["shards"].items()}
+            elif version == 1:
+                layout = dataclasses.replace(layout, format_version=1, shard=1)
+                self.shards = {}
+                logger.warning("%s: store format 1: run `tileserver migrate` (format 2)", name)
+            else:
+                raise StoreError(f"{name}: unknown store format v{version}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{name}: malformed completion marker: {exc!r}") from exc
+        if layout.slide_id != name:
+            raise StoreError(f"{name}: metadata names slide {layout.slide_id}")
+        self.layout = layout
+        self.marker = marker
+        self.generation_bytes = marker_blob  # changes whenever the store is rebuilt
+        self._index_length = index_bytes(layout.chunks_per_shard) + self.sealing.overhead
+        self._indexes: OrderedDict[str, np.ndarray | None] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, root: Path, keyring: KeyRing | None = None) -> StoreReader:
-        if not root.is_dir():
-            raise StoreError(f"{root.name}: no such store")
-        return cls(objects_for_reading(root, keyring), root.name)
+    def open(cls, store: ObjectStore, slide_id: str, keyring: KeyRing | None = None) -> StoreReader:
+        """Open the store of ``slide_id`` (``store`` is that slide's own)."""
+        return cls(objects_for_reading(store, slide_id, keyring), slide_id)
 
+    # -- chunks ------------------------------------------------------------------------------
     def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None:
         """The stored chunk, or None for a background chunk that was never written."""
         self._check_chunk(level, t_col, t_row)
-        return self.objects.get(self.layout.chunk_key(level, t_col, t_row))
+        if self.layout.format_version == 1:
+            return self.objects.get(self.layout.chunk_key(level, t_col, t_row))
+        key, i = self.layout.locate(level, t_col, t_row)
+        entries = self._cached_index(key)
+        if entries is ...:
+            blob = self.raw.get_range(key, 0, self._index_length)
+            entries = self._remember_index(key, blob)
+        span = _span(entries, i)
+        if span is None:
+            return None
+        return self._open_chunk(level, t_col, t_row, key, span, self.raw.get_range(key, *span))
+
+    async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None:
+        """``chunk_bytes`` with the backend's reads awaited (S3: never blocking the loop)."""
+        self._check_chunk(level, t_col, t_row)
+        if self.layout.format_version == 1:
+            return await self.objects.get_async(self.layout.chunk_key(level, t_col, t_row))
+        key, i = self.layout.locate(level, t_col, t_row)
+        entries = self._cached_index(key)
+        if entries is ...:
+            blob = await self.raw.get_range_async(key, 0, self._index_length)
+            entries = self._remember_index(key, blob)
+        span = _span(entries, i)
+        if span is None:
+            return None
+        data = await self.raw.get_range_async(key, *span)
+        return self._open_chunk(level, t_col, t_row, key, span, data)
+
+    def _cached_index(self, key: str) -> Any:
+        """The shard's entries, None for a background shard, or ``...`` when not cached."""
+        if key not in self.shards:
+            return None
+        with self._lock:
+            entries = self._indexes.get(key, ...)
+            if entries is not ...:
+                self._indexes.move_to_end(key)
+            return entries
+
+    def _remember_index(self, key: str, blob: bytes | None) -> np.ndarray:
+        what = f"{self.name}: shard {key}"
+        if blob is None:
+            raise IntegrityError(f"{what} is missing")
+        if len(blob) < self._index_length:
+            raise IntegrityError(f"{what} is truncated")
+        index = self.sealing.open(index_name(key), blob)
+        if index_digest(index) != self.shards[key]:
+            raise IntegrityError(f"{what} is not the shard this store was completed with")
+        entries = decode_index(index, self.layout.chunks_per_shard, what)
+        with self._lock:
+            self._indexes[key] = entries
+            while len(self._indexes) > INDEX_CACHE_SHARDS:
+                self._indexes.popitem(last=False)
+        return entries
+
+    def _open_chunk(
+        self,
+        level: int,
+        t_col: int,
+        t_row: int,
+        key: str,
+        span: tuple[int, int],
+        blob: bytes | None,
+    ) -> bytes:
+        if blob is None or len(blob) != span[1]:
+            raise IntegrityError(
+                f"{self.name}: shard {key} is {'missing' if blob is None else 'truncated'}"
+            )
+        return self.sealing.open(self.layout.chunk_key(level, t_col, t_row), blob)
 
     def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
-        data = self.chunk_bytes(level, t_col, t_row)
+        return self.decode(level, t_col, t_row, self.chunk_bytes(level, t_col, t_row))
+
+    def decode(self, level: int, t_col: int, t_row: int, data: bytes | None) -> np.ndarray:
+        """Pixels of a chunk from its stored bytes (None: background)."""
         tile = self.layout.tile
         if data is None:
             return np.full((tile, tile, 3), FILL_VALUE, dtype=np.uint8)
@@ -78,22 +193,10 @@ class StoreReader:
                 lambda t_col, t_row: self.read_chunk(level, t_col, t_row), self.layout.tile, inside
             )
         return out
-        tile = self.layout.tile
-        for t_row in range(inside.y // tile, (inside.y + inside.height - 1) // tile + 1):
-            for t_col in range(inside.x // tile, (inside.x + inside.width - 1) // tile + 1):
-                pixels = self.read_chunk(level, t_col, t_row)
-                l_x, l_y = t_col * tile, t_row * tile
-                x0, y0 = max(l_x, inside.x), max(l_y, inside.y)
-                x1 = min(l_x + tile, inside.x + inside.width)
-                y1 = min(l_y + tile, inside.y + inside.height)
-                out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = pixels[
-                    y0 - l_y : y1 - l_y, x0 - l_x : x1 - l_x
-                ]
-        return out
 
     def summary(self) -> dict[str, Any]:
         """The completion marker's record of the conversion."""
-        return dict(json.loads(self.objects.get(COMPLETE_MARKER) or b"{}"))
+        return dict(self.marker)
 
     def _check_chunk(self, level: int, t_col: int, t_row: int) -> None:
         if not 0 <= level < len(self.layout.levels):
@@ -101,6 +204,12 @@ class StoreReader:
         grid = self.layout.grid(level)
         if not (0 <= t_col < grid.width and 0 <= t_row < grid.height):
             raise RegionError(f"{self.name}: chunk ({t_col}, {t_row}) outside level {level}")
+
+
+def _span(entries: np.ndarray | None, i: int) -> tuple[int, int] | None:
+    if entries is None or entries[i, 0] == EMPTY:
+        return None
+    return int(entries[i, 0]), int(entries[i, 1])
 
 
 def compose(
@@ -118,10 +227,3 @@ def compose(
                 y0 - t_row * tile : y1 - t_row * tile, x0 - t_col * tile : x1 - t_col * tile
             ]
     return out
-
-
-def complete_stores(directory: Path) -> list[str]:
-    """Slide IDs of the complete stores in a directory (incomplete ones are never listed)."""
-    return sorted(
-        p.name for p in directory.iterdir() if p.is_dir() and (p / COMPLETE_MARKER).is_file()
-    )

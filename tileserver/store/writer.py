@@ -1,54 +1,142 @@
-"""Writes one store: metadata first, chunks in any order, the completion marker last."""
+"""Writes one store in format 2: metadata first, shards as their chunk rows complete, the
+completion marker last (create-if-absent: of two converters racing on a slide, one writes it).
+
+Chunks arrive row by row for each level (``write_chunk`` then ``end_row``); a shard row is
+assembled and written, each shard in one all-or-nothing put, once its last chunk row has
+arrived. A resumed conversion keeps the shards an earlier run finished (``has_shard``), so
+their chunks are never encoded again.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
 from typing import TYPE_CHECKING, Any
 
-from tileserver.store.encrypted import objects_for_writing
+from tileserver.errors import IntegrityError, StoreError
+from tileserver.store.encrypted import objects_for_writing, parts
 from tileserver.store.layout import COMPLETE_MARKER, GROUP_METADATA, StoreLayout
-from tileserver.store.objects import Objects
+from tileserver.store.local import LocalObjects
+from tileserver.store.objects import ObjectStore
+from tileserver.store.shards import assemble, decode_index, index_bytes, index_digest, index_name
 
 if TYPE_CHECKING:
     from tileserver.security.keys import KeyRing
 
+_SHARD_KEY = re.compile(r"\d+/c\.0\.\d+\.\d+")
+_Chunk = tuple[str, bytes] | None
 
-def _json(doc: dict[str, Any]) -> bytes:
+
+def to_json(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, indent=2, sort_keys=True).encode()
 
 
-class StoreWriter:
-    """Thread-safe chunk writes (each object is written atomically on its own)."""
+def metadata_documents(layout: StoreLayout, source: dict[str, Any]) -> dict[str, bytes]:
+    docs = {GROUP_METADATA: to_json(layout.group_metadata(source))}
+    for level in range(len(layout.levels)):
+        docs[f"{level}/{GROUP_METADATA}"] = to_json(layout.array_metadata(level))
+    return docs
 
-    def __init__(self, objects: Objects, layout: StoreLayout) -> None:
+
+class StoreWriter:
+    """Not thread-safe: one thread writes chunks (the builder's writer thread)."""
+
+    def __init__(self, objects: ObjectStore, layout: StoreLayout, kept: dict[str, str]) -> None:
+        if layout.format_version != 2:
+            raise ValueError("only format 2 is written")
         self.objects = objects
         self.layout = layout
+        self.raw, self.sealing = parts(objects)
+        self.shards = dict(kept)  # shard key -> digest of its index, for the marker
+        self._kept = frozenset(kept)
+        self._pending: dict[tuple[int, int], dict[int, list[_Chunk]]] = {}
+        self._index_length = index_bytes(layout.chunks_per_shard) + self.sealing.overhead
 
     @classmethod
     def create(
-        cls, root: Path, layout: StoreLayout, source: dict[str, Any], keyring: KeyRing | None
+        cls,
+        store: ObjectStore,
+        layout: StoreLayout,
+        source: dict[str, Any],
+        keyring: KeyRing | None,
     ) -> StoreWriter:
-        """Start (or restart) a store at ``root``: any completion marker is removed first.
+        """Start, or resume, the store of ``layout.slide_id`` in ``store`` (the slide's own).
 
-        With a key ring every object is sealed under the slide's data key."""
-        objects = objects_for_writing(root, layout.slide_id, keyring)
-        if root.exists():
-            objects.delete(COMPLETE_MARKER)
-            objects.remove_temporaries()
-        writer = cls(objects, layout)
-        objects.put(GROUP_METADATA, _json(layout.group_metadata(source)))
-        for level in range(len(layout.levels)):
-            objects.put(f"{level}/{GROUP_METADATA}", _json(layout.array_metadata(level)))
+        A store begun with other settings (tile, codec, quality, shard size) is cleared first;
+        one begun with the same settings keeps its finished shards."""
+        if store.exists(COMPLETE_MARKER):
+            raise StoreError(f"{layout.slide_id}: store is already complete")
+        objects = objects_for_writing(store, layout.slide_id, keyring)
+        if isinstance(store, LocalObjects):
+            store.remove_temporaries()
+        docs = metadata_documents(layout, source)
+        writer = cls(objects, layout, {})
+        if all(writer._existing(key) == doc for key, doc in docs.items()):
+            writer = cls(objects, layout, writer._finished_shards())
+        else:
+            for key in list(store.list()):
+                store.delete(key)
+        for key, doc in docs.items():
+            objects.put(key, doc)
         return writer
 
+    def _existing(self, key: str) -> bytes | None:
+        try:
+            return self.objects.get(key)
+        except IntegrityError:  # sealed under a key since shredded, or damaged: start over
+            return None
+
+    def _finished_shards(self) -> dict[str, str]:
+        """The valid shards an earlier run left, with their digests; broken ones are deleted."""
+        found = {}
+        n = self.layout.chunks_per_shard
+        for key in list(self.raw.list()):
+            if not _SHARD_KEY.fullmatch(key):
+                continue
+            blob = self.raw.get_range(key, 0, self._index_length)
+            try:
+                index = self.sealing.open(index_name(key), blob or b"")
+                decode_index(index, n, key)
+            except IntegrityError:
+                self.raw.delete(key)
+                continue
+            found[key] = index_digest(index)
+        return found
+
+    def has_shard(self, level: int, t_col: int, t_row: int) -> bool:
+        """Whether the chunk's shard was finished by an earlier run (skip encoding it)."""
+        return bool(self._kept) and self.layout.locate(level, t_col, t_row)[0] in self._kept
+
     def write_chunk(self, level: int, t_col: int, t_row: int, data: bytes) -> None:
-        # Not atomic: no reader sees an unfinished store, and a resumed build rewrites chunks.
-        self.objects.put(self.layout.chunk_key(level, t_col, t_row), data, atomic=False)
+        shard = self.layout.shard
+        row = self._pending.setdefault((level, t_row // shard), {})
+        chunks = row.setdefault(t_col // shard, [None] * self.layout.chunks_per_shard)
+        chunks[(t_row % shard) * shard + t_col % shard] = (
+            self.layout.chunk_key(level, t_col, t_row),
+            data,
+        )
 
-    def delete_chunk(self, level: int, t_col: int, t_row: int) -> None:
-        self.objects.delete(self.layout.chunk_key(level, t_col, t_row))
+    def end_row(self, level: int, t_row: int) -> None:
+        """Chunk row ``t_row`` of ``level`` is complete: write the shards it completes."""
+        shard = self.layout.shard
+        if (t_row + 1) % shard and t_row != self.layout.grid(level).height - 1:
+            return
+        s_row = t_row // shard
+        for s_col, chunks in sorted(self._pending.pop((level, s_row), {}).items()):
+            key = self.layout.shard_key(level, s_col, s_row)
+            data, index = assemble(key, chunks, self.sealing.seal, self._index_length)
+            self.raw.put(key, data)
+            self.shards[key] = index_digest(index)
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Mark the store complete: durable and atomic, written after everything else."""
-        self.objects.put(COMPLETE_MARKER, _json(summary), durable=True)
+    def finish(self, summary: dict[str, Any]) -> bool:
+        """Write the completion marker, listing every shard; False when another converter
+        completed the store first (its marker stands)."""
+        if self._pending:
+            raise StoreError(f"{self.layout.slide_id}: chunk rows were never completed")
+        marker = {
+            **summary,
+            "format_version": self.layout.format_version,
+            "shard": self.layout.shard,
+            "shards": dict(sorted(self.shards.items())),
+        }
+        return self.objects.put_if_absent(COMPLETE_MARKER, to_json(marker))
