@@ -10,7 +10,9 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path  # server state: keys (and later users, certificates, the audit log), mode 0700
+    # Server state, mode 0700: keys/ (key-encryption, slide and service keys), tls/ (the
+    # certificate), auth.db (users, sessions, tokens, grants), audit/ (the audit trail).
+    home: Path
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

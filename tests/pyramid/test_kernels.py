@@ -14,12 +14,8 @@ from tileserver.pyramid import kernels, reference
 
 Downsample = Callable[[np.ndarray, np.ndarray], None]
 
-DOWNSAMPLERS: list[Downsample] = [
-    kernels.downsample_2x,
-    kernels.downsample_2x_parallel,
-    reference.downsample_2x,
-]
-KERNELS: list[Downsample] = [kernels.downsample_2x, kernels.downsample_2x_parallel]
+DOWNSAMPLERS: list[Downsample] = [kernels.downsample_2x, reference.downsample_2x]
+KERNELS: list[Downsample] = [kernels.downsample_2x]
 IS_UNIFORM = [kernels.is_uniform, reference.is_uniform]
 
 # deadline=None: the first example of each array layout pays for JIT compilation.

@@ -2,10 +2,10 @@
 
 Kernels are leaf functions: arrays in, results written into a caller-provided output array.
 They hold no allocation policy, I/O or logging, so the builder decides memory layout and
-threading. The serial kernels are compiled with ``nogil=True`` so that a thread pool gets real
-parallelism; ``downsample_2x_parallel`` uses Numba's own threads and is meant for the offline
-builder only, where nothing else competes for the cores. Kernels are cached on disk
-(``__pycache__``, or ``NUMBA_CACHE_DIR``): compiling them costs every process about a second.
+threading. They are compiled with ``nogil=True`` so that a thread pool gets real parallelism,
+and never with ``parallel=True``: Numba's own threads would fight the pool. Kernels are cached
+on disk (``__pycache__``, or ``NUMBA_CACHE_DIR``): compiling them costs every process about a
+second.
 
 Every public kernel has a plain NumPy twin with the same signature in
 :mod:`tileserver.pyramid.reference`; the tests check that both agree exactly.
@@ -16,11 +16,11 @@ Numba is imported only in this module.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from tileserver.pyramid.contracts import check_downsample_args, check_image
 
-__all__ = ["downsample_2x", "downsample_2x_parallel", "is_uniform"]
+__all__ = ["downsample_2x", "is_uniform"]
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -63,23 +63,13 @@ def _downsample_2x_serial(src: np.ndarray, out: np.ndarray) -> None:
         _downsample_row(src, y0, y1, out, oy)
 
 
-@njit(nogil=True, cache=True, parallel=True)
-def _downsample_2x_prange(src: np.ndarray, out: np.ndarray) -> None:
-    """Row-parallel 2x2 mean for the offline builder (uses Numba's thread pool)."""
-    h = src.shape[0]
-    for oy in prange(out.shape[0]):
-        y0 = 2 * oy
-        y1 = min(y0 + 1, h - 1)
-        _downsample_row(src, y0, y1, out, oy)
-
-
 @njit(nogil=True, cache=True)
 def _is_uniform_rows(rows: np.ndarray, lo: int, hi: int) -> bool:
     """Fast path over (h, w*c) rows: a branch-free inner loop vectorizes; exit once per row."""
     lo32 = np.int32(lo)
     hi32 = np.int32(hi)
     for y in range(rows.shape[0]):
-        bad = False
+        bad: np.bool_ = np.bool_(False)
         for i in range(rows.shape[1]):
             v = np.int32(rows[y, i])
             bad |= (v < lo32) | (v > hi32)
@@ -95,7 +85,7 @@ def _is_uniform_3d(tile: np.ndarray, lo: int, hi: int) -> bool:
     hi32 = np.int32(hi)
     h, w, c = tile.shape
     for y in range(h):
-        bad = False
+        bad: np.bool_ = np.bool_(False)
         for x in range(w):
             for k in range(c):
                 v = np.int32(tile[y, x, k])
@@ -115,16 +105,6 @@ def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
     """
     src, out = check_downsample_args(src, out)
     _downsample_2x_serial(src, out)
-
-
-def downsample_2x_parallel(src: np.ndarray, out: np.ndarray) -> None:
-    """Same contract as :func:`downsample_2x`, spread over rows with Numba's threads.
-
-    For the offline pyramid builder; a server that already runs tiles on a thread pool should
-    use :func:`downsample_2x` instead so the two levels of parallelism do not fight.
-    """
-    src, out = check_downsample_args(src, out)
-    _downsample_2x_prange(src, out)
 
 
 def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:

@@ -131,14 +131,6 @@ def verify_password(hash: str, password: str) -> bool:
         return False
 
 
-def needs_rehash(hash: str) -> bool:
-    """True when ``hash`` was made with other parameters; rehash after the next good login."""
-    try:
-        return _HASHER.check_needs_rehash(hash)
-    except InvalidHashError as exc:
-        raise PasswordHashInvalid("stored password hash is not a valid Argon2 hash") from exc
-
-
 def dummy_verify(password: str) -> None:
     """Spend one real Argon2id verification and discard the result (unknown user names).
 
