@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up, lint, and run the whole test suite (real slides are read from ../shared/slides).
+# Set up, lint, type-check, and run the whole test suite (real slides: ../shared/slides).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/setup-browser.sh
 .venv/bin/ruff check tileserver sample_data tests benchmarks
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"

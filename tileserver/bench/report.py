@@ -78,7 +78,7 @@ def replace_section(text: str, name: str, body: str) -> str:
 def find_run(
     results: dict[str, Any], server: str, trace: str, concurrency: int, pass_: str
 ) -> dict[str, Any] | None:
-    runs = results["servers"].get(server, {}).get("runs", [])
+    runs: list[dict[str, Any]] = results["servers"].get(server, {}).get("runs", [])
     for r in runs:
         if (r["trace"], r["concurrency"], r["pass"]) == (trace, concurrency, pass_):
             return r
@@ -294,8 +294,8 @@ def plot(results: dict[str, Any], out_dir: Path, concurrency: int = 8) -> list[P
                 ]
                 pts = [(c, t) for c, t in pts if t is not None]
                 if pts:
-                    xs, ys = zip(*pts, strict=True)
-                    ax.plot(xs, ys, styles[p], marker="o", color=colours[s], label=f"{s} {p}")
+                    xs, tps = zip(*pts, strict=True)
+                    ax.plot(xs, tps, styles[p], marker="o", color=colours[s], label=f"{s} {p}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrency (requests in flight)")

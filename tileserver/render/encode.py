@@ -39,7 +39,7 @@ def resize(pixels: np.ndarray, size: Size) -> np.ndarray:
     image = Image.fromarray(np.ascontiguousarray(pixels))
     shrinking = size.width <= pixels.shape[1] and size.height <= pixels.shape[0]
     method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
-    return np.asarray(image.resize(tuple(size), method))
+    return np.asarray(image.resize((size.width, size.height), method))
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -63,9 +63,10 @@ def decode_jpeg_half(data: bytes) -> np.ndarray:
                 return np.asarray(image.convert("RGB"))
         except OSError as exc:  # Pillow's word for undecodable data
             raise ValueError(str(exc)) from exc
-    return simplejpeg.decode_jpeg(
+    pixels: np.ndarray = simplejpeg.decode_jpeg(
         data, "RGB", min_height=-(-height // 2), min_width=-(-width // 2), min_factor=2
     )
+    return pixels
 
 
 def to_quality(pixels: np.ndarray, quality: str) -> np.ndarray:

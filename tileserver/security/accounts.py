@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tileserver.errors import TileserverError
 from tileserver.security.crypto import Sealer
@@ -25,6 +26,8 @@ from tileserver.security.crypto import Sealer
 ROLES = ("admin", "pathologist", "viewer")
 SCOPES = ("metadata", "thumbnails", "tiles", "regions", "labels")
 USER_SCOPES = frozenset({"metadata", "thumbnails", "tiles", "regions"})  # labels need a grant
+
+Row = tuple[Any, ...]  # SQLite values are typed by the schema below, not by Python
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -116,7 +119,7 @@ class Accounts:
             raise
         conn.execute("COMMIT")
 
-    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Row]:
         return self._connection().execute(sql, args).fetchall()
 
     # -- TOTP secrets ------------------------------------------------------------------------
@@ -136,7 +139,7 @@ class Accounts:
         if not rows:
             return None
         r = rows[0]
-        return User(str(r[0]), str(r[1]), r[2], r[3], r[4], bool(r[5]), int(r[6]), float(r[7]))  # type: ignore[arg-type]
+        return User(str(r[0]), str(r[1]), r[2], r[3], r[4], bool(r[5]), int(r[6]), float(r[7]))
 
     def users(self) -> list[User]:
         names = [str(r[0]) for r in self._read("SELECT name FROM users ORDER BY name")]
@@ -241,7 +244,7 @@ class Accounts:
         if not rows or rows[0][0] not in purposes:
             return None
         purpose, user, role, sealed = rows[0]
-        return str(purpose), user, role, sealed  # type: ignore[return-value]
+        return str(purpose), user, role, sealed
 
     def stage_totp(self, token: str, user: str, sealed: bytes) -> None:
         with self._db() as db:
@@ -285,10 +288,10 @@ class Accounts:
         if not rows:
             return None
         user, role, created, last_seen = rows[0]
-        if now - float(last_seen) > idle or now - float(created) > absolute:  # type: ignore[arg-type]
+        if now - float(last_seen) > idle or now - float(created) > absolute:
             self.end_session(session)
             return None
-        if now - float(last_seen) > 30:  # type: ignore[arg-type]  # write at most twice a minute
+        if now - float(last_seen) > 30:  # write at most twice a minute
             with self._db() as db:
                 db.execute("UPDATE sessions SET last_seen=? WHERE hash=?", (now, h))
         return str(user), str(role), h
@@ -345,11 +348,11 @@ class Accounts:
             )
         )
 
-    def _live_token(self, rows: list[tuple[object, ...]]) -> Principal | None:
+    def _live_token(self, rows: list[Row]) -> Principal | None:
         if not rows:
             return None
         name, scopes, collections, expires = rows[0]
-        if expires is not None and float(expires) <= self.now():  # type: ignore[arg-type]
+        if expires is not None and float(expires) <= self.now():
             return None
         limited = None if collections is None else frozenset(str(collections).split(","))
         return Principal("token", str(name), "service", frozenset(str(scopes).split(",")), limited)
@@ -361,7 +364,7 @@ class Accounts:
 
     def tokens(self) -> list[tuple[str, str, str | None, float | None]]:
         rows = self._read("SELECT name, scopes, collections, expires FROM tokens ORDER BY name")
-        return [(str(n), str(s), c, e) for n, s, c, e in rows]  # type: ignore[misc]
+        return [(str(n), str(s), c, e) for n, s, c, e in rows]
 
     # -- collections and grants -----------------------------------------------------------------
     def assign(self, slide_id: str, collection: str) -> None:

@@ -153,9 +153,9 @@ class Authenticator:
     def enrol_confirm(self, token: str, code: str, source_ip: str) -> str:
         """Check the first TOTP code, activate the account, consume the link; a session ID."""
         found = self.accounts.peek_one_time(token, ("bootstrap", "enrol"))
-        if found is None or found[1] is None or found[3] is None:
+        purpose, name, role, staged = found or ("", None, None, None)
+        if name is None or staged is None:
             raise EnrolmentFailed("this link is unknown, used or expired, or not started")
-        purpose, name, role, staged = found
         opened = self.accounts.open_totp(name, staged)
         secret, pw_hash = opened[: totp.SECRET_BYTES], opened[totp.SECRET_BYTES :].decode()
         step = totp.verify(secret, code, now=self.now(), last_step=None)

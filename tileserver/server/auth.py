@@ -39,7 +39,8 @@ PUBLIC_PREFIXES = ("/static/",)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 SESSION = web.RequestKey("session", str)
-SIGNED = web.RequestKey("signed", list)  # the query pairs of a signed URL, checked per route
+# The query pairs of a signed URL, checked per route.
+SIGNED: web.RequestKey[list[tuple[str, str]]] = web.RequestKey("signed", list)
 
 # Whoever holds a signed URL: it opens tiles or regions of one slide (checked in authorize),
 # and only under these prefixes; every other route refuses it.
@@ -178,9 +179,11 @@ def authorize(request: web.Request, slide_id: str, scope: str) -> Principal:
     """The caller, if it may use ``scope`` on this slide; otherwise the 404 of a missing slide.
     A signed URL must be signed for exactly this slide and scope (403 saying why, if not)."""
     url_keys = request.app[SECURITY].url_keys
-    if request.get(PRINCIPAL) is SIGNED_URL and url_keys is not None:
-        check(request[SIGNED], slide_id, scope, time.time(), url_keys.key_of)
-        return SIGNED_URL
+    caller: Principal | None = request.get(PRINCIPAL)
+    if caller is SIGNED_URL and url_keys is not None:
+        pairs = request[SIGNED]
+        check(pairs, slide_id, scope, time.time(), url_keys.key_of)
+        return caller
     principal = principal_of(request)
     accounts = request.app[SECURITY].accounts
     if accounts is not None and not accounts.allows(principal, slide_id, scope):

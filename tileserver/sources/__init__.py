@@ -7,6 +7,7 @@ levels). ``backend=`` overrides the choice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from tileserver.errors import (
@@ -20,7 +21,11 @@ from tileserver.sources.base import Level, RawTile, SlideInfo, SlideSource
 from tileserver.sources.openslide import OpenSlideSource
 from tileserver.sources.tifffile import TiffSource, is_tiff
 
-BACKENDS: dict[str, type[SlideSource]] = {"tifffile": TiffSource, "openslide": OpenSlideSource}
+# Each backend opens a path, or raises UnsupportedFormat when the file is not its kind.
+BACKENDS: dict[str, Callable[[Path], SlideSource]] = {
+    "tifffile": TiffSource,
+    "openslide": OpenSlideSource,
+}
 
 __all__ = ["BACKENDS", "Level", "RawTile", "SlideInfo", "SlideSource", "open_slide"]
 
