@@ -15,7 +15,7 @@ from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from tileserver.errors import TileserverError
-from tileserver.geometry import Region, Size
+from tileserver.geometry import Region, Size, aligned_chunk
 from tileserver.protocols.deepzoom import (
     DZI_NAMESPACE,
     DeepZoomGrid,
@@ -248,3 +248,24 @@ def test_passthrough_refuses_mismatched_tiling() -> None:
     grid = DeepZoomGrid(size, 256, 0)
     assert passthrough_chunk(grid, 8, 0, 0, 256, 2) is None
     assert passthrough_chunk(grid, 9, 1, 1, 256, 2) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("tile", [240, 256])
+@pytest.mark.parametrize(("width", "height"), SIZES)
+def test_passthrough_agrees_with_aligned_chunk(width: int, height: int, tile: int) -> None:
+    # For a grid cut like the store, the Deep Zoom rule is the general geometry rule: a tile
+    # passes through exactly when its level-0 region, at tile x tile pixels, is one chunk.
+    grid = DeepZoomGrid(Size(width, height), tile, 0)
+    for store_levels in range(1, min(grid.level_count, 4) + 1):
+        for z in range(grid.level_count):
+            t_grid = grid.tile_grid(z)
+            for t_col, t_row in tiles_to_check(t_grid.width, t_grid.height):
+                z_region = grid.tile_region(z, t_col, t_row)
+                d = grid.downsample(z)
+                l0_region = Region(
+                    z_region.x * d, z_region.y * d, z_region.width * d, z_region.height * d
+                ).intersect(grid.l0_size)
+                expected = None
+                if z_region.size == Size(tile, tile):
+                    expected = aligned_chunk(l0_region, grid.l0_size, tile, store_levels)
+                assert passthrough_chunk(grid, z, t_col, t_row, tile, store_levels) == expected

@@ -14,9 +14,7 @@ from tileserver.geometry import Region, Size
 from tileserver.protocols.iiif import (
     IIIFError,
     ImageRequest,
-    best_level,
     info_json,
-    level_region,
     parse_request,
     passthrough_chunk,
 )
@@ -416,40 +414,7 @@ def test_info_json_extra_features_and_validation() -> None:
             build(**bad)
 
 
-# Level choice and pass-through -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("region", "out", "levels", "expected"),
-    [
-        (Region(0, 0, 1024, 1024), Size(1024, 1024), 5, 0),
-        (Region(0, 0, 1024, 1024), Size(512, 512), 5, 1),
-        (Region(0, 0, 1024, 1024), Size(513, 512), 5, 0),  # level 1 would upsample
-        (Region(0, 0, 1024, 1024), Size(256, 256), 5, 2),
-        (Region(0, 0, 1024, 1024), Size(300, 100), 5, 1),  # the finer axis decides
-        (Region(0, 0, 1024, 1024), Size(1, 1), 5, 4),  # capped by the store
-        (Region(0, 0, 1024, 1024), Size(1, 1), 1, 0),
-        (Region(0, 0, 1024, 1024), Size(2048, 2048), 5, 0),  # upscaling reads level 0
-        (Region(3840, 0, 1001, 1024), Size(251, 256), 5, 2),  # edge tile, ceil(1001/4)
-        (Region(0, 0, 1000, 600), Size(125, 75), 5, 3),
-    ],
-)
-def test_best_level(region: Region, out: Size, levels: int, expected: int) -> None:
-    assert best_level(region, out, levels) == expected
-
-
-def test_best_level_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError):
-        best_level(Region(0, 0, 10, 10), Size(1, 1), 0)
-    with pytest.raises(ValueError):
-        best_level(Region(0, 0, 0, 10), Size(1, 1), 3)
-
-
-def test_level_region() -> None:
-    l0_size = Size(1001, 601)
-    assert level_region(Region(0, 0, 1001, 601), 0, l0_size) == Region(0, 0, 1001, 601)
-    assert level_region(Region(0, 0, 1001, 601), 2, l0_size) == Region(0, 0, 251, 151)
-    assert level_region(Region(5, 6, 10, 3), 2, l0_size) == Region(1, 1, 3, 2)  # 5..15, 6..9
+# Pass-through ------------------------------------------------------------------------
 
 
 def iiif_tile(l0_size: Size, chunk: int, scale: int, col: int, row: int, **kw: str) -> ImageRequest:

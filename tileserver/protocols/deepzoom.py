@@ -15,7 +15,7 @@ from typing import NamedTuple
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 from tileserver.errors import TileserverError
-from tileserver.geometry import Region, Size
+from tileserver.geometry import Region, Size, ceil_div, level_size
 
 DZI_NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"
 
@@ -38,10 +38,6 @@ class TileSource(NamedTuple):
     extra_downsample: int
     l_region: Region
     z_size: Size
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -73,12 +69,12 @@ class DeepZoomGrid:
     def level_size(self, z: int) -> Size:
         # Iterated ceil-halving equals one ceil division: ceil(ceil(a/2)/2) == ceil(a/4).
         d = self.downsample(z)
-        return Size(_ceil_div(self.l0_size.width, d), _ceil_div(self.l0_size.height, d))
+        return Size(ceil_div(self.l0_size.width, d), ceil_div(self.l0_size.height, d))
 
     def tile_grid(self, z: int) -> Size:
         """Tiles across and down at level ``z``."""
         size = self.level_size(z)
-        return Size(_ceil_div(size.width, self.tile), _ceil_div(size.height, self.tile))
+        return Size(ceil_div(size.width, self.tile), ceil_div(size.height, self.tile))
 
     def tile_region(self, z: int, t_col: int, t_row: int) -> Region:
         """The tile's pixels in level ``z``, overlap included on sides with a neighbour."""
@@ -110,9 +106,7 @@ class DeepZoomGrid:
         level, extra = self.source(z, store_levels)
         # The store level is this image's level at downsample 2**level, so its size is
         # known here without asking the store.
-        l_bounds = Size(
-            _ceil_div(self.l0_size.width, 1 << level), _ceil_div(self.l0_size.height, 1 << level)
-        )
+        l_bounds = level_size(self.l0_size, level)
         l_region = Region(
             z_region.x * extra,
             z_region.y * extra,
@@ -145,10 +139,12 @@ def passthrough_chunk(
 ) -> tuple[int, int, int] | None:
     """``(store level, chunk col, chunk row)`` when the tile is exactly one stored chunk.
 
-    Edge chunks are stored padded to ``chunk`` pixels while the Deep Zoom edge tile is
-    cropped, so only full-size tiles qualify. Raises ``TileNotFound`` for tiles outside
-    the grid, so the caller need not validate first. Whether the stored encoding matches
-    the requested format is the caller's decision.
+    The constant-time case of ``geometry.aligned_chunk`` for a grid cut like the store (same
+    tile edge, no overlap); the tests check that the two agree. Edge chunks are stored
+    padded to ``chunk`` pixels while the Deep Zoom edge tile is cropped, so only full-size
+    tiles qualify. Raises ``TileNotFound`` for tiles outside the grid, so the caller need
+    not validate first. Whether the stored encoding matches the requested format is the
+    caller's decision.
     """
     z_region = grid.tile_region(z, t_col, t_row)
     level, extra = grid.source(z, store_levels)

@@ -1,4 +1,4 @@
-"""IIIF Image API 3.0 at compliance level 2: request parsing, info.json, level choice.
+"""IIIF Image API 3.0 at compliance level 2: request parsing, info.json, pass-through.
 
 Spec: https://iiif.io/api/image/3.0/ and its compliance and implementation notes. Beyond
 level 2 we support mirroring (``!n``), upscaling (``^``), the ``bitonal`` quality and the
@@ -16,7 +16,12 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from tileserver.errors import TileserverError
-from tileserver.geometry import Region, Size
+from tileserver.geometry import Region, Size, aligned_chunk
+
+# Re-exported for service.py, which still calls them as iiif.best_level and
+# iiif.level_region; they live in tileserver.geometry, shared by every protocol.
+from tileserver.geometry import best_level as best_level
+from tileserver.geometry import level_region as level_region
 
 CONTEXT = "http://iiif.io/api/image/3/context.json"
 PROTOCOL = "http://iiif.io/api/image"
@@ -77,10 +82,6 @@ class _Limits:
 def _round(value: Fraction) -> int:
     """Round half up (values here are never negative)."""
     return math.floor(value + Fraction(1, 2))
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def parse_request(
@@ -318,66 +319,17 @@ def info_json(
     }
 
 
-def best_level(l0_region: Region, out_size: Size, store_levels: int) -> int:
-    """The coarsest store level (downsample ``2**k``) that needs no upsampling.
-
-    A level qualifies when it holds at least ``out_size`` pixels of the region, counting a
-    partial pixel as whole: ``ceil(region / 2**k) >= out``. That is the tile size the spec's
-    implementation notes ask clients to request at scale factor ``2**k``, so edge tiles
-    (``ceil``-sized, ending on the image edge, where the ceil-halved level has exactly that
-    many pixels) read the same level as interior ones. Elsewhere the slack is under one
-    output pixel.
-    """
-    if store_levels < 1:
-        raise ValueError(f"store_levels must be positive, got {store_levels}")
-    if min(l0_region.size) < 1 or min(out_size) < 1:
-        raise ValueError("region and output size must be at least 1x1")
-    level = 0
-    while level + 1 < store_levels:
-        d = 1 << (level + 1)
-        if (
-            _ceil_div(l0_region.width, d) < out_size.width
-            or _ceil_div(l0_region.height, d) < out_size.height
-        ):
-            break
-        level += 1
-    return level
-
-
-def level_region(l0_region: Region, level: int, l0_size: Size) -> Region:
-    """The pixels of store level ``level`` covering ``l0_region``, clipped to that level."""
-    d = 1 << level
-    l_size = Size(_ceil_div(l0_size.width, d), _ceil_div(l0_size.height, d))
-    x0, y0 = l0_region.x // d, l0_region.y // d
-    x1 = _ceil_div(l0_region.x + l0_region.width, d)
-    y1 = _ceil_div(l0_region.y + l0_region.height, d)
-    return Region(x0, y0, x1 - x0, y1 - y0).intersect(l_size)
-
-
 def passthrough_chunk(
     request: ImageRequest, l0_size: Size, chunk: int, store_levels: int
 ) -> tuple[int, int, int] | None:
     """``(store level, chunk col, chunk row)`` when the reply is exactly one stored chunk.
 
-    The region must be one chunk of some store level mapped to level 0 (clipped at the
-    image edge), scaled to ``chunk`` x ``chunk`` with no rotation, mirror or quality
-    change, and the chunk must not be padded. Whether the stored encoding matches
-    ``request.format`` is the caller's decision.
+    The reply must be ``chunk`` x ``chunk`` pixels with no rotation, mirror or quality
+    change, of a region that is one unpadded stored chunk (``geometry.aligned_chunk``).
+    Whether the stored encoding matches ``request.format`` is the caller's decision.
     """
     if request.rotation or request.mirror or request.quality not in ("default", "color"):
         return None
     if request.out_size != Size(chunk, chunk):
         return None
-    region = request.l0_region
-    for level in range(store_levels):
-        d = 1 << level
-        span = chunk * d
-        if region.x % span or region.y % span:
-            continue
-        col, row = region.x // span, region.y // span
-        l_size = Size(_ceil_div(l0_size.width, d), _ceil_div(l0_size.height, d))
-        if (col + 1) * chunk > l_size.width or (row + 1) * chunk > l_size.height:
-            continue  # a padded edge chunk holds pixels the reply must not have
-        if region == Region(region.x, region.y, span, span).intersect(l0_size):
-            return level, col, row
-    return None
+    return aligned_chunk(request.l0_region, l0_size, chunk, store_levels)
