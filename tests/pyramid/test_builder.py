@@ -93,8 +93,11 @@ def test_lossless_store_is_exact_and_needs_only_builtin_codecs(
 ) -> None:
     result = build(synthetic_tiff, tmp_path, codec="zstd", tile=128, background_tolerance=0)
     group = zarr.open_group(result.store, mode="r")
-    codecs = {c["name"] for c in group["0"].metadata.to_dict()["codecs"]}
-    assert codecs == {"transpose", "bytes", "zstd"}
+    (sharding,) = group["0"].metadata.to_dict()["codecs"]
+    assert sharding["name"] == "sharding_indexed"
+    inner = {c["name"] for c in sharding["configuration"]["codecs"]}
+    index = {c["name"] for c in sharding["configuration"]["index_codecs"]}
+    assert inner == {"transpose", "bytes", "zstd"} and index == {"bytes", "crc32c"}
     with open_slide(synthetic_tiff) as source:
         original = source.read_region(0, Region(0, 0, 1500, 1100))
     assert np.array_equal(np.asarray(group["0"][:]).transpose(1, 2, 0), original)

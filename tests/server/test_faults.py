@@ -15,6 +15,7 @@ import pytest
 
 from tests.corpus import require_corpus
 from tests.server.conftest import Server, Stores, run_server
+from tests.stores import open_reader
 from tileserver.library import SlideLibrary
 from tileserver.security.keys import KeyRing
 from tileserver.server.app import SERVICE, create_app
@@ -51,31 +52,53 @@ def test_path_tricks_never_leave_the_directory(server: Server, stores: Stores) -
     assert server.get(f"/api/slides/{stores.synthetic}").status == 200
 
 
-def _tampered_copy(stores: Stores, tmp_path: Path) -> tuple[Path, str]:
+def _copy(stores: Stores, tmp_path: Path) -> tuple[Path, Path]:
     directory = tmp_path / "stores"
     shutil.copytree(stores.directory, directory)
-    chunks = sorted((directory / stores.synthetic / "0" / "c").rglob("*"))
-    victim = max((p for p in chunks if p.is_file()), key=lambda p: p.stat().st_size)
-    data = bytearray(victim.read_bytes())
-    data[100] ^= 0x40
-    victim.write_bytes(bytes(data))
-    _, row, col = victim.relative_to(directory / stores.synthetic / "0" / "c").parts
-    return directory, f"12/{col}_{row}.jpeg"
+    return directory, directory / stores.synthetic
 
 
 def test_tampered_chunk_fails_alone(stores: Stores, tmp_path: Path) -> None:
-    directory, tile = _tampered_copy(stores, tmp_path)
+    directory, store = _copy(stores, tmp_path)
+    reader = open_reader(store, KeyRing(stores.home))
+    grid = reader.layout.grid(0)
+    stored = [
+        (t_col, t_row)
+        for t_row in range(grid.height)
+        for t_col in range(grid.width)
+        if reader.chunk_bytes(0, t_col, t_row) is not None
+    ]
+    t_col, t_row = stored[-1]  # the last chunk in level 0's shard: its tag is the last byte
+    shard = store / "0" / "c.0.0.0"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x40
+    shard.write_bytes(bytes(data))
     with run_server(directory, stores.home) as srv:
-        bad = srv.get(f"/deepzoom/{stores.synthetic}_files/{tile}")
+        bad = srv.get(f"/deepzoom/{stores.synthetic}_files/12/{t_col}_{t_row}.jpeg")
         assert bad.status == 500
         body = bad.json()
         assert len(body["correlation_id"]) == 32
         # A generic message: the detail (slide, object, reason) goes to the log only.
         assert body["error"] == "internal error: the slide could not be read"
         # The rest of that slide, and every other slide, keep being served.
-        assert srv.get(f"/deepzoom/{stores.synthetic}_files/12/0_0.jpeg").status == 200
+        t_col, t_row = stored[0]
+        assert srv.get(f"/deepzoom/{stores.synthetic}_files/12/{t_col}_{t_row}.jpeg").status == 200
+        assert srv.get(f"/deepzoom/{stores.synthetic}_files/11/0_0.jpeg").status == 200
         if stores.cmu:
             assert srv.get(f"/deepzoom/{stores.cmu}_files/11/1_1.jpeg").status == 200
+        assert srv.get("/health").status == 200
+
+
+def test_deleted_shard_is_an_error_never_background(
+    stores: Stores, tmp_path: Path
+) -> None:
+    directory, store = _copy(stores, tmp_path)
+    (store / "0" / "c.0.0.0").unlink()  # level 0 of the synthetic slide is one shard
+    with run_server(directory, stores.home) as srv:
+        for tile in ("12/0_0.jpeg", "12/5_4.png"):
+            reply = srv.get(f"/deepzoom/{stores.synthetic}_files/{tile}")
+            assert reply.status == 500 and len(reply.json()["correlation_id"]) == 32, tile
+        assert srv.get(f"/deepzoom/{stores.synthetic}_files/11/0_0.jpeg").status == 200
         assert srv.get("/health").status == 200
 
 

@@ -29,9 +29,12 @@ from tileserver.store.reader import StoreReader
 @pytest.fixture
 def store(synthetic_svs: Path, tmp_path: Path, keyring: KeyRing) -> Path:
     slide_id = new_slide_id()
-    with open_slide(synthetic_svs) as source:
-        return convert(source, LocalObjects(tmp_path / "out" / slide_id), slide_id, ConvertOptions(), keyring
-        ).store
+    with open_slide(synthetic_svs) as source:  # 13 x 9 chunks: shards of 4 x 4 make 12
+        convert(source, LocalObjects(tmp_path / "out" / slide_id), slide_id, SHARDED, keyring)
+    return tmp_path / "out" / slide_id
+
+
+SHARDED = ConvertOptions(shard=4)
 
 
 def everything(reader: StoreReader) -> None:
@@ -39,18 +42,31 @@ def everything(reader: StoreReader) -> None:
         reader.read_region(level, Region(0, 0, size.width, size.height))
 
 
-def a_chunk(store: Path, level: int = 0) -> Path:
-    return sorted((store / str(level) / "c").rglob("*"), key=lambda p: -p.stat().st_size)[0]
+def a_shard(store: Path, level: int = 0) -> Path:
+    """The largest shard of a level."""
+    return max((store / str(level)).glob("c.*"), key=lambda p: p.stat().st_size)
 
 
-def test_every_object_is_sealed(store: Path, keyring: KeyRing) -> None:
+def test_every_object_and_every_piece_of_a_shard_is_sealed(store: Path, keyring: KeyRing) -> None:
+    reader = open_reader(store, keyring)
+    stored: dict[str, int] = {}
+    for level in range(len(reader.layout.levels)):
+        grid = reader.layout.grid(level)
+        for t_row in range(grid.height):
+            for t_col in range(grid.width):
+                if reader.chunk_bytes(level, t_col, t_row) is not None:
+                    key = reader.layout.locate(level, t_col, t_row)[0]
+                    stored[key] = stored.get(key, 0) + 1
     files = [p for p in store.rglob("*") if p.is_file()]
-    assert len(files) > 10
+    assert len(files) > 10 and len(stored) > 10
     for path in files:
         data = path.read_bytes()
         assert data.startswith(b"TSE\x01"), path
-        assert b"zarr_format" not in data and b"\xff\xd8\xff" not in data[:64]
-    everything(open_reader(store, keyring))
+        assert b"zarr_format" not in data and b"JFIF" not in data
+        key = path.relative_to(store).as_posix()
+        if key in stored:  # the index, then each chunk: sealed on their own
+            assert data.count(b"TSE\x01") == 1 + stored[key], key
+    everything(reader)
 
 
 def test_nonces_are_fresh_and_records_hold_no_key_bytes(store: Path, keyring: KeyRing) -> None:
@@ -71,42 +87,54 @@ def _expect_integrity_error(store: Path, keyring: KeyRing, key_part: str) -> Non
     assert store.name in str(caught.value) and key_part in str(caught.value)
 
 
-def test_flipped_bit(store: Path, keyring: KeyRing) -> None:
-    chunk = a_chunk(store)
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    chunk.write_bytes(bytes(data))
-    _expect_integrity_error(store, keyring, chunk.relative_to(store).as_posix())
+def test_flipped_bit_in_a_chunk(store: Path, keyring: KeyRing) -> None:
+    shard = a_shard(store)
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0x01  # inside the last chunk, past the index
+    shard.write_bytes(bytes(data))
+    _expect_integrity_error(store, keyring, "0/c/0/")
 
 
-def test_truncated_object(store: Path, keyring: KeyRing) -> None:
-    chunk = a_chunk(store)
-    chunk.write_bytes(chunk.read_bytes()[:-100])
-    _expect_integrity_error(store, keyring, chunk.relative_to(store).as_posix())
+def test_flipped_bit_in_a_shard_index(store: Path, keyring: KeyRing) -> None:
+    shard = a_shard(store)
+    data = bytearray(shard.read_bytes())
+    data[40] ^= 0x01
+    shard.write_bytes(bytes(data))
+    _expect_integrity_error(store, keyring, f"{shard.relative_to(store).as_posix()}#index")
 
 
-def test_chunk_copied_to_another_position(store: Path, keyring: KeyRing) -> None:
-    chunks = sorted(p for p in (store / "0" / "c").rglob("*") if p.is_file())
-    shutil.copy(chunks[0], chunks[1])
-    _expect_integrity_error(store, keyring, chunks[1].relative_to(store).as_posix())
+def test_truncated_shard(store: Path, keyring: KeyRing) -> None:
+    shard = a_shard(store)
+    shard.write_bytes(shard.read_bytes()[:-100])
+    _expect_integrity_error(store, keyring, "truncated")
 
 
-def test_chunk_copied_from_another_level(store: Path, keyring: KeyRing) -> None:
-    source = a_chunk(store, level=1)
-    target = store / "0" / source.relative_to(store / "1")
-    shutil.copy(source, target)
-    _expect_integrity_error(store, keyring, target.relative_to(store).as_posix())
+def test_deleted_shard_is_an_error_not_background(store: Path, keyring: KeyRing) -> None:
+    shard = a_shard(store)
+    shard.unlink()
+    _expect_integrity_error(store, keyring, f"{shard.relative_to(store).as_posix()} is missing")
 
 
-def test_chunk_copied_from_another_slide(
+def test_shard_copied_to_another_position(store: Path, keyring: KeyRing) -> None:
+    shards = sorted((store / "0").glob("c.*"))
+    shutil.copy(shards[0], shards[1])
+    _expect_integrity_error(store, keyring, shards[1].relative_to(store).as_posix())
+
+
+def test_shard_copied_from_another_level(store: Path, keyring: KeyRing) -> None:
+    shutil.copy(store / "1" / "c.0.0.0", store / "0" / "c.0.0.0")
+    _expect_integrity_error(store, keyring, "0/c.0.0.0")
+
+
+def test_shard_copied_from_another_slide(
     store: Path, synthetic_svs: Path, keyring: KeyRing
 ) -> None:
     other_id = new_slide_id()
     with open_slide(synthetic_svs) as source:
-        other = convert(source, LocalObjects(store.parent / other_id), other_id, ConvertOptions(), keyring).store
-    chunk = a_chunk(store)
-    shutil.copy(other / chunk.relative_to(store), chunk)
-    _expect_integrity_error(store, keyring, chunk.relative_to(store).as_posix())
+        convert(source, LocalObjects(store.parent / other_id), other_id, SHARDED, keyring)
+    shard = a_shard(store)
+    shutil.copy(store.parent / other_id / shard.relative_to(store), shard)
+    _expect_integrity_error(store, keyring, shard.relative_to(store).as_posix())
 
 
 def test_replaced_metadata_document(store: Path, keyring: KeyRing, tmp_path: Path) -> None:
