@@ -31,12 +31,14 @@ _V1_CHUNK_KEY = re.compile(r"\d+/c/0/\d+/\d+")
 
 
 def _jpeg_quality(objects: ObjectStore) -> int:
-    """The JPEG quality format 1 recorded in level 0's array metadata (0 when none)."""
+    """The JPEG quality recorded in level 0's array metadata (0 when none)."""
     doc = json.loads(objects.get(f"0/{GROUP_METADATA}") or b"{}")
-    for codec in doc.get("codecs", []):
-        quality = (codec.get("configuration") or {}).get("quality")
-        if quality is not None:
-            return int(quality)
+    codecs = list(doc.get("codecs", []))
+    while codecs:  # format 2 nests the chunk codecs inside the sharding codec
+        config = codecs.pop().get("configuration") or {}
+        if "quality" in config:
+            return int(config["quality"])
+        codecs.extend(config.get("codecs", []))
     return 0
 
 
