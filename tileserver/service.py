@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from tileserver.errors import RegionError, SlideNotFound, TileserverError
-from tileserver.geometry import Region, Size
+from tileserver.geometry import Region, Size, best_level, level_region
 from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
 from tileserver.render.encode import MEDIA_TYPES, encode, resize, rotate, to_quality
@@ -241,8 +241,8 @@ class SlideService:
 
     def _render_iiif(self, p: Pyramid, request: iiif.ImageRequest, fmt: str) -> bytes:
         self.stats["rendered"] += 1
-        level = iiif.best_level(request.l0_region, request.out_size, len(p.levels))
-        l_region = iiif.level_region(request.l0_region, level, p.levels[0])
+        level = best_level(request.l0_region, request.out_size, len(p.levels))
+        l_region = level_region(request.l0_region, level, p.levels[0])
         pixels = resize(self._read(p, level, l_region), request.out_size)
         pixels = rotate(to_quality(pixels, request.quality), request.rotation, request.mirror)
         return encode(pixels, fmt, self.settings.quality)
@@ -293,8 +293,8 @@ class SlideService:
     ) -> Encoded | NotModified:
         def render() -> bytes:
             self.stats["rendered"] += 1
-            level = iiif.best_level(l0_region, out, len(p.levels))
-            l_region = iiif.level_region(l0_region, level, p.levels[0])
+            level = best_level(l0_region, out, len(p.levels))
+            l_region = level_region(l0_region, level, p.levels[0])
             return encode(resize(self._read(p, level, l_region), out), fmt, self.settings.quality)
 
         return await self._respond(p, key, fmt, if_none_match, render)

@@ -18,11 +18,6 @@ from typing import Any, Literal
 from tileserver.errors import TileserverError
 from tileserver.geometry import Region, Size, aligned_chunk
 
-# Re-exported for service.py, which still calls them as iiif.best_level and
-# iiif.level_region; they live in tileserver.geometry, shared by every protocol.
-from tileserver.geometry import best_level as best_level
-from tileserver.geometry import level_region as level_region
-
 CONTEXT = "http://iiif.io/api/image/3/context.json"
 PROTOCOL = "http://iiif.io/api/image"
 QUALITIES = ("default", "color", "gray", "bitonal")

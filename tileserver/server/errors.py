@@ -15,12 +15,12 @@ from aiohttp import web
 
 from tileserver.errors import (
     IntegrityError,
-    StoreUnavailable,
     KeyUnavailable,
     RegionError,
     SlideError,
     SlideNotFound,
     StoreError,
+    StoreUnavailable,
     TileserverError,
 )
 from tileserver.protocols.deepzoom import TileNotFound
