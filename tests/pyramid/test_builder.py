@@ -27,7 +27,9 @@ from tileserver.store.reader import StoreReader
 def build(slide: Path, out: Path, **options: object) -> ConvertResult:
     slide_id = new_slide_id()
     with open_slide(slide) as source:
-        return convert(source, LocalObjects(out / slide_id), slide_id, ConvertOptions(**options), None)  # type: ignore[arg-type]
+        return convert(
+            source, LocalObjects(out / slide_id), slide_id, ConvertOptions(**options), None
+        )  # type: ignore[arg-type]
 
 
 def whole(reader: StoreReader, level: int) -> np.ndarray:

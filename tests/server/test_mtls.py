@@ -124,7 +124,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     KeyRing(home).initialise()
     slide = new_slide_id()
     with open_slide(synthetic_svs) as source:
-        convert(source, LocalObjects(root / "stores" / slide), slide, ConvertOptions(), KeyRing(home))
+        convert(
+            source, LocalObjects(root / "stores" / slide), slide, ConvertOptions(), KeyRing(home)
+        )
     assert cli(home, "slides", "assign", "case-a", slide).returncode == 0
     made = cli(
         home, "tokens", "create", "lis", "--scope", "metadata,thumbnails", "--certificate-only"

@@ -39,7 +39,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     for _ in range(2):
         slide = new_slide_id()
         with open_slide(synthetic_svs) as source:
-            convert(source, LocalObjects(root / "stores" / slide), slide, ConvertOptions(), KeyRing(home))
+            convert(
+                source,
+                LocalObjects(root / "stores" / slide),
+                slide,
+                ConvertOptions(),
+                KeyRing(home),
+            )
         assert cli(home, "slides", "assign", "case-a", slide).returncode == 0
         ids.append(slide)
     made = cli(home, "tokens", "create", "reports", "--scope", "tiles,metadata")

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Protocol
 
 from tileserver.errors import IntegrityError, KeyUnavailable
+from tileserver.files import write_atomic
 from tileserver.security.crypto import ALGORITHM, KEY_BYTES, Sealer, new_key
 from tileserver.slide_ids import is_slide_id
-from tileserver.files import write_atomic
 
 
 class KeyEncryptionKey(Protocol):
@@ -120,7 +120,9 @@ class KeyRing:
 
     def _write(self, key: str, data: bytes, *, exclusive: bool = False) -> bool:
         """Write a key file (0600, durable); with ``exclusive`` only if it does not exist."""
-        return write_atomic(str(self.root / key), data, durable=True, exclusive=exclusive, mode=0o600)
+        return write_atomic(
+            str(self.root / key), data, durable=True, exclusive=exclusive, mode=0o600
+        )
 
     def service_key(self, name: str) -> bytes:
         """A 32-byte key for one purpose (audit HMAC, TOTP sealing), made on first use."""
