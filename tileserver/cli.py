@@ -182,7 +182,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         state = "created" if created else "already exists"
         print(f"key-encryption key {key_id} {state} in {keyring.root}")
     elif args.keys_command == "list":
-        for kek in keyring.list():
+        for kek in keyring.keks():
             mark = "current" if kek.current else "retired"
             print(f"{kek.key_id}  {mark:8} wraps {kek.slides} data key(s)")
     elif args.keys_command == "rotate":

@@ -181,7 +181,7 @@ class KeyRing:
         check_private(self.root)
         return self.kek(current.read_text().strip())
 
-    def list(self) -> list[KekInfo]:
+    def keks(self) -> list[KekInfo]:
         current = self.current_kek().key_id
         counts: dict[str, int] = {}
         for record in self._records():

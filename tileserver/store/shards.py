@@ -37,7 +37,8 @@ def index_bytes(n_chunks: int) -> int:
 def encode_index(entries: np.ndarray) -> bytes:
     """``entries`` (n, 2) uint64 -> index bytes with its checksum."""
     body = np.ascontiguousarray(entries, dtype="<u8").tobytes()
-    return body + google_crc32c.value(body).to_bytes(4, "little")
+    checksum: int = google_crc32c.value(body)
+    return body + checksum.to_bytes(4, "little")
 
 
 def decode_index(data: bytes, n_chunks: int, what: str) -> np.ndarray:

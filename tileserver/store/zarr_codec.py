@@ -38,7 +38,7 @@ class JpegCodec(ArrayBytesCodec):
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         tile = chunk_spec.shape[0]
         pixels = decode_chunk(chunk_bytes.to_bytes(), "jpeg", tile)
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(pixels)
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(pixels)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         return self._decode_sync(chunk_bytes, chunk_spec)
