@@ -7,9 +7,9 @@ import ssl
 from pathlib import Path
 
 from tileserver.errors import ConfigError
+from tileserver.files import write_atomic
 from tileserver.security.crypto import self_signed_certificate
 from tileserver.security.keys import check_private, make_private_dir
-from tileserver.files import write_atomic
 
 # TLS 1.2 suites: ECDHE key exchange with AEAD only (TLS 1.3 suites are all AEAD already).
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
