@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sample_data import write_svs, write_tiff
+from tests.s3server import S3Server, seaweedfs
 from tileserver.security.keys import KeyRing
 
 
@@ -31,3 +34,20 @@ def keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KeyRing:
     ring = KeyRing(home)
     ring.initialise()
     return ring
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS on loopback, keys made at run time) for the session."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AWS_* variables pointing at ``s3_server``; returns a fresh ``s3://bucket/prefix``."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.bucket}/t-{secrets.token_hex(6)}"
