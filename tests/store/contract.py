@@ -139,25 +139,25 @@ class StoreContract:
         assert store.get("d/kept") == b"2"
         store.delete("d/gone")  # again: nothing to delete is fine
         store.delete("never/was")
-        assert list(store.list()) == ["d/kept"]
+        assert list(store.list_keys()) == ["d/kept"]
 
     def test_list_is_recursive_sorted_and_filtered(self, store: ObjectStore) -> None:
         keys = ["b", "a/2", "a/1/x", "a/10", "ab/c", "a-b", "z/y/x/w"]
         for key in keys:
             store.put(key, key.encode())
-        assert list(store.list()) == sorted(keys)
-        assert list(store.list("a/")) == ["a/1/x", "a/10", "a/2"]  # not "ab/c", not "a-b"
-        assert list(store.list("a/1/")) == ["a/1/x"]
-        assert list(store.list("z/y/")) == ["z/y/x/w"]
-        assert list(store.list("nothing/")) == []
+        assert list(store.list_keys()) == sorted(keys)
+        assert list(store.list_keys("a/")) == ["a/1/x", "a/10", "a/2"]  # not "ab/c", not "a-b"
+        assert list(store.list_keys("a/1/")) == ["a/1/x"]
+        assert list(store.list_keys("z/y/")) == ["z/y/x/w"]
+        assert list(store.list_keys("nothing/")) == []
 
     def test_list_hides_unfinished_writes(self, subject: Subject) -> None:
         store = subject.store
         store.put("u/done", b"1")
         subject.leave_unfinished("u/half")
         subject.leave_unfinished("u/more/half")
-        assert list(store.list()) == ["u/done"]
-        assert list(store.list("u/")) == ["u/done"]
+        assert list(store.list_keys()) == ["u/done"]
+        assert list(store.list_keys("u/")) == ["u/done"]
         assert store.get("u/half") is None and not store.exists("u/half")
 
     def test_children(self, store: ObjectStore) -> None:
@@ -174,13 +174,13 @@ class StoreContract:
         child.put("zarr.json", b"{}")
         child.put("0/c/1", b"chunk")
         assert store.get("slide/zarr.json") == b"{}"
-        assert list(store.list()) == ["slide/0/c/1", "slide/zarr.json"]
-        assert list(child.list()) == ["0/c/1", "zarr.json"]
+        assert list(store.list_keys()) == ["slide/0/c/1", "slide/zarr.json"]
+        assert list(child.list_keys()) == ["0/c/1", "zarr.json"]
         assert store.children() == ["slide"] and child.children() == ["0"]
         assert child.child("0/").get("c/1") == b"chunk"
         assert child.url != store.url
         store.put("other", b"x")
-        assert child.get("other") is None and list(child.list()) == ["0/c/1", "zarr.json"]
+        assert child.get("other") is None and list(child.list_keys()) == ["0/c/1", "zarr.json"]
 
     @pytest.mark.parametrize("key", BAD_KEYS)
     def test_invalid_keys_are_refused(self, store: ObjectStore, key: str) -> None:
@@ -197,11 +197,11 @@ class StoreContract:
         for call in calls:
             with pytest.raises(StoreError, match="invalid object key"):
                 call()
-        assert list(store.list()) == []
+        assert list(store.list_keys()) == []
 
     @pytest.mark.parametrize("prefix", BAD_PREFIXES)
     def test_invalid_prefixes_are_refused(self, store: ObjectStore, prefix: str) -> None:
-        for call in (lambda: list(store.list(prefix)), lambda: store.children(prefix),
+        for call in (lambda: list(store.list_keys(prefix)), lambda: store.children(prefix),
                      lambda: store.child(prefix)):
             with pytest.raises(StoreError, match="invalid"):
                 call()
@@ -214,7 +214,7 @@ class StoreContract:
         assert store.get("empty") == b"" and store.exists("empty")
         assert store.get_range("empty", 0, 10) == b""
         assert store.put_if_absent("empty2", b"") and store.get("empty2") == b""
-        assert list(store.list()) == ["bin", "empty", "empty2"]
+        assert list(store.list_keys()) == ["bin", "empty", "empty2"]
 
     def test_large_object(self, store: ObjectStore) -> None:
         data = os.urandom(5 << 20)

@@ -96,7 +96,7 @@ def each_operation(store: ObjectStore) -> list[Callable[[], object]]:
         lambda: store.put("k", b"data"),
         lambda: store.put_if_absent("k", b"data"),
         lambda: store.delete("k"),
-        lambda: list(store.list()),
+        lambda: list(store.list_keys()),
         lambda: store.children(),
     ]
 
@@ -140,7 +140,7 @@ def test_read_only_identity(
     for name, value in s3_server.env(readonly=True).items():
         monkeypatch.setenv(name, value)
     store = open_location(s3_env)
-    assert store.get("k") == b"stored" and list(store.list()) == ["k"]
+    assert store.get("k") == b"stored" and list(store.list_keys()) == ["k"]
     for call in each_operation(store)[5:8]:  # put, put_if_absent, delete
         assert_fails(call, StoreError, "access denied to (write|delete) k")
     assert store.get("k") == b"stored"

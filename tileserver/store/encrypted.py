@@ -104,8 +104,8 @@ class EncryptedObjects:
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return self.inner.list(prefix)
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list_keys(prefix)
 
     def children(self, prefix: str = "") -> list[str]:
         return self.inner.children(prefix)

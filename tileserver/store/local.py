@@ -55,6 +55,8 @@ class LocalObjects:
             raise StoreError(f"{self.url}: cannot read {key}: {describe(exc)}") from exc
         try:
             return os.pread(fd, length, start)
+        except IsADirectoryError:  # opening a directory works; reading it does not
+            return None
         except OSError as exc:
             raise StoreError(f"{self.url}: cannot read {key}: {describe(exc)}") from exc
         finally:
@@ -94,7 +96,7 @@ class LocalObjects:
         except OSError as exc:
             raise StoreError(f"cannot delete {key} in {self.url}: {describe(exc)}") from exc
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
         base = self.root / check_prefix(prefix)
         if not base.is_dir():
             return

@@ -87,7 +87,7 @@ def migrate_store(store: ObjectStore, slide_id: str, keyring: KeyRing | None, sh
         if objects.get(key) != doc:
             objects.put(key, doc)
             changed = True
-    leftovers = [key for key in store.list() if _V1_CHUNK_KEY.fullmatch(key)]
+    leftovers = [key for key in store.list_keys() if _V1_CHUNK_KEY.fullmatch(key)]
     if leftovers:
         _verify_leftovers(new, store, leftovers, keyring)
     for key in leftovers:

@@ -10,7 +10,7 @@ Semantics every implementation keeps (tests/store/contract.py checks them):
   did: of two racing writers exactly one wins;
 - ``get`` and ``get_range`` return None for a missing object; a range past the end returns
   the bytes that are there (possibly none), so a truncated object shows up as short data;
-- ``list`` yields every key under a prefix (recursively, sorted); ``children`` the names of
+- ``list_keys`` yields every key under a prefix (recursively, sorted); ``children`` the names of
   the immediate sub-prefixes ("directories"); neither shows unfinished writes;
 - failures of the backend itself (unreachable, denied, throttled past the retries) raise
   StoreError (or StoreUnavailable when retrying later may help), never a library's own error.
@@ -70,7 +70,7 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
-    def list(self, prefix: str = "") -> Iterator[str]: ...
+    def list_keys(self, prefix: str = "") -> Iterator[str]: ...
 
     def children(self, prefix: str = "") -> list[str]: ...
 

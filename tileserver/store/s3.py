@@ -267,7 +267,7 @@ class S3Objects:
             self._fail(exc, f"list {prefix or '/'}")
         return sorted(name.rstrip("/").rpartition("/")[2] for name in found["common_prefixes"])
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
         base = self._root + check_prefix(prefix)
         skip = len(self._root)
         keys: list[str] = []

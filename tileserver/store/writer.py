@@ -74,7 +74,7 @@ class StoreWriter:
         if all(writer._existing(key) == doc for key, doc in docs.items()):
             writer = cls(objects, layout, writer._finished_shards())
         else:
-            for key in list(store.list()):
+            for key in list(store.list_keys()):
                 store.delete(key)
         for key, doc in docs.items():
             objects.put(key, doc)
@@ -90,7 +90,7 @@ class StoreWriter:
         """The valid shards an earlier run left, with their digests; broken ones are deleted."""
         found = {}
         n = self.layout.chunks_per_shard
-        for key in list(self.raw.list()):
+        for key in list(self.raw.list_keys()):
             if not _SHARD_KEY.fullmatch(key):
                 continue
             blob = self.raw.get_range(key, 0, self._index_length)
