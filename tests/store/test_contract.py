@@ -19,6 +19,9 @@ from tests.s3server import S3Server, free_port
 from tests.store.contract import StoreContract, Subject
 from tileserver.errors import StoreError, StoreUnavailable
 from tileserver.files import TMP_PREFIX
+from tileserver.security.crypto import new_key
+from tileserver.slide_ids import new_slide_id
+from tileserver.store.encrypted import EncryptedObjects, SlideSealing
 from tileserver.store.local import LocalObjects
 from tileserver.store.location import describe_location, is_remote, open_location
 from tileserver.store.objects import ObjectStore
@@ -27,9 +30,21 @@ from tileserver.store.s3 import S3Objects
 FOREVER = 10**9
 
 
-@pytest.fixture(params=["local", "local-child", "s3", "s3-child"])
+@pytest.fixture(
+    params=[
+        "local",
+        "local-child",
+        "s3",
+        "s3-child",
+        "sealed-local",
+        "sealed-local-child",
+        "sealed-s3",
+        "sealed-s3-child",
+    ]
+)
 def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Subject:
-    kind, _, child = request.param.partition("-")
+    sealed = request.param.startswith("sealed-")
+    kind, _, child = request.param.removeprefix("sealed-").partition("-")
     sub = "a/b/" if child else ""
     if kind == "local":
         root = tmp_path / "store"
@@ -50,6 +65,8 @@ def subject(request: pytest.FixtureRequest, tmp_path: Path) -> Subject:
         def leave_unfinished(key: str) -> None:
             server.start_upload(bucket, f"{prefix}/{sub}{key}", b"x" * 1000)
 
+    if sealed:  # the encrypting wrapper keeps the contract over either backend
+        store = EncryptedObjects(store, SlideSealing(new_slide_id(), new_key()))
     return Subject(store.child(sub) if sub else store, leave_unfinished)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from tileserver.errors import IntegrityError, KeyUnavailable
+from tileserver.errors import IntegrityError, KeyUnavailable, StoreError
 from tileserver.security.crypto import OVERHEAD, Sealer, is_sealed
 from tileserver.store.layout import GROUP_METADATA
 from tileserver.store.objects import ObjectStore
@@ -67,21 +67,23 @@ class EncryptedObjects:
     A range of a sealed object can only be read by opening all of it: shards, which are read
     by ranges, seal their parts instead (``sealing``) and go to ``inner`` directly."""
 
-    def __init__(self, inner: ObjectStore, sealing: SlideSealing) -> None:
+    def __init__(self, inner: ObjectStore, sealing: SlideSealing, name_prefix: str = "") -> None:
         self.inner = inner
         self.sealing = sealing
+        self._names = name_prefix  # a child binds the keys its parent would see
 
     @property
     def url(self) -> str:
         return self.inner.url
 
     def _open(self, key: str, blob: bytes | None) -> bytes | None:
-        return None if blob is None else self.sealing.open(key, blob)
+        return None if blob is None else self.sealing.open(self._names + key, blob)
 
     def get(self, key: str) -> bytes | None:
         return self._open(key, self.inner.get(key))
 
     def get_range(self, key: str, start: int, length: int) -> bytes | None:
+        _check_range(key, start, length)
         data = self.get(key)
         return None if data is None else data[start : start + length]
 
@@ -89,6 +91,7 @@ class EncryptedObjects:
         return self._open(key, await self.inner.get_async(key))
 
     async def get_range_async(self, key: str, start: int, length: int) -> bytes | None:
+        _check_range(key, start, length)
         data = await self.get_async(key)
         return None if data is None else data[start : start + length]
 
@@ -96,10 +99,10 @@ class EncryptedObjects:
         return self.inner.exists(key)
 
     def put(self, key: str, data: bytes) -> None:
-        self.inner.put(key, self.sealing.seal(key, data))
+        self.inner.put(key, self.sealing.seal(self._names + key, data))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        return self.inner.put_if_absent(key, self.sealing.seal(key, data))
+        return self.inner.put_if_absent(key, self.sealing.seal(self._names + key, data))
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
@@ -111,8 +114,12 @@ class EncryptedObjects:
         return self.inner.children(prefix)
 
     def child(self, prefix: str) -> EncryptedObjects:
-        # Seals bind keys relative to the store they were written through.
-        return EncryptedObjects(self.inner.child(prefix), self.sealing)
+        return EncryptedObjects(self.inner.child(prefix), self.sealing, self._names + prefix)
+
+
+def _check_range(key: str, start: int, length: int) -> None:
+    if start < 0 or length < 0:
+        raise StoreError(f"invalid range {start}+{length} of {key}")
 
 
 def parts(objects: ObjectStore) -> tuple[ObjectStore, Sealing]:
