@@ -11,13 +11,17 @@ Run from the repository root::
    subprocess writing to its own directory (all deleted at the end), so start-up and imports
    count, and the child's peak RSS comes from ``os.wait4``:
 
-   * ours: ``tileserver convert SLIDE --out DIR --workers 2 --quiet``;
+   * ours: ``tileserver convert SLIDE --out DIR --workers 2 --quiet`` (store format 2:
+     shards of 16 x 16 chunks);
    * libvips ``dzsave`` (256-px JPEG Q85 tiles, ``depth=onetile``);
    * libvips pyramidal ``tiffsave`` (256-px tiled JPEG Q85 BigTIFF).
 
    libvips keeps its default thread count (``VIPS_CONCURRENCY``), which is recorded.
 3. Peak RSS of ours converting a large slide (``--rss-size``), target < 1.5 GiB.
-4. Rewrites its own section of ``benchmarks/RESULTS.md`` (between ``<!-- convert:start -->``
+4. Objects per store (``store_objects.py``): the files of one of ours' format-2 stores of each
+   slide against the objects format 1 would have written (one per stored chunk), target
+   under 1 %.
+5. Rewrites its own section of ``benchmarks/RESULTS.md`` (between ``<!-- convert:start -->``
    and ``<!-- convert:end -->``); a skipped part keeps its previous text.
 """
 
@@ -40,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from store_objects import ObjectCount, count_store, objects_table  # a sibling script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / ".data"
@@ -49,11 +55,12 @@ HOME = DATA / "tileserver-home"
 SEED = 1
 WORKERS = 2
 GIB = 1 << 30
-TARGET_RATIO = 1.5
+# ours vs each libvips saver: 1.5x since the first targets; 2.0x vs tiffsave for format 2.
+TARGET_RATIO = {"dzsave": 1.5, "tiffsave": 2.0}
 TARGET_RSS = 1.5 * GIB
 
 START, END = "<!-- convert:start -->", "<!-- convert:end -->"
-PARTS = ("throughput", "rss")
+PARTS = ("throughput", "rss", "objects")
 
 # The libvips side runs this script again with a hidden option; it prints one JSON line.
 _VIPS_CHILD = "--vips-child"
@@ -173,21 +180,26 @@ def git_state() -> str:
 
 
 # -- the contenders ---------------------------------------------------------------------------
-_SUMMARY = re.compile(r"([\d.]+) Mpx/s\s+\(chunks: (\d+) copied, (\d+) encoded, (\d+) background\)")
+_SUMMARY = re.compile(
+    r"([\d.]+) Mpx/s\s+\(chunks: (\d+) copied, (\d+) encoded, (\d+) background"
+    r"(?:, (\d+) kept from an earlier run)?\)"
+)
 
 
 def run_ours(slide: Path, work: Path, extra: Sequence[str] = ()) -> Run:
     out = work / "ours"
     cmd = [tileserver_exe(), "convert", str(slide), "--out", str(out), *extra]
     seconds, rss, text = run_child([*cmd, "--workers", str(WORKERS), "--quiet"], work / "ours.log")
-    stores = [p for p in out.iterdir() if p.is_dir()]
+    # One store, named by its slide ID; dot-directories (the conversion journal) are not stores.
+    stores = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     complete = len(stores) == 1 and (stores[0] / "tileserver-complete.json").is_file()
     if not complete:
         raise RuntimeError(f"ours: no complete store in {out}: {text[-2000:]}")
-    detail: dict[str, Any] = {"complete": True, "out_bytes": tree_bytes(out)}
+    detail: dict[str, Any] = {"complete": True, "out_bytes": tree_bytes(out), "store": stores[0]}
     if m := _SUMMARY.search(text):
         detail["reported_mpx_s"] = float(m[1])
         detail["chunks"] = {"copied": int(m[2]), "encoded": int(m[3]), "background": int(m[4])}
+        detail["chunks"]["kept"] = int(m[5] or 0)
     return Run("ours", seconds, rss, detail)
 
 
@@ -246,9 +258,20 @@ def tree_bytes(path: Path) -> int:
 # -- measurements ---------------------------------------------------------------------------
 METHODS = ("ours", "dzsave", "tiffsave")
 LOAD: list[str] = []  # machine load sampled before the first and after every run
+OBJECTS: dict[str, ObjectCount] = {}  # slide size "WxH" -> objects of one of ours' stores
 
 
-def measure_throughput(slide: Path, repeats: int, extra: Sequence[str]) -> dict[str, list[Run]]:
+def count_objects(size: tuple[int, int], run: Run) -> None:
+    """Count the objects of ours' store (once per slide size), before it is deleted."""
+    key = f"{size[0]}x{size[1]}"
+    if key not in OBJECTS:
+        OBJECTS[key] = counts = count_store(run.detail["store"], HOME)
+        log(f"objects {key}: {counts.on_disk} on disk (format 2), {counts.v1} in format 1")
+
+
+def measure_throughput(
+    slide: Path, size: tuple[int, int], repeats: int, extra: Sequence[str]
+) -> dict[str, list[Run]]:
     runs: dict[str, list[Run]] = {m: [] for m in METHODS}
     warm_cache(slide)
     LOAD.append(load_now())
@@ -268,6 +291,8 @@ def measure_throughput(slide: Path, repeats: int, extra: Sequence[str]) -> dict[
                 )
                 runs[method].append(r)
                 LOAD.append(load_now())
+                if method == "ours":
+                    count_objects(size, r)
                 log(
                     f"repeat {rep + 1}/{repeats} {method:<8} {r.seconds:7.1f} s  "
                     f"peak RSS {fmt_bytes(r.max_rss)}  ({LOAD[-1]})"
@@ -275,12 +300,13 @@ def measure_throughput(slide: Path, repeats: int, extra: Sequence[str]) -> dict[
     return runs
 
 
-def measure_rss(slide: Path, extra: Sequence[str]) -> Run:
+def measure_rss(slide: Path, size: tuple[int, int], extra: Sequence[str]) -> Run:
     warm_cache(slide)
     with tempfile.TemporaryDirectory(dir=DATA, prefix="bench-rss-") as tmp:
         before = load_now()
         r = run_ours(slide, Path(tmp), extra)
-    r.detail["load"] = f"before: {before}; after: {load_now()}"
+        r.detail["load"] = f"before: {before}; after: {load_now()}"
+        count_objects(size, r)
     log(f"rss run: {r.seconds:.1f} s, peak RSS {fmt_bytes(r.max_rss)}")
     return r
 
@@ -374,13 +400,16 @@ def throughput_text(
     best = {m: min(r.seconds for r in runs[m]) for m in METHODS}
     lines += [
         "",
-        "| ours vs | ratio (medians) | target >= 1.5x | ratio (fastest runs) |",
-        "|---|---:|---|---:|",
+        "| ours vs | ratio (medians) | target | verdict | ratio (fastest runs) |",
+        "|---|---:|---|---|---:|",
     ]
     for m in ("dzsave", "tiffsave"):
         ratio = rate["ours"] / rate[m]
-        verdict = "**pass**" if ratio >= TARGET_RATIO else "**FAIL**"
-        lines.append(f"| {m} | {ratio:.2f}x | {verdict} | {best[m] / best['ours']:.2f}x |")
+        verdict = "**pass**" if ratio >= TARGET_RATIO[m] else "**FAIL**"
+        lines.append(
+            f"| {m} | {ratio:.2f}x | >= {TARGET_RATIO[m]:.1f}x | {verdict} | "
+            f"{best[m] / best['ours']:.2f}x |"
+        )
     lines += [
         "",
         "Machine load before the first and after each run: " + "; ".join(LOAD) + ".",
@@ -395,7 +424,8 @@ def throughput_text(
         reported = statistics.median(r.detail.get("reported_mpx_s", 0.0) for r in runs["ours"])
         lines.append(
             f"Chunks per run: {chunks['copied']} level-0 copied, {chunks['encoded']} encoded, "
-            f"{chunks['background']} background (skipped). Ours reports "
+            f"{chunks['background']} background (skipped), written into shards of 16 x 16 "
+            "chunks (store format 2). Ours reports "
             f"{reported:.1f} Mpx/s for its in-process conversion alone (median), the rest of "
             "the wall time is interpreter start-up, imports and JIT compilation."
         )
@@ -438,6 +468,22 @@ def rss_text(args: argparse.Namespace, slide: Path, run: Run, facts: dict[str, s
     )
 
 
+def objects_text(facts: dict[str, str]) -> str:
+    lines = [
+        "### Objects per store: format 2 (shards) against format 1 (one object per chunk)",
+        "",
+        f"Counted {facts['date']} on one store of ours from the runs above (`store_objects.py`): "
+        "the files in the format-2 store directory, and what format 1 would have written for "
+        "the same slide (the converter no longer writes format 1, so that count comes from the "
+        "completion marker's chunk counts, checked against the chunks the shards list). "
+        "Target: format 2 under 1 % of format 1.",
+    ]
+    for size, counts in OBJECTS.items():
+        w, h = size.split("x")
+        lines += ["", f"Slide {w} x {h}:", "", *objects_table(counts)]
+    return "\n".join(lines)
+
+
 def _part(text: str, name: str) -> str | None:
     m = re.search(rf"<!-- convert:{name} -->\n(.*?)\n<!-- /convert:{name} -->", text, re.S)
     return m[1] if m else None
@@ -450,8 +496,10 @@ def write_results(parts: dict[str, str | None], facts: dict[str, str]) -> None:
         START,
         "## Conversion (`benchmarks/bench_convert.py`)",
         "",
-        "Targets: ours >= 1.5x the level-0 throughput of libvips (`dzsave` and pyramidal "
-        "`tiffsave`); peak RSS < 1.5 GiB converting a 100k x 100k slide.",
+        "Targets: ours >= 2.0x the level-0 throughput of libvips pyramidal `tiffsave` (store "
+        "format v2 issue; 1.5x before) and >= 1.5x `dzsave`'s; peak RSS < 1.5 GiB "
+        "converting a 100k x 100k slide; a format-2 store holds under 1 % of the objects "
+        "format 1 did.",
         "",
         "Machine (last run):",
         "",
@@ -503,13 +551,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts: dict[str, str | None] = dict.fromkeys(PARTS)
     if not args.skip_throughput:
         slide = ensure_slide(args.size)
-        runs = measure_throughput(slide, args.repeats, extra)
+        runs = measure_throughput(slide, args.size, args.repeats, extra)
         parts["throughput"] = throughput_text(args, slide, runs, facts)
         print(parts["throughput"])
     if not args.skip_rss:
         slide = ensure_slide(args.rss_size)
-        parts["rss"] = rss_text(args, slide, measure_rss(slide, extra), facts)
+        parts["rss"] = rss_text(args, slide, measure_rss(slide, args.rss_size, extra), facts)
         print(parts["rss"])
+    if OBJECTS:
+        parts["objects"] = objects_text(facts)
+        print(parts["objects"])
     if not args.no_write:
         write_results(parts, facts)
     return 0
