@@ -41,7 +41,7 @@ class Response:
 class Server:
     base: str
     home: Path
-    directory: Path
+    directory: Path | str
 
     def request(
         self,
@@ -110,7 +110,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Sto
 
 
 @contextlib.contextmanager
-def run_server(directory: Path, home: Path, *args: str, secure: bool = False) -> Iterator[Server]:
+def run_server(
+    directory: Path | str, home: Path, *args: str, secure: bool = False
+) -> Iterator[Server]:
     """The real server; protocol tests run it over HTTP without auth (loopback only)."""
     env = {**os.environ, "TILESERVER_HOME": str(home)}
     flags = [] if secure else ["--insecure-http", "--no-auth"]
