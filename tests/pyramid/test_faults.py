@@ -174,3 +174,33 @@ def test_output_path_that_is_a_file(synthetic_svs: Path, tmp_path: Path, keyring
     proc = run_convert(synthetic_svs, "--out", target)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "not-a-dir: Not a directory" in proc.stderr
+
+
+def test_two_converters_racing_on_one_slide_make_one_store(
+    big_svs: Path, tmp_path: Path, keyring: KeyRing
+) -> None:
+    """Both finish without error; they share one slide ID and one data key, exactly one
+    writes the completion marker, and the store reads back whole."""
+    out = tmp_path / "out"
+    racers = [
+        subprocess.Popen(
+            [*CLI, str(big_svs), "--out", str(out), "--shard", "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = []
+    for racer in racers:
+        said, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err
+        outputs.append(said)
+    (slide_id,) = complete_stores(out)
+    assert all(slide_id in said for said in outputs)  # the same slide ID for both
+    assert [p.name for p in (keyring.root / "slides").iterdir()] == [f"{slide_id}.json"]
+    clean = tmp_path / "clean"
+    assert run_convert(big_svs, "--out", clean, "--shard", "4").returncode == 0
+    raced = pixels_of(out / slide_id, KeyRing(keyring.root.parent))
+    for a, b in zip(raced, pixels_of(clean / complete_stores(clean)[0], keyring), strict=True):
+        assert np.array_equal(a, b)
