@@ -4,6 +4,7 @@ slide files served directly, several worker processes, abandoned requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.cli import cli
 from tests.corpus import require_corpus
 from tests.server.conftest import Server, Stores, run_server
 from tests.stores import open_reader
@@ -89,9 +91,7 @@ def test_tampered_chunk_fails_alone(stores: Stores, tmp_path: Path) -> None:
         assert srv.get("/health").status == 200
 
 
-def test_deleted_shard_is_an_error_never_background(
-    stores: Stores, tmp_path: Path
-) -> None:
+def test_deleted_shard_is_an_error_never_background(stores: Stores, tmp_path: Path) -> None:
     directory, store = _copy(stores, tmp_path)
     (store / "0" / "c.0.0.0").unlink()  # level 0 of the synthetic slide is one shard
     with run_server(directory, stores.home) as srv:
@@ -100,6 +100,25 @@ def test_deleted_shard_is_an_error_never_background(
             assert reply.status == 500 and len(reply.json()["correlation_id"]) == 32, tile
         assert srv.get(f"/deepzoom/{stores.synthetic}_files/11/0_0.jpeg").status == 200
         assert srv.get("/health").status == 200
+
+
+def test_a_deleted_shard_is_audited_as_a_security_alert(stores: Stores, tmp_path: Path) -> None:
+    directory, store = _copy(stores, tmp_path)
+    home = tmp_path / "home"
+    shutil.copytree(stores.home, home)
+    assert cli(home, "slides", "assign", "case-x", stores.synthetic).returncode == 0
+    made = cli(home, "tokens", "create", "faults", "--scope", "tiles")
+    assert made.returncode == 0, made.stderr
+    bearer = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    (store / "0" / "c.0.0.0").unlink()
+    with run_server(directory, home, secure=True) as srv:
+        reply = srv.get(f"/deepzoom/{stores.synthetic}_files/12/0_0.jpeg", bearer)
+        assert reply.status == 500 and len(reply.json()["correlation_id"]) == 32
+    records = [
+        json.loads(line) for line in (home / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    alerts = [r for r in records if "integrity" in json.dumps(r)]
+    assert alerts and stores.synthetic in json.dumps(alerts[0]), records[-3:]
 
 
 def test_replaced_metadata_fails_that_slide_only(stores: Stores, tmp_path: Path) -> None:
