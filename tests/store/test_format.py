@@ -145,3 +145,21 @@ def test_plaintext_lossless_store_opens_with_stock_zarr_alone(
     assert run.returncode == 0, run.stderr
     assert np.array_equal(np.load(level0).transpose(1, 2, 0), original)
     assert np.array_equal(np.load(level1).transpose(1, 2, 0), ours)
+
+
+def test_a_format_1_journal_still_names_its_slides(synthetic_svs: Path, tmp_path: Path) -> None:
+    """Output directories of format 1 kept one JSON map from fingerprint to slide ID: a
+    re-run there finds the slide instead of converting it again under a new ID."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    assert cli(home, "keys", "init").returncode == 0
+    assert cli(home, "convert", "--quiet", str(synthetic_svs), "--out", str(out)).returncode == 0
+    (entry,) = (out / ".tileserver-journal").iterdir()
+    legacy = {entry.name: entry.read_text()}
+    shutil.rmtree(out / ".tileserver-journal")
+    (out / ".tileserver-journal.json").write_text(json.dumps(legacy))
+    again = cli(home, "convert", "--quiet", str(synthetic_svs), "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert f"already converted as {legacy[entry.name]}" in again.stdout
+    (out / ".tileserver-journal.json").write_text("{not json")
+    broken = cli(home, "convert", "--quiet", str(synthetic_svs), "--out", str(out))
+    assert broken.returncode == 1 and "journal.json is malformed" in broken.stderr

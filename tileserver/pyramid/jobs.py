@@ -43,7 +43,10 @@ def slide_id_for(stores: ObjectStore, key: str) -> str:
     """The slide ID this source has (or had, in a legacy journal), or a new one claimed."""
     legacy = stores.get(LEGACY_JOURNAL)
     if legacy is not None:
-        known = json.loads(legacy).get(key)
+        try:
+            known = json.loads(legacy).get(key)
+        except (ValueError, AttributeError) as exc:
+            raise StoreError(f"{stores.url}: {LEGACY_JOURNAL} is malformed") from exc
         if isinstance(known, str) and is_slide_id(known):
             return known
     entry = f"{JOURNAL}/{key}"
@@ -65,7 +68,7 @@ def convert_file(
     """Convert one slide into the stores at ``out`` (a path or URL); returns the result, or
     the slide ID when it was already complete."""
     with open_slide(path, backend) as source:
-        stores = open_location(out, create=True)
+        stores = open_location(out)
         slide_id = slide_id_for(stores, fingerprint(path))
         store = stores.child(f"{slide_id}/")
         if store.exists(COMPLETE_MARKER):

@@ -16,11 +16,10 @@ def _scheme(text: str) -> str:
     return text.split("://", 1)[0].lower() if "://" in text else ""
 
 
-def open_location(location: str | Path, *, create: bool = False) -> ObjectStore:
+def open_location(location: str | Path) -> ObjectStore:
     """The object store at ``location``. Opening contacts nothing: a missing directory,
-    bucket or credentials show on first use. ``create`` (the store will be written) needs
-    nothing extra today: directories appear on the first write, and buckets are made by
-    whoever administers them, never by the tile server."""
+    bucket or credentials show on first use. Directories appear on the first write; buckets
+    are made by whoever administers them, never by the tile server."""
     text = str(location)
     scheme = _scheme(text)
     if not scheme:
