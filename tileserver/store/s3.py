@@ -203,8 +203,8 @@ class S3Objects:
 
     async def get_range_async(self, key: str, start: int, length: int) -> bytes | None:
         options = self._range(key, start, length)
-        if options is None:
-            return b"" if self.exists(key) else None
+        if options is None:  # nothing to read, but a missing object is still None
+            return None if await self.get_async(key) is None else b""
         path = self._path(key)
         try:
             result = await obstore.get_async(self._bucket.store, path, options=options)
