@@ -163,3 +163,42 @@ def test_a_format_1_journal_still_names_its_slides(synthetic_svs: Path, tmp_path
     (out / ".tileserver-journal.json").write_text("{not json")
     broken = cli(home, "convert", "--quiet", str(synthetic_svs), "--out", str(out))
     assert broken.returncode == 1 and "journal.json is malformed" in broken.stderr
+
+
+@pytest.fixture
+def plaintext_store(synthetic_svs: Path, tmp_path: Path) -> Path:
+    from tileserver.store.local import LocalObjects
+
+    slide_id = new_slide_id()
+    with open_slide(synthetic_svs) as source:
+        convert(source, LocalObjects(tmp_path / slide_id), slide_id, ConvertOptions(shard=4), None)
+    return tmp_path / slide_id
+
+
+def _read_everything(store: Path) -> None:
+    reader = open_reader(store)
+    for level, size in enumerate(reader.layout.levels):
+        reader.read_region(level, Region(0, 0, size.width, size.height))
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "swap", "other level"])
+def test_plaintext_shards_are_checked_against_the_marker_too(
+    plaintext_store: Path, damage: str
+) -> None:
+    """No seals in a research export, but the marker's digests still catch a shard that is
+    gone, cut short or moved: an IntegrityError, never a white tile."""
+    from tileserver.errors import IntegrityError
+
+    _read_everything(plaintext_store)
+    level0 = plaintext_store / "0"
+    victim = level0 / "c.0.0.1"
+    if damage == "delete":
+        victim.unlink()
+    elif damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:-50])
+    elif damage == "swap":
+        shutil.copy(level0 / "c.0.0.0", victim)
+    else:
+        shutil.copy(plaintext_store / "1" / "c.0.0.0", level0 / "c.0.0.0")
+    with pytest.raises(IntegrityError, match=plaintext_store.name):
+        _read_everything(plaintext_store)
