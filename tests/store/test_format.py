@@ -202,3 +202,15 @@ def test_plaintext_shards_are_checked_against_the_marker_too(
         shutil.copy(plaintext_store / "1" / "c.0.0.0", level0 / "c.0.0.0")
     with pytest.raises(IntegrityError, match=plaintext_store.name):
         _read_everything(plaintext_store)
+
+
+def test_stores_and_the_journal_are_not_readable_by_others(
+    synthetic_svs: Path, tmp_path: Path
+) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    assert cli(home, "keys", "init").returncode == 0
+    assert cli(home, "convert", "--quiet", str(synthetic_svs), "--out", str(out)).returncode == 0
+    made = list(out.rglob("*"))
+    assert any(p.parent.name == ".tileserver-journal" for p in made) and len(made) > 10
+    for path in made:
+        assert path.stat().st_mode & 0o007 == 0, path

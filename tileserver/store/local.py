@@ -17,6 +17,10 @@ from tileserver.errors import StoreError
 from tileserver.files import TMP_PREFIX, describe, write_atomic
 from tileserver.store.objects import check_key, check_prefix
 
+# Never readable by others: even sealed, stores and the journal say which slides exist.
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+
 
 class LocalObjects:
     """Objects under one directory (created on the first write)."""
@@ -76,9 +80,9 @@ class LocalObjects:
         parent = path.rpartition("/")[0]
         try:
             if parent not in self._dirs:
-                os.makedirs(parent, exist_ok=True)
+                os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
                 self._dirs.add(parent)
-            return write_atomic(path, data, durable=exclusive, exclusive=exclusive)
+            return write_atomic(path, data, durable=exclusive, exclusive=exclusive, mode=FILE_MODE)
         except OSError as exc:
             raise StoreError(f"cannot write {key} in {self.url}: {describe(exc)}") from exc
 
