@@ -133,6 +133,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if not args.max_memory >= 2:  # below this, threads cannot start and a slide would hang
         raise TileserverError("--max-memory must be at least 2 (GiB)")
     limits = Limits(memory_bytes=int(args.max_memory * (1 << 30)), seconds=args.timeout)
+    if args.scheduler:
+        return _convert_on_cluster(args)
 
     def convert_one(path: Path) -> ConvertResult | str:
         # Runs in the slide's child process, progress bar included (the parent stays free
@@ -171,6 +173,44 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if failed:
         print(f"tileserver: {failed} of {len(args.slides)} slides failed", file=sys.stderr)
     return min(failed, 100)
+
+
+def _convert_on_cluster(args: argparse.Namespace) -> int:
+    """``convert --scheduler``: one task per slide on a Dask cluster, a bar over slides."""
+    from tileserver.pyramid.cluster import Outcome, convert_on_cluster
+
+    out = args.out if "://" in args.out else str(Path(args.out).resolve())
+    flags = ["--out", out, "--codec", args.codec, "--quality", str(args.quality)]
+    flags += ["--tile", str(args.tile), "--shard", str(args.shard)]
+    flags += ["--workers", str(args.workers), "--backend", args.backend]
+    flags += ["--timeout", str(args.timeout), "--max-memory", str(args.max_memory)]
+    flags += ["--keep-associated"] * args.keep_associated + ["--no-encrypt"] * args.no_encrypt
+    flags += ["--collection", args.collection] if args.collection else []
+    slides = [str(path.resolve()) for path in args.slides]
+    with tqdm(total=len(slides), desc="slides", unit="slide", disable=args.quiet) as bar:
+
+        def done(outcome: Outcome) -> None:
+            if outcome.status == "failed":
+                bar.write(f"tileserver: error: {outcome.message}", file=sys.stderr)
+            else:
+                bar.write(outcome.message)
+            bar.update(1)
+
+        def started(dashboard: str) -> None:
+            if not args.quiet:
+                bar.write(f"Dask dashboard: {dashboard}", file=sys.stderr)
+
+        # Workers of a local cluster share this key ring; remote ones use their own
+        # TILESERVER_HOME (the same keys, on a shared volume or, later, a KMS).
+        home = str(args.settings.home) if args.scheduler.startswith("local:") else None
+        outcomes = convert_on_cluster(args.scheduler, slides, flags, home, done, started)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("converted", "skipped", "failed")}
+    print(
+        f"tileserver: {counts['converted']} converted, {counts['skipped']} skipped "
+        f"(already complete), {counts['failed']} failed",
+        file=sys.stderr,
+    )
+    return min(counts["failed"], 100)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -220,6 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key=args.key,
         login_link=args.login_link,
         client_ca=args.client_ca,
+        public_url=args.public_url,
     )
     weakened = [
         name for name, on in [("TLS", args.insecure_http), ("authentication", args.no_auth)] if on
@@ -300,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.add_argument("--collection", help="put the slides into this collection (case)")
     convert.add_argument(
+        "--scheduler",
+        help="convert on a Dask cluster: a scheduler address (tcp://HOST:8786), or local:N "
+        "for N worker processes here; one task per slide",
+    )
+    convert.add_argument(
         "--timeout",
         type=float,
         default=3600.0,
@@ -348,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="CA bundle for machine clients' certificates (mutual TLS): a certificate whose "
         "common name is a token's name acts as that token",
+    )
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="https://host[:port] clients reach the server at, for absolute URLs such as IIIF "
+        "ids (default: the address and port a client connected to; never its Host header)",
     )
     serve.add_argument(
         "--login-link", metavar="USER", help="print a one-time login link for USER (loopback only)"
