@@ -390,6 +390,41 @@ def test_stock_openseadragon_opens_a_shared_link_without_a_session(
     assert page.context.request.get(f"/deepzoom/{site.a1}.dzi").status == 401
 
 
+def test_a_signed_link_opens_every_iiif_tile_stock_openseadragon_asks_for(
+    alice: dict[str, Any], new_context: Any, viewer_site: Site
+) -> None:
+    """A tiles link opens single IIIF tiles only (issue 14): the tiles a stock client derives
+    from info.json, zoomed out and in, are all such tiles, and a full render is not."""
+    site = viewer_site
+    page = new_context(site.alice.storage).new_page()
+    images: set[str] = set()
+    page.on(
+        "request",
+        lambda r: (
+            images.add(urlsplit(r.url).path)
+            if "/iiif/3/" in r.url and not r.url.endswith("info.json")
+            else None
+        ),
+    )
+    page.goto(f"/static/compat/iiif.html?id={site.a1}")
+    poll(page, "document.body.dataset.open === 'true'")
+    poll(page, "Number(document.body.dataset.tiles || 0) >= 4")
+    box = page.locator("#osd").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.7)
+    for _ in range(8):  # down to full resolution near the bottom-right edge
+        page.mouse.wheel(0, -400)
+        page.wait_for_timeout(250)
+    page.wait_for_timeout(1000)
+    shared = page.context.request.post(f"/api/slides/{site.a1}/share")
+    assert shared.status == 200, shared.text()
+    query = shared.json()["query"]
+    anonymous = new_context().request
+    statuses = {path: anonymous.get(f"{path}?{query}").status for path in sorted(images)}
+    assert len(statuses) >= 8 and all(s == 200 for s in statuses.values()), statuses
+    assert any(",240,240/" in path or "/240,240/" in path for path in statuses), statuses
+    assert anonymous.get(f"/iiif/3/{site.a1}/full/max/0/default.jpg?{query}").status == 403
+
+
 def test_viewer_says_when_openseadragon_is_missing(
     browser: Any, viewer_site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -45,8 +45,13 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
 
 
 def create_app(
-    library: SlideLibrary, settings: ServiceSettings, security: Security
+    library: SlideLibrary,
+    settings: ServiceSettings,
+    security: Security,
+    public_url: str | None = None,
 ) -> web.Application:
+    """The application; ``public_url`` (``scheme://host[:port]``, checked by run.check_safe)
+    is where clients reach it, for absolute URLs in documents (IIIF ids)."""
     app = web.Application(
         middlewares=[error_middleware, auth_middleware],
         client_max_size=64 * 1024,  # the API takes small forms only
@@ -88,7 +93,7 @@ def create_app(
     app.add_routes([web.get("/health", _health)])
     app.add_routes(auth.routes())
     app.add_routes(deepzoom.routes(service))
-    app.add_routes(iiif.routes(service))
+    app.add_routes(iiif.routes(service, public_url))
     app.add_routes(api.routes(service))
     app.add_routes(viewer.routes())
     return app

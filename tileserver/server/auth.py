@@ -23,6 +23,7 @@ from tileserver.security.login import Authenticator
 from tileserver.security.signed_urls import UrlKeys, check, is_signed
 
 SESSION_COOKIE = "__Host-tileserver"
+PLAIN_SESSION_COOKIE = "tileserver"  # without TLS: browsers refuse __Host- over plain HTTP
 # Routes that answer without credentials: health, and what it takes to log in.
 PUBLIC = frozenset(
     {
@@ -98,6 +99,13 @@ def client_ip(request: web.Request) -> str:
     return str(peer[0]) if peer else "unknown"
 
 
+def session_cookie(tls: bool) -> str:
+    """The session cookie's name: the one login sets (routes/auth.py) is the one read here.
+    Serving with authentication and without TLS is refused at start (run.check_safe); the
+    plain name is for applications built in process, so a login there still sticks."""
+    return SESSION_COOKIE if tls else PLAIN_SESSION_COOKIE
+
+
 def is_public(path: str) -> bool:
     return path in PUBLIC or path.startswith(PUBLIC_PREFIXES)
 
@@ -113,7 +121,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[PRINCIPAL] = LOCAL_ANONYMOUS
         _check_rate(security, LOCAL_ANONYMOUS)
         return await handler(request)
-    session = request.cookies.get(SESSION_COOKIE)
+    session = request.cookies.get(session_cookie(security.tls))
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
     certificate = certificate_name(request)
@@ -144,16 +152,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def certificate_name(request: web.Request) -> str | None:
     """The common name of the client certificate, when TLS asked for one (``--client-ca``)
-    and verified it; None without one."""
+    and verified it; None without one. A certificate with several common names is refused
+    (401): which one names the caller would depend on the order a reader takes them in."""
     transport = request.transport
     peer = transport.get_extra_info("peercert") if transport is not None else None
     if not peer:
         return None
-    for rdn in peer.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
+    names = [
+        str(value) for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
+    if len(names) > 1:
+        raise web.HTTPUnauthorized(reason="a client certificate must have one common name")
+    return names[0] if names else None
 
 
 def _check_rate(security: Security, principal: Principal) -> None:

@@ -142,7 +142,8 @@ def openapi_document() -> dict[str, Any]:
             "/api/slides/{slide_id}/share": {
                 "post": {
                     "summary": "A signed URL: this slide's tiles (or regions) for up to 15 minutes,"
-                    " without credentials (exp, kid and sig query parameters)",
+                    " without credentials (exp, kid and sig query parameters); a tiles link"
+                    " opens DeepZoom tiles and single IIIF tiles of the advertised grid only",
                     "parameters": [
                         _ID,
                         {

@@ -7,11 +7,13 @@ import asyncio
 import ipaddress
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -45,6 +47,9 @@ class ServeOptions:
     key: Path | None = None
     login_link: str | None = None  # user to print a one-time loopback login link for
     client_ca: Path | None = None  # machines may authenticate with certificates it issued
+    # Where clients reach the server (scheme://host[:port]), for absolute URLs such as IIIF
+    # ids; None: the address and port each connection arrived at, and our scheme.
+    public_url: str | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -54,6 +59,35 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def public_base(url: str, tls: bool) -> str:
+    """``scheme://host[:port]`` from ``--public-url``, or ConfigError saying what is wrong.
+    Only an origin: it is pasted in front of our paths, so a path, query or credentials in
+    it would be wrong or leak; with TLS on, clients are never sent to plain HTTP."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("https", "http"):
+        raise ConfigError(f"--public-url must start with https:// (or http://), not {url!r}")
+    if tls and parts.scheme != "https":
+        raise ConfigError("--public-url must be https:// when the server itself serves TLS")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("--public-url must not carry a user name or password")
+    host = parts.netloc.rpartition("@")[2]
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if not parts.hostname or not _HOST.fullmatch(name):
+        raise ConfigError(f"--public-url needs a host name: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"--public-url has a bad port: {url!r}") from None
+    if parts.path not in ("", "/"):
+        raise ConfigError("--public-url is scheme://host[:port] only, without a path")
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        raise ConfigError("--public-url must not have a query or fragment")
+    return f"{parts.scheme}://{name}" + (f":{port}" if port is not None else "")
 
 
 def check_safe(options: ServeOptions) -> None:
@@ -71,6 +105,16 @@ def check_safe(options: ServeOptions) -> None:
         raise ConfigError("--cert and --key go together")
     if options.client_ca is not None and not (options.tls and options.auth):
         raise ConfigError("--client-ca needs TLS and authentication")
+    if options.auth and not options.tls:
+        # Browsers drop a Secure session cookie over plain HTTP (login would "succeed" and
+        # the next request be 401), and a non-Secure one reaches every port on the host in
+        # clear, as would passwords and tokens: authentication always comes with TLS.
+        raise ConfigError(
+            "refusing authentication over plain HTTP: passwords, tokens and session cookies "
+            "need TLS (drop --insecure-http, or add --no-auth for loopback tests)"
+        )
+    if options.public_url is not None:
+        public_base(options.public_url, options.tls)
 
 
 def build_security(options: ServeOptions) -> Security:
@@ -100,11 +144,12 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | None = None) -> None:
-    library = SlideLibrary(
-        options.location, sources=options.sources, keyring=KeyRing(options.home)
-    )
+    library = SlideLibrary(options.location, sources=options.sources, keyring=KeyRing(options.home))
     security = build_security(options)
-    runner = make_runner(create_app(library, options.service, security))
+    public_url = (
+        None if options.public_url is None else public_base(options.public_url, options.tls)
+    )
+    runner = make_runner(create_app(library, options.service, security, public_url))
     await runner.setup()
     ssl_context = None
     if options.tls:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tileserver.server.auth import SECURITY, visible_slides
+from tileserver.server.auth import SECURITY, principal_of, visible_slides
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ OSD_MISSING = (
     "checkout, or set TILESERVER_OPENSEADRAGON to its build/openseadragon directory"
 )
 UNSORTED = "Unassigned"
+# Our longest static path is far shorter; longer names are 404 before the file system sees
+# them (which would raise ENAMETOOLONG).
+MAX_STATIC_NAME = 200
 
 _TYPES = {
     ".html": "text/html",
@@ -62,12 +65,17 @@ def openseadragon_dir() -> Path | None:
 
 def _file_under(base: Path, relative: str) -> Path | None:
     """``base/relative`` if it is a regular file inside ``base`` (no traversal), else None."""
-    if not relative or "\\" in relative or "\x00" in relative or relative.startswith("/"):
+    if not relative or len(relative) > MAX_STATIC_NAME:
+        return None
+    if "\\" in relative or "\x00" in relative or relative.startswith("/"):
         return None
     if any(part in ("", ".", "..") for part in relative.split("/")):
         return None
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
+    try:
+        path = (base / relative).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            return None
+    except OSError:  # a name the file system refuses (too long, ...) names no file of ours
         return None
     return path
 
@@ -119,6 +127,9 @@ def routes() -> list[web.RouteDef]:
         worklist and the viewer's next/previous share so both show the same order."""
         from tileserver.server.app import SERVICE  # late: app imports this module
 
+        # Slide IDs and case names are metadata: the same scope /api/slides asks for.
+        if "metadata" not in principal_of(request).scopes:
+            raise web.HTTPForbidden(reason="this token may not list slides")
         accounts = request.app[SECURITY].accounts
         visible = visible_slides(request)
         library = request.app[SERVICE].library
