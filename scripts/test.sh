@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/setup-browser.sh
+scripts/setup-services.sh
 .venv/bin/ruff check tileserver sample_data tests benchmarks
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

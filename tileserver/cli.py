@@ -117,7 +117,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         from tileserver.security.keys import KeyRing
 
-        keyring = KeyRing(args.settings.home)
+        keyring = KeyRing(args.settings.home, **args.settings.keyring_options())
         keyring.current_kek()  # fail now, with a clear message, when there is no key
     if args.keep_associated:
         print(
@@ -216,7 +216,7 @@ def _convert_on_cluster(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from tileserver.security.keys import KeyRing
 
-    keyring = KeyRing(args.settings.home)
+    keyring = KeyRing(args.settings.home, **args.settings.keyring_options())
     if args.keys_command == "init":
         key_id, created = keyring.initialise()
         state = "created" if created else "already exists"
@@ -261,6 +261,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         login_link=args.login_link,
         client_ca=args.client_ca,
         public_url=args.public_url,
+        kek=args.settings.kek,
+        pkcs11_pin=args.settings.pkcs11_pin,
     )
     weakened = [
         name for name, on in [("TLS", args.insecure_http), ("authentication", args.no_auth)] if on
@@ -283,7 +285,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise TileserverError("--shard must be 1..256")
     stores = open_location(args.location)
     with tqdm(desc="migrate", unit="slide", disable=args.quiet, leave=False) as bar:
-        report = migrate_all(stores, KeyRing(args.settings.home), args.shard, bar.update)
+        keyring = KeyRing(args.settings.home, **args.settings.keyring_options())
+        report = migrate_all(stores, keyring, args.shard, bar.update)
     for slide_id, outcome in report.items():
         print(f"{slide_id}: {outcome}")
     failed = sum(outcome.startswith("failed") for outcome in report.values())

@@ -21,12 +21,17 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tileserver.errors import IntegrityError, KeyUnavailable
 from tileserver.files import write_atomic
 from tileserver.security.crypto import ALGORITHM, KEY_BYTES, Sealer, new_key
 from tileserver.slide_ids import is_slide_id
+
+if TYPE_CHECKING:
+    from tileserver.security.pkcs11 import TokenConfig
+
+TOKEN_KEY_PREFIX = "p11:"  # key IDs of KEKs inside a PKCS#11 token (security/pkcs11.py)
 
 
 class KeyEncryptionKey(Protocol):
@@ -96,10 +101,17 @@ class KekInfo:
 class KeyRing:
     """The keys under one home directory. Thread-safe; unwrapped data keys are cached."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, kek: str | None = None, pin: str | None = None) -> None:
+        """``kek``: a ``pkcs11:`` URI when key-encryption keys live in a PKCS#11 token
+        (``pin`` its user PIN); None for KEK files under ``home/keys/kek``."""
         self.root = home / "keys"
         self._lock = threading.Lock()
         self._data_keys: dict[str, bytes] = {}
+        self._token: TokenConfig | None = None
+        if kek is not None:
+            from tileserver.security.pkcs11 import parse_uri
+
+            self._token = parse_uri(kek, pin)
 
     # -- set-up ----------------------------------------------------------------------------
     def initialise(self) -> tuple[str, bool]:
@@ -110,13 +122,21 @@ class KeyRing:
         make_private_dir(self.root)
         make_private_dir(self.root / "kek")
         make_private_dir(self.root / "slides")
-        return self._new_kek(), True
-
-    def _new_kek(self) -> str:
-        key_id = secrets.token_hex(8)
-        self._write(f"kek/{key_id}.key", new_key())
+        key_id = self._new_kek(self._token.label if self._token else None)
         self._write("current", key_id.encode())
-        return key_id
+        return key_id, True
+
+    def _new_kek(self, label: str | None = None) -> str:
+        """A new KEK: a file, or a key generated inside the token (``label``: its name)."""
+        if self._token is None:
+            key_id = secrets.token_hex(8)
+            self._write(f"kek/{key_id}.key", new_key())
+            return key_id
+        from tileserver.security.pkcs11 import ensure_key
+
+        label = label or f"{self._token.label}-{secrets.token_hex(4)}"
+        ensure_key(self._token, label)
+        return TOKEN_KEY_PREFIX + label
 
     def _write(self, key: str, data: bytes, *, exclusive: bool = False) -> bool:
         """Write a key file (0600, durable); with ``exclusive`` only if it does not exist."""
@@ -162,6 +182,14 @@ class KeyRing:
 
     # -- KEKs ------------------------------------------------------------------------------
     def kek(self, key_id: str) -> KeyEncryptionKey:
+        if key_id.startswith(TOKEN_KEY_PREFIX):
+            if self._token is None:
+                raise KeyUnavailable(
+                    f"key-encryption key {key_id} is in a PKCS#11 token: set TILESERVER_KEK"
+                )
+            from tileserver.security.pkcs11 import Pkcs11Kek
+
+            return Pkcs11Kek(self._token, key_id.removeprefix(TOKEN_KEY_PREFIX))
         path = self.root / "kek" / f"{key_id}.key"
         if not path.is_file():
             raise KeyUnavailable(f"key-encryption key {key_id} not found in {self.root / 'kek'}")
@@ -186,8 +214,9 @@ class KeyRing:
         counts: dict[str, int] = {}
         for record in self._records():
             counts[record["kek_id"]] = counts.get(record["kek_id"], 0) + 1
-        keks = sorted(p.stem for p in (self.root / "kek").glob("*.key"))
-        return [KekInfo(k, k == current, counts.get(k, 0)) for k in keks]
+        files = {p.stem for p in (self.root / "kek").glob("*.key")}
+        in_tokens = {k for k in [current, *counts] if k.startswith(TOKEN_KEY_PREFIX)}
+        return [KekInfo(k, k == current, counts.get(k, 0)) for k in sorted(files | in_tokens)]
 
     # -- data keys -------------------------------------------------------------------------
     def _slide_path(self, slide_id: str) -> Path:
@@ -251,10 +280,10 @@ class KeyRing:
 
     def rotate(self) -> tuple[str, int]:
         """Re-wrap every data key under a new KEK, then delete KEKs nothing uses any more."""
-        new_id = secrets.token_hex(8)
-        self._write(f"kek/{new_id}.key", new_key())
+        new_id = self._new_kek()
         new_kek = self.kek(new_id)
         records = self._records()
+        old_token_keys = {r["kek_id"] for r in records} | {self.current_kek().key_id}
         for record in records:
             slide_id = record["slide_id"]
             old = self.kek(record["kek_id"])
@@ -267,6 +296,12 @@ class KeyRing:
         for path in (self.root / "kek").glob("*.key"):
             if path.stem != new_id:
                 path.unlink()
+        if self._token is not None:
+            from tileserver.security.pkcs11 import destroy_key
+
+            for key_id in old_token_keys - {new_id}:
+                if key_id.startswith(TOKEN_KEY_PREFIX):
+                    destroy_key(self._token, key_id.removeprefix(TOKEN_KEY_PREFIX))
         return new_id, len(records)
 
     def shred(self, slide_id: str) -> None:

@@ -11,7 +11,7 @@ import re
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,6 +50,8 @@ class ServeOptions:
     # Where clients reach the server (scheme://host[:port]), for absolute URLs such as IIIF
     # ids; None: the address and port each connection arrived at, and our scheme.
     public_url: str | None = None
+    kek: str | None = None  # a pkcs11: URI when key-encryption keys live in a token
+    pkcs11_pin: str | None = field(default=None, repr=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -118,7 +120,7 @@ def check_safe(options: ServeOptions) -> None:
 
 
 def build_security(options: ServeOptions) -> Security:
-    keyring = KeyRing(options.home)
+    keyring = KeyRing(options.home, options.kek, options.pkcs11_pin)
     if not options.auth:
         return Security(None, None, None, options.tls, is_loopback(options.host))
     make_private_dir(options.home)
@@ -144,7 +146,11 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | None = None) -> None:
-    library = SlideLibrary(options.location, sources=options.sources, keyring=KeyRing(options.home))
+    library = SlideLibrary(
+        options.location,
+        sources=options.sources,
+        keyring=KeyRing(options.home, options.kek, options.pkcs11_pin),
+    )
     security = build_security(options)
     public_url = (
         None if options.public_url is None else public_base(options.public_url, options.tls)
