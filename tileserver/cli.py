@@ -80,11 +80,21 @@ def _format_info(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    with open_slide(args.slide, backend=args.backend) as source:
-        if not args.no_check:
+def _describe(path: Path, backend: str, check: bool) -> dict[str, Any]:
+    with open_slide(path, backend=backend) as source:
+        if check:
             check_pixels(source)
-        summary = slide_summary(source)
+        return slide_summary(source)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from tileserver.pyramid.isolation import Limits, run_limited
+
+    # The file is untrusted: open and decode it in a child that a bomb cannot take far (real
+    # slides peak near 0.2 GiB of address space here).
+    limits = Limits(memory_bytes=2 << 30, seconds=120)
+    describe = partial(_describe, args.slide, args.backend, not args.no_check)
+    summary = run_limited(describe, limits, args.slide.name)
     print(json.dumps(summary, indent=2) if args.json else _format_info(summary))
     return 0
 

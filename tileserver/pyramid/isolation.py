@@ -39,9 +39,8 @@ def _child(work: Callable[[], Any], limits: Limits, parent: int, send: Connectio
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    cpu = int(limits.seconds * (os.cpu_count() or 1)) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    _lower(resource.RLIMIT_AS, limits.memory_bytes)
+    _lower(resource.RLIMIT_CPU, int(limits.seconds * (os.cpu_count() or 1)) + 1)
     try:
         outcome: tuple[bool, Any] = (True, work())
     except TileserverError as exc:
@@ -54,6 +53,15 @@ def _child(work: Callable[[], Any], limits: Limits, parent: int, send: Connectio
         outcome = (False, TileserverError(f"unexpected {type(exc).__name__}: {exc}"))
     send.send(outcome)
     send.close()
+
+
+def _lower(which: int, value: int) -> None:
+    # Under a stricter hard limit already (a test harness, a service manager), keep that one:
+    # raising it is not allowed.
+    hard = resource.getrlimit(which)[1]
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
 
 
 def run_limited(work: Callable[[], T], limits: Limits, what: str) -> T:

@@ -10,6 +10,7 @@ import simplejpeg
 from PIL import Image
 
 from tileserver.geometry import Size
+from tileserver.sources.base import MAX_DECODE_PIXELS
 
 # Output formats by every name a URL may use for them.
 FORMATS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
@@ -43,19 +44,34 @@ def resize(pixels: np.ndarray, size: Size) -> np.ndarray:
 
 
 def decode(data: bytes) -> np.ndarray:
-    """(h, w, 3) RGB pixels of any image Pillow reads."""
-    with Image.open(io.BytesIO(data)) as image:
+    """(h, w, 3) RGB pixels of any image Pillow reads. ValueError for an image whose header
+    declares more than ``MAX_DECODE_PIXELS`` (Pillow opens lazily: nothing is decoded yet)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own, higher cap
+        raise ValueError(f"image over the decode cap: {exc}") from exc
+    with image:
+        _check_decode_size(image.width, image.height)
         return np.asarray(image.convert("RGB"))
+
+
+def _check_decode_size(width: int, height: int) -> None:
+    if width * height > MAX_DECODE_PIXELS:
+        raise ValueError(
+            f"image declares {width}x{height} pixels, over the decode cap of {MAX_DECODE_PIXELS}"
+        )
 
 
 def decode_jpeg_half(data: bytes) -> np.ndarray:
     """A JPEG decoded at half size in the DCT domain (libjpeg scaled IDCT): what a 2x2 area
     mean of the full decode gives, within a fraction of a grey level, at a fraction of the
-    cost, and without ever making the full-size pixels. ValueError when it does not decode.
+    cost, and without ever making the full-size pixels. ValueError when it does not decode
+    or declares more than ``MAX_DECODE_PIXELS``.
 
     simplejpeg (TurboJPEG) rather than Pillow: the same libjpeg-turbo output with none of
     Pillow's per-image Python, half the time per 240-px tile. CMYK needs Pillow."""
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    _check_decode_size(width, height)  # the header may claim anything: 65500 x 65500 is 12 GiB
     if colorspace in ("CMYK", "YCCK"):
         try:
             with Image.open(io.BytesIO(data)) as image:

@@ -20,6 +20,9 @@ from tileserver.geometry import Region, Size
 
 # A region read allocates width*height*3 bytes: refuse sizes that would exhaust memory.
 MAX_REGION_PIXELS = 1 << 28
+# One decode (a tile, a strip, an associated image): far above any real slide's, far below
+# what a codestream header can claim (65500 x 65500 JPEG, 2**32 x 2**32 JPEG 2000).
+MAX_DECODE_PIXELS = 1 << 26
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,13 @@ from openslide import lowlevel
 
 from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
 from tileserver.geometry import Region, Size
-from tileserver.sources.base import Level, SlideInfo, SlideSource, composite_on_white
+from tileserver.sources.base import (
+    MAX_DECODE_PIXELS,
+    Level,
+    SlideInfo,
+    SlideSource,
+    composite_on_white,
+)
 from tileserver.sources.metadata import allowlisted, parse_float
 
 
@@ -43,6 +49,7 @@ class OpenSlideSource(SlideSource):
             self._slide.close()
             raise CorruptSlide(f"{path.name}: OpenSlide cannot read its metadata: {exc}") from exc
         self._all_properties = dict(self._slide.properties)
+        self._closed = False
         super().__init__(path, info)
 
     def _parse(self) -> SlideInfo:
@@ -88,6 +95,10 @@ class OpenSlideSource(SlideSource):
         if name not in self.info.associated:
             raise KeyError(name)
         try:
+            # OpenSlide allocates what the file's tags claim, before reading a byte of it.
+            width, height = lowlevel.get_associated_image_dimensions(self._slide._osr, name)
+            if width * height > MAX_DECODE_PIXELS:
+                raise CorruptSlide(f"{self.name}: associated image {name} is {width}x{height}")
             image = self._slide.associated_images[name]
         except openslide.OpenSlideError as exc:
             raise CorruptSlide(f"{self.name}: cannot read associated image {name}: {exc}") from exc
@@ -97,4 +108,6 @@ class OpenSlideSource(SlideSource):
         return dict(self._all_properties)
 
     def close(self) -> None:
-        self._slide.close()
+        if not self._closed:  # OpenSlide must not free its handle twice
+            self._closed = True
+            self._slide.close()

@@ -4,12 +4,17 @@ The only module that imports ``tifffile``. Reads use ``os.pread`` on a private f
 descriptor plus tifffile's pure per-segment decoder, so any number of threads read at once
 without sharing a file position. This backend can also hand out the stored JPEG tiles as
 standalone JPEG files (tables merged in) for copying without decode/re-encode.
+
+Every segment's decoded size is bounded before it is decoded: by tifffile itself for byte
+codecs (it decodes into a buffer of the segment's size), by reading the codestream header
+for image codecs (which allocate what their header declares). Other codecs are refused.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -21,12 +26,19 @@ import tifffile
 from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
 from tileserver.geometry import Region, Size
 from tileserver.sources.base import (
-    MAX_REGION_PIXELS,
+    MAX_DECODE_PIXELS,
     Level,
     RawTile,
     SlideInfo,
     SlideSource,
     to_rgb,
+)
+from tileserver.sources.codestreams import (
+    Declared,
+    j2k_declared,
+    jpeg_declared,
+    png_declared,
+    webp_declared,
 )
 from tileserver.sources.metadata import allowlisted, parse_aperio_description, parse_float
 
@@ -37,6 +49,19 @@ _ASSOCIATED = {"Thumbnail": "thumbnail", "Label": "label", "Macro": "macro"}
 # Adobe APP14 marker with transform 0: tells decoders the 3 components are RGB, not YCbCr.
 _APP14_RGB = bytes.fromhex("ffee000e41646f626500640000000000")
 _KNOWN_COMPRESSION = frozenset(int(c) for c in tifffile.COMPRESSION)
+# None, LZW, deflate, PackBits, LZMA, zstd: tifffile decodes them into a segment-sized buffer.
+_BOUNDED_COMPRESSION = frozenset({1, 5, 8, 32773, 32946, 34925, 34926, 50000})
+# Image codecs, whose decoders allocate what the codestream declares: read that first.
+_DECLARED_SIZE: dict[int, Callable[[bytes], Declared]] = {
+    _JPEG: jpeg_declared,
+    34892: jpeg_declared,  # lossy JPEG (DNG)
+    33003: j2k_declared,  # Aperio JPEG 2000, YCbCr
+    33004: j2k_declared,
+    33005: j2k_declared,  # Aperio JPEG 2000, RGB
+    34712: j2k_declared,
+    34933: png_declared,
+    50001: webp_declared,
+}
 _UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit inch, centimetre
 
 
@@ -49,7 +74,9 @@ def is_tiff(path: Path) -> bool:
 class _LevelPage:
     """What reading one level needs: the decoder and the segment table, fixed at open."""
 
+    where: str  # "level 2", "associated image label": for messages
     decode: Any  # tifffile's per-segment decode closure
+    declared: Callable[[bytes], Declared] | None  # reads a segment's declared size
     offsets: tuple[int, ...]
     bytecounts: tuple[int, ...]
     segment: Size  # tile or strip size in level pixels
@@ -82,6 +109,7 @@ class TiffSource(SlideSource):
             tif.close()
             raise
         self._tif = tif
+        self._file_size = path.stat().st_size
         self._fd = os.open(path, os.O_RDONLY)
         super().__init__(path, info)
 
@@ -111,13 +139,7 @@ class TiffSource(SlideSource):
                 raise CorruptSlide(f"{path.name}: level {i} has a zero dimension {width}x{height}")
             if i == 0:
                 l0_width, l0_height = width, height
-            if page.compression not in _KNOWN_COMPRESSION:
-                raise UnsupportedFeature(
-                    f"{path.name}: level {i} uses unknown TIFF compression {int(page.compression)}"
-                )
-            if page.planarconfig != 1 and page.samplesperpixel > 1:
-                raise UnsupportedFormat(f"{path.name}: planar (separate) samples")
-            pages.append(self._level_page(page, path, i, file_size))
+            pages.append(self._level_page(page, path, f"level {i}", file_size))
             downsample = (l0_width / width + l0_height / height) / 2
             levels.append(Level(Size(width, height), downsample, pages[-1].segment))
         page0 = series.levels[0].keyframe
@@ -147,17 +169,33 @@ class TiffSource(SlideSource):
         return info, tuple(pages), assoc, props
 
     @staticmethod
-    def _level_page(page: Any, path: Path, level: int, file_size: int) -> _LevelPage:
+    def _level_page(page: Any, path: Path, where: str, file_size: int) -> _LevelPage:
+        compression = int(page.compression)
+        if compression not in _KNOWN_COMPRESSION:
+            msg = f"{path.name}: {where} uses unknown TIFF compression {compression}"
+            raise UnsupportedFeature(msg)
+        if compression not in _BOUNDED_COMPRESSION and compression not in _DECLARED_SIZE:
+            raise UnsupportedFormat(
+                f"{path.name}: {where} uses TIFF compression {page.compression.name}, whose "
+                "decoded size cannot be checked before decoding"
+            )
+        if page.planarconfig != 1 and page.samplesperpixel > 1:
+            raise UnsupportedFormat(f"{path.name}: planar (separate) samples")
         offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
         for offset, count in zip(offsets, counts, strict=True):
             if count and offset + count > file_size:
                 raise CorruptSlide(
-                    f"{path.name}: level {level} data at {offset}+{count} lies past the end of "
+                    f"{path.name}: {where} data at {offset}+{count} lies past the end of "
                     f"the file ({file_size} bytes): truncated?"
                 )
         chunks, chunked = page.chunks, page.chunked
         segment = Size(int(chunks[1]), int(chunks[0]))
         grid = Size(int(chunked[1]), int(chunked[0]))
+        if segment.pixels > MAX_DECODE_PIXELS:
+            raise UnsupportedFormat(
+                f"{path.name}: {where} is stored in {segment.width}x{segment.height} segments, "
+                f"over the cap of {MAX_DECODE_PIXELS} pixels for one decode"
+            )
         raw_jpeg = (
             page.is_tiled
             and page.compression == _JPEG
@@ -165,7 +203,9 @@ class TiffSource(SlideSource):
             and not page.is_ndpi
         )
         return _LevelPage(
+            where=where,
             decode=page.decode,
+            declared=_DECLARED_SIZE.get(compression),
             offsets=offsets,
             bytecounts=counts,
             segment=segment,
@@ -177,20 +217,37 @@ class TiffSource(SlideSource):
             rgb_jpeg=raw_jpeg and page.photometric == _PHOTOMETRIC_RGB,
         )
 
-    def _segment_bytes(self, lp: _LevelPage, index: int, level: int) -> bytes | None:
+    def _segment_bytes(self, lp: _LevelPage, t_col: int, t_row: int) -> bytes | None:
+        """The segment's bytes, checked to declare no more pixels than the segment holds."""
+        index = t_row * lp.grid.width + t_col
         count = lp.bytecounts[index]
         if count == 0:
             return None
         data = os.pread(self._fd, count, lp.offsets[index])
         if len(data) != count:
-            raise CorruptSlide(f"{self.name}: level {level} segment {index} is truncated")
+            raise CorruptSlide(f"{self.name}: {lp.where} segment {index} is truncated")
+        if lp.declared is None:
+            return data
+        what = f"{self.name}: {lp.where} tile ({t_col}, {t_row})"
+        try:
+            # NDPI: the frame header is shared, the segments are bare restart intervals.
+            declared = lp.declared(lp.jpegheader if lp.jpegheader is not None else data)
+        except ValueError as exc:
+            raise CorruptSlide(f"{what} cannot be decoded: {exc}") from exc
+        if not declared.fits(lp.segment):
+            raise CorruptSlide(
+                f"{what} declares {declared} in a {lp.segment.width}x{lp.segment.height} "
+                "segment: refused before decoding"
+            )
         return data
 
     def read_region(self, level: int, l_region: Region) -> np.ndarray:
         self.check_region(level, l_region)
-        lp = self._pages[level]
+        return self._read(self._pages[level], self.info.levels[level].size, l_region)
+
+    def _read(self, lp: _LevelPage, size: Size, l_region: Region) -> np.ndarray:
         out = np.full((l_region.height, l_region.width, 3), 255, dtype=np.uint8)
-        inside = l_region.intersect(self.info.levels[level].size)
+        inside = l_region.intersect(size)
         if inside.width == 0 or inside.height == 0:
             return out
         seg = lp.segment
@@ -199,7 +256,7 @@ class TiffSource(SlideSource):
         t_row1 = (inside.y + inside.height - 1) // seg.height
         for t_row in range(t_row0, t_row1 + 1):
             for t_col in range(t_col0, t_col1 + 1):
-                pixels = self._decode_segment(lp, level, t_col, t_row)
+                pixels = self._decode_segment(lp, t_col, t_row)
                 if pixels is None:
                     continue  # an empty segment is background
                 l_x, l_y = t_col * seg.width, t_row * seg.height
@@ -215,11 +272,9 @@ class TiffSource(SlideSource):
                 ]
         return out
 
-    def _decode_segment(
-        self, lp: _LevelPage, level: int, t_col: int, t_row: int
-    ) -> np.ndarray | None:
+    def _decode_segment(self, lp: _LevelPage, t_col: int, t_row: int) -> np.ndarray | None:
         index = t_row * lp.grid.width + t_col
-        data = self._segment_bytes(lp, index, level)
+        data = self._segment_bytes(lp, t_col, t_row)
         if data is None:
             return None
         try:
@@ -230,21 +285,23 @@ class TiffSource(SlideSource):
             )
         except Exception as exc:  # codecs raise many types; all mean broken data here
             raise CorruptSlide(
-                f"{self.name}: level {level} tile ({t_col}, {t_row}) cannot be decoded: {exc}"
+                f"{self.name}: {lp.where} tile ({t_col}, {t_row}) cannot be decoded: {exc}"
             ) from exc
         if segment is None:
             return None
         return to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
 
     def read_associated(self, name: str) -> np.ndarray:
-        series = self._assoc[name]
-        height, width = series.shape[:2]
-        if width * height > MAX_REGION_PIXELS:
-            raise CorruptSlide(f"{self.name}: associated image {name} is {width}x{height}")
-        try:
-            return to_rgb(series.asarray())
-        except Exception as exc:
-            raise CorruptSlide(f"{self.name}: cannot read associated image {name}: {exc}") from exc
+        # Read like a level, segment by segment, so each segment is checked before decoding.
+        page = self._assoc[name].keyframe
+        size = Size(int(page.imagewidth), int(page.imagelength))
+        if size.pixels > MAX_DECODE_PIXELS:
+            msg = f"{self.name}: associated image {name} is {size.width}x{size.height}"
+            raise CorruptSlide(msg)
+        if page.dtype != np.uint8:
+            raise UnsupportedFormat(f"{self.name}: associated image {name} is not 8-bit")
+        lp = self._level_page(page, self.path, f"associated image {name}", self._file_size)
+        return self._read(lp, size, Region(0, 0, size.width, size.height))
 
     def raw_tile_codec(self, level: int) -> str | None:
         return "jpeg" if self._pages[level].raw_jpeg else None
@@ -255,7 +312,7 @@ class TiffSource(SlideSource):
             return None
         if not (0 <= t_col < lp.grid.width and 0 <= t_row < lp.grid.height):
             raise IndexError(f"tile ({t_col}, {t_row}) outside the {lp.grid} grid")
-        data = self._segment_bytes(lp, t_row * lp.grid.width + t_col, level)
+        data = self._segment_bytes(lp, t_col, t_row)
         if data is None:
             return None
         try:
@@ -269,8 +326,10 @@ class TiffSource(SlideSource):
         return dict(self._all)
 
     def close(self) -> None:
-        os.close(self._fd)
-        self._tif.close()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:  # closing twice must not close a descriptor someone else now owns
+            os.close(fd)
+            self._tif.close()
 
 
 def standalone_jpeg(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
