@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -97,11 +98,15 @@ class StorePyramid:
 
 
 class SourcePyramid:
-    """A slide file read directly: virtual halving levels rendered from the nearest level."""
+    """A slide file read directly: virtual halving levels rendered from the nearest level.
+
+    Owns its source: the file closes once the pyramid is unreachable, i.e. when the library
+    has evicted it and the last request still reading it has finished."""
 
     def __init__(self, slide_id: str, source: SlideSource) -> None:
         self.slide_id = slide_id
         self.source = source
+        weakref.finalize(self, source.close)
         self.tile = SOURCE_TILE
         self.levels = pyramid_sizes(source.info.dimensions, SOURCE_TILE)
         self.codec: str | None = None
@@ -218,11 +223,14 @@ class SlideLibrary:
                 if slide_id in self._open:
                     return self._open[slide_id]
             pyramid = self._load(slide_id)
+            evicted = []
             with self._lock:
                 self._open[slide_id] = pyramid
                 self._opening.pop(slide_id, None)
                 while len(self._open) > self.max_open:
-                    self._open.popitem(last=False)
+                    evicted.append(self._open.popitem(last=False))
+        # Dropped outside the lock: the last reference to a SourcePyramid closes its file.
+        del evicted
         return pyramid
 
     def _load(self, slide_id: str) -> Pyramid:
@@ -239,5 +247,5 @@ class SlideLibrary:
             raise SlideNotFound("no such slide")
         try:
             return SourcePyramid(slide_id, open_slide(path))
-        except SlideError as exc:
-            raise SlideError(f"{slide_id}: {exc}") from exc
+        except SlideError as exc:  # keep the type: it decides the HTTP status
+            raise type(exc)(f"{slide_id}: {exc}") from exc
