@@ -214,3 +214,23 @@ def test_stores_and_the_journal_are_not_readable_by_others(
     assert any(p.parent.name == ".tileserver-journal" for p in made) and len(made) > 10
     for path in made:
         assert path.stat().st_mode & 0o007 == 0, path
+
+
+def test_a_jpeg_chunk_claiming_a_huge_frame_is_refused_before_decoding() -> None:
+    """Chunks of a plaintext export carry no seal: one whose JPEG frame header claims
+    65500 x 65500 pixels must not be decoded (about 12 GB)."""
+    import io
+
+    from PIL import Image
+
+    from tileserver.errors import StoreError
+    from tileserver.store.chunks import decode_chunk
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = (65500).to_bytes(2, "big") * 2  # height, width
+    with pytest.raises(StoreError, match="65500x65500"):
+        decode_chunk(bytes(data), "jpeg", 64)
+    assert decode_chunk(buffer.getvalue(), "jpeg", 64).shape == (64, 64, 3)

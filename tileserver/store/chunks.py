@@ -11,6 +11,8 @@ import imagecodecs
 import numpy as np
 
 from tileserver.errors import StoreError
+from tileserver.geometry import Size
+from tileserver.sources.codestreams import jpeg_declared
 
 
 def encode_chunk(pixels: np.ndarray, codec: str, quality: int) -> bytes:
@@ -25,6 +27,11 @@ def decode_chunk(data: bytes, codec: str, tile: int) -> np.ndarray:
     """(tile, tile, 3) uint8 pixels; StoreError when the bytes are not a valid chunk."""
     try:
         if codec == "jpeg":
+            # Header first: a chunk of a plaintext export is unauthenticated, and a frame
+            # that claims more than the chunk would allocate before failing (a bomb).
+            declared = jpeg_declared(data)
+            if not declared.fits(Size(tile, tile)):
+                raise ValueError(f"declares {declared}, more than a {tile}x{tile} chunk")
             pixels = np.asarray(imagecodecs.jpeg8_decode(data))
         elif codec == "zstd":
             raw = imagecodecs.zstd_decode(data)
