@@ -5,11 +5,17 @@ disabled user or a removed grant takes effect on the very next request everywher
 Secrets are never stored as they are: session IDs and tokens as SHA-256 (they carry 256
 random bits, so a fast hash is enough), passwords with Argon2id, TOTP secrets sealed with
 AES-GCM under a key of the key ring.
+
+Login throttling is kept per user-name string, known or not, under a keyed hash of the name
+(``login_throttle``): an unknown name is throttled exactly like an account, so the answers do
+not say which names exist (AUTH-05), and a name that was really a mistyped password never sits
+in the database as it was typed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import sqlite3
 import threading
@@ -28,6 +34,9 @@ SCOPES = ("metadata", "thumbnails", "tiles", "regions", "labels")
 USER_SCOPES = frozenset({"metadata", "thumbnails", "tiles", "regions"})  # labels need a grant
 
 Row = tuple[Any, ...]  # SQLite values are typed by the schema below, not by Python
+# Throttle rows of names that are not accounts are forgotten after a day without attempts.
+UNKNOWN_NAME_MEMORY = 24 * 3600.0
+PRUNE_EVERY = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -44,6 +53,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, scopes TEXT NOT NULL,
     collections TEXT, expires REAL, revoked INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS slides (slide_id TEXT PRIMARY KEY, collection TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS login_throttle (
+    tag TEXT PRIMARY KEY, known INTEGER NOT NULL, failures INTEGER NOT NULL,
+    guesses INTEGER NOT NULL, next_attempt REAL NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (
     user TEXT NOT NULL, collection TEXT NOT NULL, labels INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user, collection));
@@ -82,8 +94,16 @@ class User:
     totp_sealed: bytes | None
     totp_last_step: int | None
     disabled: bool
-    failures: int
-    next_attempt: float
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One login attempt as the throttle counted it (``Accounts.begin_attempt``)."""
+
+    allowed: bool  # False: still backing off, refuse without checking any credential
+    failures: int  # consecutive failed attempts of this name, refused ones included
+    guesses: int  # consecutive attempts whose credentials were checked (back-off, lock)
+    next_attempt: float  # when the next check may happen, should this one fail
 
 
 class Accounts:
@@ -93,7 +113,11 @@ class Accounts:
         self.path = path
         self.now = now
         self._sealer = Sealer(totp_key)
+        # Its own key for user-name tags, derived with a label so it is never the sealing key.
+        label = b"tileserver-login-name-tag/v1"
+        self._tag_key = hmac.new(totp_key, label, hashlib.sha256).digest()
         self._local = threading.local()
+        self._pruned = 0.0
         new = not path.exists()
         self._connection().executescript(_SCHEMA)  # executescript manages its own commit
         if new:
@@ -132,14 +156,14 @@ class Accounts:
     # -- users -------------------------------------------------------------------------------
     def user(self, name: str) -> User | None:
         rows = self._read(
-            "SELECT name, role, pw_hash, totp_sealed, totp_last_step, disabled, failures,"
-            " next_attempt FROM users WHERE name = ?",
+            "SELECT name, role, pw_hash, totp_sealed, totp_last_step, disabled FROM users"
+            " WHERE name = ?",
             (name,),
         )
         if not rows:
             return None
         r = rows[0]
-        return User(str(r[0]), str(r[1]), r[2], r[3], r[4], bool(r[5]), int(r[6]), float(r[7]))
+        return User(str(r[0]), str(r[1]), r[2], r[3], r[4], bool(r[5]))
 
     def users(self) -> list[User]:
         names = [str(r[0]) for r in self._read("SELECT name FROM users ORDER BY name")]
@@ -166,6 +190,8 @@ class Accounts:
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (name, role, pw_hash, totp_sealed, step, self.now()),
                 )
+            # New credentials: failures counted against the old ones (or the name) are moot.
+            db.execute("DELETE FROM login_throttle WHERE tag=?", (self.name_tag(name),))
 
     def add_pending(self, name: str, role: str) -> None:
         """A user who has not enrolled yet: grants can be given, no password login works."""
@@ -185,6 +211,8 @@ class Accounts:
                 raise AccountError(f"no user {name!r}")
             if disabled:
                 db.execute("DELETE FROM sessions WHERE user=?", (name,))
+            else:  # an administrator re-enabling a locked account gives it a fresh budget
+                db.execute("DELETE FROM login_throttle WHERE tag=?", (self.name_tag(name),))
 
     def reset(self, name: str) -> None:
         """Forget the password and TOTP secret and end every session (re-enrolment follows)."""
@@ -196,20 +224,66 @@ class Accounts:
             ).rowcount:
                 raise AccountError(f"no user {name!r}")
             db.execute("DELETE FROM sessions WHERE user=?", (name,))
+            db.execute("DELETE FROM login_throttle WHERE tag=?", (self.name_tag(name),))
 
-    def record_failure(self, name: str, failures: int, next_attempt: float) -> None:
-        with self._db() as db:
-            db.execute(
-                "UPDATE users SET failures=?, next_attempt=? WHERE name=?",
-                (failures, next_attempt, name),
-            )
+    # -- login throttling, per user-name string --------------------------------------------------
+    def name_tag(self, name: str) -> str:
+        """A keyed hash of a user-name string: the throttle's key, and what the audit trail
+        shows for a name that is not an account (it may be a password typed in the wrong box)."""
+        data = name.encode("utf-8", "surrogatepass")
+        return hmac.new(self._tag_key, data, hashlib.sha256).hexdigest()
 
-    def record_success(self, name: str, totp_step: int) -> None:
+    def begin_attempt(
+        self, name: str, known: bool, now: float, delay: Callable[[int], float]
+    ) -> Attempt:
+        """Count a login attempt before any credential is checked, atomically.
+
+        The read and the write are one write transaction (BEGIN IMMEDIATE holds SQLite's write
+        lock across processes), so concurrent attempts are counted one after another and at
+        most the allowed number get past the back-off. The attempt is counted as a failure up
+        front; a success clears the count (``clear_attempts``). ``delay(guesses)`` is the
+        back-off policy: seconds to wait after that many checked failures.
+        """
+        tag = self.name_tag(name)
         with self._db() as db:
-            db.execute(
-                "UPDATE users SET failures=0, next_attempt=0, totp_last_step=? WHERE name=?",
-                (totp_step, name),
+            row = db.execute(
+                "SELECT failures, guesses, next_attempt FROM login_throttle WHERE tag=?", (tag,)
+            ).fetchone()
+            failures, guesses, next_attempt = (
+                (0, 0, 0.0) if row is None else (int(row[0]), int(row[1]), float(row[2]))
             )
+            failures += 1
+            allowed = next_attempt <= now
+            if allowed:
+                guesses += 1
+                next_attempt = now + delay(guesses)
+            db.execute(
+                "INSERT INTO login_throttle (tag, known, failures, guesses, next_attempt, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(tag) DO UPDATE SET known=excluded.known,"
+                " failures=excluded.failures, guesses=excluded.guesses,"
+                " next_attempt=excluded.next_attempt, updated=excluded.updated",
+                (tag, int(known), failures, guesses, next_attempt, now),
+            )
+            if now - self._pruned > PRUNE_EVERY:
+                # Names that are not accounts (random guesses) must not grow the table forever.
+                self._pruned = now
+                db.execute(
+                    "DELETE FROM login_throttle WHERE known=0 AND updated < ?",
+                    (now - UNKNOWN_NAME_MEMORY,),
+                )
+        return Attempt(allowed, failures, guesses, next_attempt)
+
+    def clear_attempts(self, name: str) -> None:
+        """A successful login: the consecutive-failure count starts again."""
+        with self._db() as db:
+            db.execute("DELETE FROM login_throttle WHERE tag=?", (self.name_tag(name),))
+
+    def attempts(self, name: str) -> tuple[int, int]:
+        """(consecutive failures, of which credential checks) counted for a user-name string."""
+        rows = self._read(
+            "SELECT failures, guesses FROM login_throttle WHERE tag=?", (self.name_tag(name),)
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
     def claim_totp_step(self, name: str, step: int) -> bool:
         """Atomically accept a TOTP step newer than the last one (replays lose the race)."""

@@ -1,17 +1,31 @@
 """Authentication use cases: password + TOTP login with throttling, enrolment through
 one-time links, loopback login links, and resolving a request's credentials to a Principal.
 
-Throttling (SP 800-63B 5.2.2): after 5 consecutive failures an account answers "retry later"
-with a delay doubling up to 15 minutes, before any password is checked; at 100 it is locked
-until an administrator resets it. Reaching 100 takes about a day of back-off, so an attacker
-cannot lock a clinician out in a hurry. TOTP failures count in the same budget.
+Throttling (SP 800-63B 5.2.2, AUTH-04) is kept per user-name string, known or not: an unknown
+name is throttled exactly like an account, so status, body, headers and timing do not say
+which names exist (AUTH-05). Each attempt is counted before anything is checked, in one write
+transaction, so concurrent guesses cannot slip past the count. After 5 consecutive checked
+failures a name answers "retry later" with a delay doubling up to 15 minutes, before any
+password is checked; at 100 checked failures an account is locked until an administrator
+resets it. Attempts refused while backing off are counted too, but they do not advance the
+back-off or the lock: reaching 100 still takes about a day, so an attacker cannot lock a
+clinician out in a hurry. TOTP failures count in the same budget.
+
+Per client address (an IPv6 client: its /64) a token bucket limits attempts before any hashing
+or database write, so a flood of random user names costs a dictionary lookup each, not an
+Argon2 hash. A successful login gives its token back, so a ward behind one NAT address is not
+slowed by its own logins. Refused logins reach the audit trail aggregated per address and
+minute (the first at once, the rest as one summary), and a name that is not an account is
+written only as a keyed hash: it may be a password typed into the wrong box.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tileserver.errors import TileserverError
 from tileserver.security import passwords, totp
@@ -19,10 +33,12 @@ from tileserver.security.accounts import USER_SCOPES, Accounts, Principal
 from tileserver.security.audit import (
     LOGIN,
     LOGOUT,
+    MAX_LIST,
     SECURITY_ALERT,
     USER_AUTHENTICATION,
     USER_SECURITY_ATTRIBUTES_CHANGED,
     AuditLog,
+    iso_utc,
 )
 
 BACKOFF_AFTER = 5
@@ -32,6 +48,12 @@ IDLE_TIMEOUT = 15 * 60.0
 ABSOLUTE_TIMEOUT = 12 * 3600.0
 ENROL_TTL = 24 * 3600.0
 LINK_TTL = 10 * 60.0
+# Login attempts per client address: sustained per second, and the burst allowed at once.
+ADDRESS_RATE = 1.0
+ADDRESS_BURST = 30.0
+MAX_ADDRESSES = 65_536  # addresses tracked at once per process (memory bound under a flood)
+WINDOW = 60  # seconds of refused logins from one address summarised in one audit record
+MAX_NAMES_COUNTED = 1024  # distinct user names counted per address and window
 
 
 class LoginFailed(TileserverError):
@@ -52,21 +74,272 @@ class Enrolment:
     qr_svg: str
 
 
+def backoff_delay(guesses: int) -> float:
+    """Seconds to wait after ``guesses`` consecutive failures whose credentials were checked."""
+    if guesses < BACKOFF_AFTER:
+        return 0.0
+    # The exponent is capped: 2.0 ** 1100 would overflow long after the delay stopped growing.
+    return min(2.0 ** min(guesses - BACKOFF_AFTER, 32), MAX_DELAY)
+
+
+def address_key(source_ip: str) -> str:
+    """What one client controls: an IPv4 address, or an IPv6 /64 (one site's network)."""
+    try:
+        address = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return source_ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address), 64), strict=False))
+    return str(address)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class AddressLimiter:
+    """A token bucket per client address, in memory (per process).
+
+    Cheap enough to ask before any hashing or database write; the table is bounded (full
+    buckets are forgotten first, then the least recently used) so a flood from many addresses
+    cannot grow it without limit.
+    """
+
+    def __init__(
+        self,
+        rate: float = ADDRESS_RATE,
+        burst: float = ADDRESS_BURST,
+        now: Callable[[], float] = time.monotonic,
+        max_addresses: int = MAX_ADDRESSES,
+    ) -> None:
+        if not rate > 0 or not burst >= 1:
+            raise ValueError("the login rate must be positive and the burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._now = now
+        self._max = max_addresses
+        self._lock = threading.Lock()
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: str) -> float | None:
+        """None when an attempt from ``key`` may go ahead (a token is spent), else seconds
+        until one may."""
+        with self._lock:
+            now = self._now()
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                if len(self._buckets) >= self._max:
+                    self._prune(now)
+                bucket = self._buckets[key] = _Bucket(self.burst, now)
+            else:
+                elapsed = max(0.0, now - bucket.stamp)  # a wall clock may step back
+                bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
+                bucket.stamp = now
+            if bucket.tokens >= 1:
+                bucket.tokens -= 1
+                return None
+            return (1 - bucket.tokens) / self.rate
+
+    def give_back(self, key: str) -> None:
+        """Return the token of an attempt that succeeded."""
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.tokens = min(self.burst, bucket.tokens + 1)
+
+    def _prune(self, now: float) -> None:
+        full = [
+            key
+            for key, b in self._buckets.items()
+            if b.tokens + max(0.0, now - b.stamp) * self.rate >= self.burst
+        ]
+        for key in full:  # a full bucket is the same as no bucket
+            del self._buckets[key]
+        if len(self._buckets) >= self._max:
+            by_age = sorted(self._buckets, key=lambda k: self._buckets[k].stamp)
+            for key in by_age[: len(by_age) - self._max // 2]:
+                del self._buckets[key]
+
+
+@dataclass
+class _Window:
+    """Refused logins from one address in one minute, after the first."""
+
+    minute: int
+    first_written: bool  # the first refusal, written on its own at once
+    first: float = 0.0
+    last: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    names: dict[str, None] = field(default_factory=dict)  # ordered set of user labels
+
+
+class RefusalAudit:
+    """Refused logins in the audit trail without letting a flood fill the disk.
+
+    Per client address and minute, the first refusal is one record at once (detectors see it
+    within the minute); the rest become one summary record when the minute is over
+    (``flush``): at most two records per address and minute, whatever the request rate.
+    """
+
+    def __init__(self, audit: AuditLog, now: Callable[[], float] = time.time) -> None:
+        self.audit = audit
+        self.now = now
+        self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
+        self._due: list[tuple[str, _Window]] = []
+
+    def refused(
+        self,
+        source_ip: str,
+        user: str | None,
+        reason: str,
+        failures: int | None,
+        *,
+        immediate: bool = True,
+    ) -> None:
+        """Count one refused login; ``immediate=False`` never writes (safe on the event
+        loop), leaving the record to the summary."""
+        now = self.now()
+        minute = int(now // WINDOW)
+        key = address_key(source_ip)
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None and window.minute != minute:
+                self._due.append((key, self._windows.pop(key)))
+                window = None
+            if window is None:
+                if len(self._windows) >= MAX_ADDRESSES:
+                    key = "other addresses"  # a flood from everywhere: one shared window
+                    window = self._windows.get(key)
+                if window is None:
+                    window = self._windows[key] = _Window(minute, False, now, now)
+            write_now = immediate and not window.first_written
+            if write_now:
+                window.first_written = True
+            else:
+                if not window.counts:
+                    window.first = now
+                window.counts[reason] = window.counts.get(reason, 0) + 1
+                if user is not None and len(window.names) < MAX_NAMES_COUNTED:
+                    window.names[user] = None
+                window.last = now
+        if write_now:
+            self.audit.append(
+                USER_AUTHENTICATION,
+                event_type=LOGIN,
+                outcome=4,
+                user=user,
+                source_ip=source_ip,
+                detail={"reason": reason, "consecutive_failures": failures},
+            )
+
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._windows or self._due)
+
+    def due_in(self) -> float:
+        """Seconds until the oldest window is over (0 when one already is)."""
+        with self._lock:
+            if self._due or not self._windows:
+                return 0.0
+            end = (min(w.minute for w in self._windows.values()) + 1) * WINDOW
+        return max(0.0, end - self.now())
+
+    def flush(self, *, everything: bool = False) -> int:
+        """Write the summaries of windows that are over (or all); the number written."""
+        minute = int(self.now() // WINDOW)
+        with self._lock:
+            for key in [k for k, w in self._windows.items() if everything or w.minute < minute]:
+                self._due.append((key, self._windows.pop(key)))
+            due, self._due = self._due, []
+        written = 0
+        for position, (key, window) in enumerate(due):
+            if not window.counts:
+                continue
+            try:
+                self._summary(key, window)
+            except BaseException:
+                with self._lock:  # keep what was not written: the next flush tries again
+                    self._due[:0] = due[position:]
+                raise
+            written += 1
+        return written
+
+    def _summary(self, key: str, window: _Window) -> None:
+        names = list(window.names)
+        self.audit.append(
+            USER_AUTHENTICATION,
+            event_type=LOGIN,
+            outcome=4,
+            source_ip=key,
+            detail={
+                "aggregated": True,
+                "window_start": iso_utc(window.minute * WINDOW),
+                "first": iso_utc(window.first),
+                "last": iso_utc(window.last),
+                "refused": sum(window.counts.values()),
+                **dict(sorted(window.counts.items())),
+                "distinct_users": len(names),
+                "users": names[:MAX_LIST],
+            },
+        )
+
+
 class Authenticator:
     def __init__(
-        self, accounts: Accounts, audit: AuditLog, now: Callable[[], float] = time.time
+        self,
+        accounts: Accounts,
+        audit: AuditLog,
+        now: Callable[[], float] = time.time,
+        *,
+        address_rate: float = ADDRESS_RATE,
+        address_burst: float = ADDRESS_BURST,
     ) -> None:
         self.accounts = accounts
         self.audit = audit
         self.now = now
+        self.limiter = AddressLimiter(address_rate, address_burst, now=now)
+        self.refusals = RefusalAudit(audit, now=now)
 
     # -- login -------------------------------------------------------------------------------
-    def login(self, username: str, password: str, code: str, source_ip: str) -> str:
-        """A new session ID, or LoginFailed (with retry_after while throttled)."""
-        user = self.accounts.user(username)
+    def admit(self, source_ip: str) -> float | None:
+        """Per-address admission, before anything costly: None, or seconds to wait.
+
+        Does no I/O (a refusal is only counted for the audit summary), so the server asks on
+        its event loop and a flood never reaches the worker threads.
+        """
+        wait = self.limiter.take(address_key(source_ip))
+        if wait is not None:
+            self.refusals.refused(source_ip, None, "address_limited", None, immediate=False)
+        return wait
+
+    def login(
+        self, username: str, password: str, code: str, source_ip: str, *, admitted: bool = False
+    ) -> str:
+        """A new session ID, or LoginFailed (with retry_after while throttled).
+
+        ``admitted``: the caller has already had ``admit`` say yes for this attempt.
+        """
+        if not admitted:
+            wait = self.admit(source_ip)
+            if wait is not None:
+                raise LoginFailed(retry_after=wait)
+        self.refusals.flush()  # summaries of minutes that are over
         now = self.now()
-        if user is not None and user.next_attempt > now:
-            raise LoginFailed(retry_after=user.next_attempt - now)
+        # Known or not, every name takes the same steps: one lookup, one counted attempt,
+        # one Argon2 verification, one refusal to audit (AUTH-05).
+        user = self.accounts.user(username)
+        known = user is not None
+        attempt = self.accounts.begin_attempt(username, known, now, backoff_delay)
+        if not attempt.allowed:
+            self.refusals.refused(
+                source_ip, self._label(username, known), "throttled", attempt.failures
+            )
+            raise LoginFailed(retry_after=attempt.next_attempt - now)
         ok = False
         step = None
         if user is None or user.pw_hash is None or user.totp_sealed is None or user.disabled:
@@ -74,11 +347,17 @@ class Authenticator:
         elif passwords.verify_password(user.pw_hash, password):
             secret = self.accounts.open_totp(user.name, user.totp_sealed)
             step = totp.verify(secret, code, now=now, last_step=user.totp_last_step)
+            # The claim is the single-use check: of concurrent logins with one code, one wins.
             ok = step is not None and self.accounts.claim_totp_step(user.name, step)
         if not ok or user is None or step is None:
-            self._failed(username, user.failures if user else 0, source_ip)
+            self.refusals.refused(
+                source_ip, self._label(username, known), "invalid_credentials", attempt.failures
+            )
+            if known and attempt.guesses == LOCK_AFTER:  # exactly one attempt is the 100th
+                self._lock(username, source_ip)
             raise LoginFailed()
-        self.accounts.record_success(user.name, step)
+        self.accounts.clear_attempts(user.name)
+        self.limiter.give_back(address_key(source_ip))
         session = self.accounts.create_session(user.name)
         self.audit.append(
             USER_AUTHENTICATION,
@@ -89,31 +368,20 @@ class Authenticator:
         )
         return session
 
-    def _failed(self, username: str, failures: int, source_ip: str) -> None:
-        failures += 1
-        delay = (
-            0.0 if failures < BACKOFF_AFTER else min(2.0 ** (failures - BACKOFF_AFTER), MAX_DELAY)
-        )
-        known = self.accounts.user(username) is not None
-        if known:
-            self.accounts.record_failure(username, failures, self.now() + delay)
+    def _label(self, username: str, known: bool) -> str:
+        """How the audit trail names the user of a refused login: an account by its name,
+        anything else by a keyed hash (it may be a password typed in the wrong box)."""
+        return username[:64] if known else "unknown:" + self.accounts.name_tag(username)[:16]
+
+    def _lock(self, username: str, source_ip: str) -> None:
+        self.accounts.set_disabled(username, True)
         self.audit.append(
-            USER_AUTHENTICATION,
-            event_type=LOGIN,
-            outcome=4,
-            user=username[:64],
+            SECURITY_ALERT,
+            outcome=8,
+            user=username,
             source_ip=source_ip,
-            detail={"consecutive_failures": failures if known else None},
+            detail={"reason": "account locked after repeated failures"},
         )
-        if known and failures == LOCK_AFTER:  # alert once, when the lock happens
-            self.accounts.set_disabled(username, True)
-            self.audit.append(
-                SECURITY_ALERT,
-                outcome=8,
-                user=username,
-                source_ip=source_ip,
-                detail={"reason": "account locked after repeated failures"},
-            )
 
     def logout(self, session: str, principal: Principal, source_ip: str) -> None:
         self.accounts.end_session(session)

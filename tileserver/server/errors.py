@@ -105,7 +105,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 exc,
                 exc_info=not isinstance(exc, TileserverError),
             )
-            return error_response(status, _GENERIC.get(status, "internal error"), correlation_id)
+            # Only a failure reading a slide says so; a bug anywhere else (a login form, say)
+            # must not send the operator to the stores.
+            reading = isinstance(exc, SlideError | StoreError | KeyUnavailable)
+            message = _GENERIC.get(status, "internal error") if reading else "internal error"
+            return error_response(status, message, correlation_id)
         message = "not found" if status == 404 else str(exc)
         return error_response(status, message, correlation_id)
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
+import logging
+import re
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
-from tileserver.security.login import ABSOLUTE_TIMEOUT, EnrolmentFailed, LoginFailed
+from tileserver.security.login import (
+    ABSOLUTE_TIMEOUT,
+    Authenticator,
+    EnrolmentFailed,
+    LoginFailed,
+)
 from tileserver.server.auth import SECURITY, SESSION, SESSION_COOKIE, client_ip, principal_of
 from tileserver.server.errors import BadRequest
 
+logger = logging.getLogger(__name__)
+
 MAX_FIELD = 1024
+MAX_NEXT = 2048  # a redirect target is a path and query of this site, never a novel
 
 
 async def _form(request: web.Request, *names: str) -> dict[str, str]:
@@ -20,7 +31,10 @@ async def _form(request: web.Request, *names: str) -> dict[str, str]:
     if request.content_type == "application/json":
         try:
             data: Any = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except RecursionError:
+            # json.loads recurses per nesting level: a 64 KB body of "[" is 65,000 levels.
+            raise BadRequest("body must be JSON without deep nesting") from None
+        except ValueError:  # bad JSON or UTF-8, or a number of thousands of digits
             raise BadRequest("body must be JSON") from None
     else:
         data = dict(await request.post())
@@ -31,6 +45,8 @@ async def _form(request: web.Request, *names: str) -> dict[str, str]:
         value = data.get(name, "")
         if not isinstance(value, str) or len(value) > MAX_FIELD:
             raise BadRequest(f"field {name!r} must be a string of at most {MAX_FIELD} characters")
+        if _SURROGATE.search(value):
+            raise BadRequest(f"field {name!r} must be Unicode text (no lone surrogates)")
         fields[name] = value
     return fields
 
@@ -51,30 +67,63 @@ def _with_session(response: web.StreamResponse, session: str, secure: bool) -> w
 
 
 def routes() -> list[web.RouteDef]:
+    timers: dict[str, asyncio.TimerHandle] = {}  # per app: the pending summary flush
+
+    def schedule_flush(authenticator: Authenticator) -> None:
+        """Refused logins are summarised per address and minute: write each summary when its
+        minute is over, off the loop, even if no later login comes along to do it."""
+        if "flush" in timers or not authenticator.refusals.pending():
+            return
+        loop = asyncio.get_running_loop()
+
+        def done(future: asyncio.Future[int]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                logger.error("login refusals not audited yet: %s", future.exception())
+            schedule_flush(authenticator)
+
+        def fire() -> None:
+            del timers["flush"]
+            flushed = loop.run_in_executor(None, authenticator.refusals.flush)
+            flushed.add_done_callback(done)
+
+        timers["flush"] = loop.call_later(authenticator.refusals.due_in() + 1, fire)
+
     async def login(request: web.Request) -> web.StreamResponse:
         security = request.app[SECURITY]
-        if security.authenticator is None:
+        authenticator = security.authenticator
+        if authenticator is None:
             raise web.HTTPNotFound()
-        form = await _form(request, "username", "password", "code")
-        loop = asyncio.get_running_loop()
+        source = client_ip(request)
         try:
+            # Per client address first, before the body, a hash or a database write: a flood
+            # of random names costs a dictionary lookup each (no I/O: fine on the loop).
+            wait = authenticator.admit(source)
+            if wait is not None:
+                raise LoginFailed(retry_after=wait)
+            form = await _form(request, "username", "password", "code")
             # Argon2 takes tens of milliseconds of CPU: never on the event loop.
-            session = await loop.run_in_executor(
+            session = await asyncio.get_running_loop().run_in_executor(
                 None,
-                security.authenticator.login,
-                form["username"],
-                form["password"],
-                form["code"],
-                client_ip(request),
+                functools.partial(
+                    authenticator.login,
+                    form["username"],
+                    form["password"],
+                    form["code"],
+                    source,
+                    admitted=True,
+                ),
             )
         except LoginFailed as exc:
+            # One answer for every refusal, whatever the name: status, body and headers.
             if exc.retry_after is not None:
                 raise web.HTTPTooManyRequests(
                     reason="too many attempts; try again later",
                     headers={"Retry-After": str(max(1, round(exc.retry_after)))},
                 ) from None
             raise web.HTTPUnauthorized(reason="invalid credentials") from None
-        user = security.authenticator.accounts.user(form["username"])
+        finally:
+            schedule_flush(authenticator)
+        user = authenticator.accounts.user(form["username"])
         response = web.json_response(
             {"user": form["username"], "role": user.role if user else None}
         )
@@ -147,8 +196,8 @@ def routes() -> list[web.RouteDef]:
             raise web.HTTPUnauthorized(
                 reason="this login link is unknown, used or expired"
             ) from None
-        target = request.query.get("next", "/")
-        response = web.Response(status=303, headers={"Location": target if _local(target) else "/"})
+        target = safe_next(request.query.get("next"))
+        response = web.Response(status=303, headers={"Location": target})
         return _with_session(response, session, security.tls)
 
     return [
@@ -161,6 +210,39 @@ def routes() -> list[web.RouteDef]:
     ]
 
 
-def _local(target: str) -> bool:
-    """Only same-site paths as redirect targets (no open redirect)."""
-    return target.startswith("/") and not target.startswith("//") and "\\" not in target
+# Lone surrogates ("\ud800" is valid JSON) cannot be encoded as UTF-8 for hashing or SQLite.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Printable ASCII without space or backslash: browsers drop tabs and newlines from URLs and
+# read "\\" as "/", so any of those could turn "/\t/evil" into "//evil", another site.
+_PLAIN = re.compile(r"[!-\[\]-~]*")
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
+def safe_next(target: str | None) -> str:
+    """``target`` if it is a path on this site however it is decoded, else "/".
+
+    Redirect targets after login come from the query string (open redirect, CWE-601). Only a
+    path-absolute URL is kept: it starts with one "/", holds printable ASCII without
+    backslashes, and its path, percent-decoded again and again (a server or proxy may decode
+    once more), never starts a network path ("//", "/\\"), holds no empty or dot segment that
+    would normalise into one ("/.//evil"), and no control or non-ASCII character (look-alike
+    slashes such as U+2215 or U+FF0F). Everything else, "javascript:", "https://evil" and
+    "///evil" included, falls back to the home page. The login page applies the same rules
+    (static/js/common.js, safeNext).
+    """
+    if not target or len(target) > MAX_NEXT or not _PLAIN.fullmatch(target):
+        return "/"
+    path = re.split(r"[?#]", target, maxsplit=1)[0]
+    for _ in range(4):
+        if (
+            not path.startswith("/")
+            or not _PLAIN.fullmatch(path)
+            or "//" in path
+            or _DOT_SEGMENT.search(path)
+        ):
+            return "/"
+        decoded = unquote(path, errors="replace")  # U+FFFD for bad UTF-8: not ASCII, refused
+        if decoded == path:
+            return target
+        path = decoded
+    return "/"  # still decoding after four rounds: nobody needs that

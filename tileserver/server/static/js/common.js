@@ -2,13 +2,33 @@
 "use strict";
 
 const TS = (() => {
-  /** Only same-site paths are followed after login (no open redirect). */
+  /** Only same-site paths are followed after login (no open redirect): the rules of the
+   *  server's safe_next (server/routes/auth.py). Printable ASCII without space or backslash
+   *  (browsers drop tabs and newlines and read "\\" as "/"), one leading "/", and a path that,
+   *  percent-decoded again and again, never holds "//", a dot segment, a control or a
+   *  non-ASCII character. */
   function safeNext(value) {
-    if (typeof value !== "string" || !value.startsWith("/") || value.startsWith("//") ||
-        value.includes("\\")) {
-      return "/";
+    const plain = /^[!-[\]-~]*$/;
+    if (typeof value !== "string" || value.length > 2048 || !plain.test(value)) return "/";
+    let path = value.split(/[?#]/)[0];
+    for (let round = 0; round < 4; round++) {
+      if (!path.startsWith("/") || !plain.test(path) || path.includes("//") ||
+          /(^|\/)\.{1,2}(\/|$)/.test(path)) {
+        return "/";
+      }
+      let decoded;
+      try {
+        decoded = decodeURIComponent(path);
+      } catch (_) {
+        return "/"; // malformed escapes
+      }
+      if (decoded === path) {
+        // And as the browser will resolve it: this origin, or home.
+        return new URL(value, location.href).origin === location.origin ? value : "/";
+      }
+      path = decoded;
     }
-    return value;
+    return "/";
   }
 
   function loginUrl() {
