@@ -326,7 +326,7 @@ def test_unknown_names_and_accounts_answer_alike(site: Site) -> None:
 
 
 def test_unknown_names_take_as_long_as_wrong_passwords(site: Site) -> None:
-    """AUTH-05 timing: interleaved samples in alternating order, median gap under 25 ms (the
+    """AUTH-05 timing: interleaved samples in alternating order, medians close (the
     back-off is reset between rounds in the database, as an administrator's reset would)."""
     accounts = site.accounts()
     timings: dict[str, list[float]] = {"dave": [], "unknown": []}
@@ -348,8 +348,11 @@ def test_unknown_names_take_as_long_as_wrong_passwords(site: Site) -> None:
                     conn.close()
                 assert reply.status == 401
     accounts.clear_attempts("dave")
-    gap = abs(statistics.median(timings["dave"]) - statistics.median(timings["unknown"]))
-    assert gap < 0.025, (gap, timings)
+    known = statistics.median(timings["dave"])
+    gap = abs(known - statistics.median(timings["unknown"]))
+    # Skipping the hash for unknown names would make the gap about one Argon2 verify, the
+    # bulk of a wrong guess's time; the tolerance grows with a loaded machine's medians.
+    assert gap < max(0.025, 0.3 * known), (gap, timings)
 
 
 # -- finding 8: one TOTP code, many clients at once ----------------------------------------------
