@@ -248,6 +248,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tileserver.server.run import ServeOptions, serve
     from tileserver.service import ServiceSettings
 
+    if not args.login_rate > 0:
+        raise TileserverError("--login-rate must be positive")
     if (args.sources or "://" not in args.location) and not Path(args.location).is_dir():
         raise TileserverError(f"{args.location}: not a directory")
     options = ServeOptions(
@@ -271,6 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         login_link=args.login_link,
         client_ca=args.client_ca,
         public_url=args.public_url,
+        login_rate=args.login_rate,
         kek=args.settings.kek,
         pkcs11_pin=args.settings.pkcs11_pin,
     )
@@ -413,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="https://host[:port] clients reach the server at, for absolute URLs such as IIIF "
         "ids (default: the address and port a client connected to; never its Host header)",
+    )
+    serve.add_argument(
+        "--login-rate",
+        type=float,
+        default=1.0,
+        help="login attempts per second per client address, after a burst of 30 (default 1)",
     )
     serve.add_argument(
         "--login-link", metavar="USER", help="print a one-time login link for USER (loopback only)"

@@ -260,3 +260,24 @@ def test_abandoned_requests_do_not_run(stores: Stores) -> None:
 
     rendered = asyncio.run(scenario())
     assert rendered <= 3, f"{rendered} of 20 abandoned renders ran"
+
+
+def test_refused_login_summaries_are_written_when_the_server_stops(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """Refusals after an address's first in a minute wait for that minute's summary record;
+    a server that stops first writes the summary then, so none go unrecorded."""
+    home = tmp_path / "home"
+    shutil.copytree(stores.home, home)
+    body = {"username": "nobody-here", "password": "x" * 16, "code": "123456"}
+    with run_server(stores.directory, home, "--login-rate", "0.5", secure=True) as srv:
+        statuses = [srv.post("/auth/login", body).status for _ in range(4)]
+    assert statuses == [401] * 4
+    records = [
+        json.loads(line) for line in (home / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    refused = [r for r in records if "invalid_credentials" in json.dumps(r)]
+    total = sum(
+        r["detail"].get("refused", 1) if r["detail"].get("aggregated") else 1 for r in refused
+    )
+    assert total == 4, refused

@@ -85,6 +85,8 @@ def create_app(
         if audit is not None:
             if views is not None:
                 views.flush(audit)
+            if security.authenticator is not None:  # this minute's refused-login summaries
+                security.authenticator.refusals.flush(everything=True)
             audit.append(APPLICATION_ACTIVITY, event_type=APPLICATION_STOP)
         service.close()
 

@@ -22,7 +22,7 @@ from tileserver.library import SlideLibrary
 from tileserver.security.accounts import Accounts
 from tileserver.security.audit import AuditLog, SlideViewAggregator
 from tileserver.security.keys import KeyRing, make_private_dir
-from tileserver.security.login import LINK_TTL, Authenticator
+from tileserver.security.login import ADDRESS_RATE, LINK_TTL, Authenticator
 from tileserver.security.signed_urls import UrlKeys
 from tileserver.security.tls import ensure_certificate, server_context
 from tileserver.server.app import create_app
@@ -50,6 +50,7 @@ class ServeOptions:
     # Where clients reach the server (scheme://host[:port]), for absolute URLs such as IIIF
     # ids; None: the address and port each connection arrived at, and our scheme.
     public_url: str | None = None
+    login_rate: float = ADDRESS_RATE  # login attempts per second per client address
     kek: str | None = None  # a pkcs11: URI when key-encryption keys live in a token
     pkcs11_pin: str | None = field(default=None, repr=False)
 
@@ -128,7 +129,7 @@ def build_security(options: ServeOptions) -> Security:
     accounts = Accounts(options.home / "auth.db", keyring.service_key("totp"))
     views = SlideViewAggregator(keyring.service_key("audit"))
     return Security(
-        Authenticator(accounts, audit),
+        Authenticator(accounts, audit, address_rate=options.login_rate),
         audit,
         views,
         options.tls,
