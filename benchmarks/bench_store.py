@@ -42,7 +42,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def cold_thumbnails(stores: Path, home: Path, slide_id: str, repeats: int) -> list[float]:
+def cold_thumbnails(stores: Path | str, home: Path, slide_id: str, repeats: int) -> list[float]:
     env = {**os.environ, "TILESERVER_HOME": str(home)}
     subprocess.run(
         [*CLI, "slides", "assign", "lis-bench", slide_id], check=True, env=env, capture_output=True
