@@ -15,13 +15,25 @@ import tifffile
 from tileserver.errors import CorruptSlide, SlideNotFound
 from tileserver.library import SlideLibrary
 
+_SLIDES: list[Path] = []  # the directory of the running test's slides
+
 
 def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    """Descriptors open on this test's slide files (other threads of a long test run open and
+    close descriptors of their own at any moment)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        count += any(target.startswith(f"{folder}/") for folder in _SLIDES)
+    return count
 
 
 @pytest.fixture
 def slides(tmp_path: Path) -> Path:
+    _SLIDES[:] = [tmp_path]
     for i in range(8):
         pixels = np.full((300, 300, 3), 40 + 20 * i, np.uint8)
         tifffile.imwrite(tmp_path / f"slide-{i}.tif", pixels, tile=(256, 256), photometric="rgb")
