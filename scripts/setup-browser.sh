@@ -18,13 +18,4 @@ fi
 # The demo needs only the viewer's npm packages; the tests need the browser too.
 [ "${1:-}" = "--viewer-only" ] && exit 0
 
-if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup-browser: /usr/bin/chromium is missing; run: sudo apt-get install -y chromium" >&2
-    exit 1
-  fi
-  echo "setup-browser: installing Chromium from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq chromium >/dev/null
-fi
+[ -x /usr/bin/chromium ] || scripts/apt-install.sh setup-browser chromium

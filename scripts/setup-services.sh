@@ -4,15 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-[ -f /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup-services: missing ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
-  fi
-  echo "setup-services: installing ${missing[*]} from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+[ -f /usr/lib/softhsm/libsofthsm2.so ] || scripts/apt-install.sh setup-services softhsm2

@@ -222,14 +222,7 @@ class SlideService:
         if_none_match: Collection[str],
     ) -> Encoded | NotModified:
         p = await self.pyramid(slide_id)
-        s = self.settings
-        request = iiif.parse_request(
-            *params,
-            p.levels[0],
-            max_width=s.max_width,
-            max_height=s.max_height,
-            max_area=s.max_area,
-        )
+        request = self._parse_iiif(p, params)
         fmt = {"jpg": "jpeg"}.get(request.format, request.format)
         chunk = iiif.passthrough_chunk(request, p.levels[0], p.tile, len(p.levels))
         key = ("iiif", request)
@@ -238,6 +231,23 @@ class SlideService:
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         work = partial(self._render_iiif, p, request, fmt)
         return await self._respond(p, key, fmt, if_none_match, work)
+
+    async def iiif_request(
+        self, slide_id: str, params: tuple[str, str, str, str, str]
+    ) -> tuple[iiif.ImageRequest, Pyramid]:
+        """An image request checked against the slide and the output caps, and the slide."""
+        p = await self.pyramid(slide_id)
+        return self._parse_iiif(p, params), p
+
+    def _parse_iiif(self, p: Pyramid, params: tuple[str, str, str, str, str]) -> iiif.ImageRequest:
+        s = self.settings
+        return iiif.parse_request(
+            *params,
+            p.levels[0],
+            max_width=s.max_width,
+            max_height=s.max_height,
+            max_area=s.max_area,
+        )
 
     def _render_iiif(self, p: Pyramid, request: iiif.ImageRequest, fmt: str) -> bytes:
         self.stats["rendered"] += 1
@@ -340,9 +350,7 @@ class SlideService:
         self._responses.put(cache_key, encoded)
         return encoded
 
-    async def _passthrough(
-        self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str
-    ) -> bytes:
+    async def _passthrough(self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str) -> bytes:
         self.stats["passthrough"] += 1
         data = await p.chunk_bytes_async(level, t_col, t_row)
         return _blank_tile(p.tile, fmt, self.settings.quality) if data is None else data

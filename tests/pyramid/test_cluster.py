@@ -16,20 +16,11 @@ import numpy as np
 import pytest
 
 from sample_data import write_svs
-from tests.stores import complete_stores, open_reader
-from tileserver.geometry import Region
+from tests.stores import complete_stores, level_pixels
 from tileserver.security.keys import KeyRing
 
 BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "tileserver.cli", "convert", "--quiet"]
-
-
-def pixels(store: Path, keyring: KeyRing) -> list[np.ndarray]:
-    reader = open_reader(store, keyring)
-    return [
-        reader.read_region(level, Region(0, 0, size.width, size.height))
-        for level, size in enumerate(reader.layout.levels)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -153,11 +144,14 @@ def test_a_worker_killed_mid_slide_loses_nothing(
         )
         assert done.returncode == 0
     for slide_id in complete_stores(clean):  # the same slides, the same pixels
-        assert _matches_any(pixels(clean / slide_id, keyring), out, keyring)
+        assert _matches_any(level_pixels(clean / slide_id, keyring), out, keyring)
 
 
 def _matches_any(expected: list[np.ndarray], out: Path, keyring: KeyRing) -> bool:
     return any(
-        all(np.array_equal(a, b) for a, b in zip(expected, pixels(out / i, keyring), strict=True))
+        all(
+            np.array_equal(a, b)
+            for a, b in zip(expected, level_pixels(out / i, keyring), strict=True)
+        )
         for i in complete_stores(out)
     )

@@ -16,8 +16,7 @@ import pytest
 import tifffile
 
 from sample_data import write_svs
-from tests.stores import complete_stores, open_reader
-from tileserver.geometry import Region
+from tests.stores import complete_stores, level_pixels
 from tileserver.security.keys import KeyRing
 from tileserver.slide_ids import is_slide_id
 
@@ -26,14 +25,6 @@ CLI = [sys.executable, "-m", "tileserver.cli", "convert", "--quiet"]
 
 def run_convert(*args: object, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def pixels_of(store: Path, keyring: KeyRing) -> list[np.ndarray]:
-    reader = open_reader(store, keyring)
-    return [
-        reader.read_region(level, Region(0, 0, size.width, size.height))
-        for level, size in enumerate(reader.layout.levels)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +65,8 @@ def test_killed_conversion_resumes_to_the_same_pixels(
     (slide_id,) = complete_stores(out)
     assert len([p for p in out.iterdir() if is_slide_id(p.name)]) == 1  # resumed, not duplicated
     assert not list(out.rglob(".tmp-*"))
-    resumed = pixels_of(out / slide_id, keyring)
-    uninterrupted = pixels_of(clean / complete_stores(clean)[0], keyring)
+    resumed = level_pixels(out / slide_id, keyring)
+    uninterrupted = level_pixels(clean / complete_stores(clean)[0], keyring)
     for a, b in zip(resumed, uninterrupted, strict=True):
         assert np.array_equal(a, b)
     again = run_convert(big_svs, "--out", out)
@@ -201,6 +192,6 @@ def test_two_converters_racing_on_one_slide_make_one_store(
     assert [p.name for p in (keyring.root / "slides").iterdir()] == [f"{slide_id}.json"]
     clean = tmp_path / "clean"
     assert run_convert(big_svs, "--out", clean, "--shard", "4").returncode == 0
-    raced = pixels_of(out / slide_id, KeyRing(keyring.root.parent))
-    for a, b in zip(raced, pixels_of(clean / complete_stores(clean)[0], keyring), strict=True):
+    raced = level_pixels(out / slide_id, KeyRing(keyring.root.parent))
+    for a, b in zip(raced, level_pixels(clean / complete_stores(clean)[0], keyring), strict=True):
         assert np.array_equal(a, b)

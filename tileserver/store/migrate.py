@@ -69,16 +69,16 @@ def migrate_store(store: ObjectStore, slide_id: str, keyring: KeyRing | None, sh
         }
         objects.put(COMPLETE_MARKER, to_json(marker))
         try:
-            _verify(StoreReader.open(store, slide_id, keyring), old)
+            new = StoreReader.open(store, slide_id, keyring)
+            _verify(new, old)
         except TileserverError:
             objects.put(COMPLETE_MARKER, old_marker)  # v1 chunks are untouched: serve them
             raise
         outcome = "migrated to format 2"
     else:
-        layout = old.layout
+        layout, new = old.layout, old
         outcome = "format 2 already"
     # Finishing touches, also for a migration stopped after its marker was written.
-    new = StoreReader.open(store, slide_id, keyring)
     docs = metadata_documents(
         dataclasses.replace(layout, quality=layout.quality or _jpeg_quality(objects)), new.source
     )

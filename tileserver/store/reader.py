@@ -59,7 +59,8 @@ class StoreReader:
         marker_blob = self.raw.get(COMPLETE_MARKER)
         if marker_blob is None:
             raise StoreError(f"{name}: store is incomplete (no completion marker)")
-        marker = _json_document(objects.get(COMPLETE_MARKER), f"{name}: completion marker")
+        marker_text = self.sealing.open(COMPLETE_MARKER, marker_blob)
+        marker = _json_document(marker_text, f"{name}: completion marker")
         doc = _json_document(objects.get(GROUP_METADATA), f"{name}: {GROUP_METADATA}")
         layout, self.source = StoreLayout.from_group_metadata(doc)
         # The marker is written last and decides the format: `migrate` rewrites it before the

@@ -78,15 +78,7 @@ def routes(service: SlideService, public_url: str | None = None) -> list[web.Rou
     ) -> None:
         # A link needs no login: without this it would open any region at any size,
         # full-slide renders included (issue 14, finding 8).
-        p = await service.pyramid(slide_id)
-        s = service.settings
-        parsed = iiif.parse_request(
-            *params,
-            p.levels[0],
-            max_width=s.max_width,
-            max_height=s.max_height,
-            max_area=s.max_area,
-        )
+        parsed, p = await service.iiif_request(slide_id, params)
         if not is_one_tile(parsed, p.levels[0], p.tile, len(p.levels)):
             raise web.HTTPForbidden(
                 reason="a signed tiles link opens only single tiles of the advertised grid"
