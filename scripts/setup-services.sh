@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the tests start real servers from, idempotently: SoftHSM2 (a PKCS#11 token
-# for key-encryption keys). SeaweedFS (S3) and Dask come as Python packages (setup.sh).
+# for key-encryption keys), PostgreSQL (shared server state) and HAProxy (the load balancer
+# of the multi-host test). SeaweedFS (S3) and Dask come as Python packages (setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ -f /usr/lib/softhsm/libsofthsm2.so ] || scripts/apt-install.sh setup-services softhsm2
+missing=()
+[ -f /usr/lib/softhsm/libsofthsm2.so ] || missing+=(softhsm2)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+[ ${#missing[@]} -eq 0 ] || scripts/apt-install.sh setup-services "${missing[@]}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sample_data import write_svs, write_tiff
+from tests.pgserver import PgServer, postgresql
 from tests.s3server import S3Server, seaweedfs
 from tileserver.security.keys import KeyRing
 
@@ -51,3 +52,16 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return f"s3://{s3_server.bucket}/t-{secrets.token_hex(6)}"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL cluster (Debian's binaries, loopback, password made at run time)."""
+    with postgresql() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> str:
+    """A fresh, empty database on ``pg_server``: its postgresql:// URL."""
+    return pg_server.dsn(pg_server.create_database())
