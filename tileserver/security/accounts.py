@@ -10,6 +10,13 @@ Login throttling is kept per user-name string, known or not, under a keyed hash 
 (``login_throttle``): an unknown name is throttled exactly like an account, so the answers do
 not say which names exist (AUTH-05), and a name that was really a mistyped password never sits
 in the database as it was typed.
+
+Every write transaction that can change who may do what bumps one change counter (the
+``generation`` row) inside the same transaction, so a reader that sees the counter unchanged
+knows every authorization answer it cached is still true (``authz_cache``), whichever process
+or server wrote. Writes that change no such answer leave it alone (``_db(bump=False)``): a
+session's last_seen time and the login throttle, or every viewer's refresh and every guessed
+password would empty the caches of every server.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ CREATE TABLE IF NOT EXISTS login_throttle (
 CREATE TABLE IF NOT EXISTS grants (
     user TEXT NOT NULL, collection TEXT NOT NULL, labels INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user, collection));
+CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
+INSERT OR IGNORE INTO generation (id, n) VALUES (1, 0);
 """
 
 
@@ -84,6 +93,18 @@ class Principal:
     scopes: frozenset[str]
     collections: frozenset[str] | None  # tokens may be limited; None: the caller's grants
     session: str | None = None  # session hash, for audit correlation
+    expires: float | None = None  # tokens: when the token stops working (checked per request)
+
+
+@dataclass(frozen=True)
+class Session:
+    """A live session as the database holds it (times from ``Accounts.now``)."""
+
+    user: str
+    role: str
+    hash: str
+    created: float
+    last_seen: float
 
 
 @dataclass(frozen=True)
@@ -133,15 +154,24 @@ class Accounts:
         return conn
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self, *, bump: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction; ``bump=False`` only for writes no authorization answer
+        depends on (see the module docstring)."""
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            if bump:
+                conn.execute("UPDATE generation SET n = n + 1 WHERE id = 1")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def generation(self) -> int:
+        """The change counter: unchanged means no write since that could change a principal,
+        a grant, a slide's collection or a token (read on every authenticated request)."""
+        return int(self._read("SELECT n FROM generation WHERE id = 1")[0][0])
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Row]:
         return self._connection().execute(sql, args).fetchall()
@@ -245,7 +275,7 @@ class Accounts:
         back-off policy: seconds to wait after that many checked failures.
         """
         tag = self.name_tag(name)
-        with self._db() as db:
+        with self._db(bump=False) as db:
             row = db.execute(
                 "SELECT failures, guesses, next_attempt FROM login_throttle WHERE tag=?", (tag,)
             ).fetchone()
@@ -275,7 +305,7 @@ class Accounts:
 
     def clear_attempts(self, name: str) -> None:
         """A successful login: the consecutive-failure count starts again."""
-        with self._db() as db:
+        with self._db(bump=False) as db:
             db.execute("DELETE FROM login_throttle WHERE tag=?", (self.name_tag(name),))
 
     def attempts(self, name: str) -> tuple[int, int]:
@@ -341,17 +371,17 @@ class Accounts:
     def create_session(self, user: str) -> str:
         session = new_secret()
         now = self.now()
-        with self._db() as db:
+        # No bump: a new session changes no cached answer (only known callers are cached),
+        # and each login would otherwise empty every server's cache.
+        with self._db(bump=False) as db:
             db.execute(
                 "INSERT INTO sessions (hash, user, created, last_seen) VALUES (?, ?, ?, ?)",
                 (digest(session), user, now, now),
             )
         return session
 
-    def session_user(
-        self, session: str, idle: float, absolute: float
-    ) -> tuple[str, str, str] | None:
-        """(user, role, session hash) of a live session of an enabled user, else None."""
+    def session_user(self, session: str, idle: float, absolute: float) -> Session | None:
+        """The live session of an enabled user, else None."""
         h = digest(session)
         rows = self._read(
             "SELECT s.user, u.role, s.created, s.last_seen FROM sessions s"
@@ -366,9 +396,10 @@ class Accounts:
             self.end_session(session)
             return None
         if now - float(last_seen) > 30:  # write at most twice a minute
-            with self._db() as db:
+            with self._db(bump=False) as db:
                 db.execute("UPDATE sessions SET last_seen=? WHERE hash=?", (now, h))
-        return str(user), str(role), h
+            last_seen = now
+        return Session(str(user), str(role), h, float(created), float(last_seen))
 
     def end_session(self, session: str) -> None:
         with self._db() as db:
@@ -429,7 +460,9 @@ class Accounts:
         if expires is not None and float(expires) <= self.now():
             return None
         limited = None if collections is None else frozenset(str(collections).split(","))
-        return Principal("token", str(name), "service", frozenset(str(scopes).split(",")), limited)
+        scope_set = frozenset(str(scopes).split(","))
+        until = None if expires is None else float(expires)
+        return Principal("token", str(name), "service", scope_set, limited, expires=until)
 
     def revoke_token(self, name: str) -> None:
         with self._db() as db:

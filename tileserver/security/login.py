@@ -15,17 +15,16 @@ Per client address (an IPv6 client: its /64) a token bucket limits attempts befo
 or database write, so a flood of random user names costs a dictionary lookup each, not an
 Argon2 hash. A successful login gives its token back, so a ward behind one NAT address is not
 slowed by its own logins. Refused logins reach the audit trail aggregated per address and
-minute (the first at once, the rest as one summary), and a name that is not an account is
-written only as a keyed hash: it may be a password typed into the wrong box.
+minute (refusals.py: the first at once, the rest as one summary), and a name that is not an
+account is written only as a keyed hash: it may be a password typed into the wrong box.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tileserver.errors import TileserverError
 from tileserver.security import passwords, totp
@@ -33,12 +32,18 @@ from tileserver.security.accounts import USER_SCOPES, Accounts, Principal
 from tileserver.security.audit import (
     LOGIN,
     LOGOUT,
-    MAX_LIST,
     SECURITY_ALERT,
     USER_AUTHENTICATION,
     USER_SECURITY_ATTRIBUTES_CHANGED,
     AuditLog,
-    iso_utc,
+)
+from tileserver.security.refusals import Refusal, RefusalAudit, address_key
+from tileserver.security.authz_cache import (
+    REFRESH_AFTER,
+    AuthzCache,
+    Caller,
+    Lookup,
+    credential_key,
 )
 
 BACKOFF_AFTER = 5
@@ -52,8 +57,6 @@ LINK_TTL = 10 * 60.0
 ADDRESS_RATE = 1.0
 ADDRESS_BURST = 30.0
 MAX_ADDRESSES = 65_536  # addresses tracked at once per process (memory bound under a flood)
-WINDOW = 60  # seconds of refused logins from one address summarised in one audit record
-MAX_NAMES_COUNTED = 1024  # distinct user names counted per address and window
 
 
 class LoginFailed(TileserverError):
@@ -80,19 +83,6 @@ def backoff_delay(guesses: int) -> float:
         return 0.0
     # The exponent is capped: 2.0 ** 1100 would overflow long after the delay stopped growing.
     return min(2.0 ** min(guesses - BACKOFF_AFTER, 32), MAX_DELAY)
-
-
-def address_key(source_ip: str) -> str:
-    """What one client controls: an IPv4 address, or an IPv6 /64 (one site's network)."""
-    try:
-        address = ipaddress.ip_address(source_ip)
-    except ValueError:
-        return source_ip[:64]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(address), 64), strict=False))
-    return str(address)
 
 
 @dataclass
@@ -165,130 +155,6 @@ class AddressLimiter:
                 del self._buckets[key]
 
 
-@dataclass
-class _Window:
-    """Refused logins from one address in one minute, after the first."""
-
-    minute: int
-    first_written: bool  # the first refusal, written on its own at once
-    first: float = 0.0
-    last: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
-    names: dict[str, None] = field(default_factory=dict)  # ordered set of user labels
-
-
-class RefusalAudit:
-    """Refused logins in the audit trail without letting a flood fill the disk.
-
-    Per client address and minute, the first refusal is one record at once (detectors see it
-    within the minute); the rest become one summary record when the minute is over
-    (``flush``): at most two records per address and minute, whatever the request rate.
-    """
-
-    def __init__(self, audit: AuditLog, now: Callable[[], float] = time.time) -> None:
-        self.audit = audit
-        self.now = now
-        self._lock = threading.Lock()
-        self._windows: dict[str, _Window] = {}
-        self._due: list[tuple[str, _Window]] = []
-
-    def refused(
-        self,
-        source_ip: str,
-        user: str | None,
-        reason: str,
-        failures: int | None,
-        *,
-        immediate: bool = True,
-    ) -> None:
-        """Count one refused login; ``immediate=False`` never writes (safe on the event
-        loop), leaving the record to the summary."""
-        now = self.now()
-        minute = int(now // WINDOW)
-        key = address_key(source_ip)
-        with self._lock:
-            window = self._windows.get(key)
-            if window is not None and window.minute != minute:
-                self._due.append((key, self._windows.pop(key)))
-                window = None
-            if window is None:
-                if len(self._windows) >= MAX_ADDRESSES:
-                    key = "other addresses"  # a flood from everywhere: one shared window
-                    window = self._windows.get(key)
-                if window is None:
-                    window = self._windows[key] = _Window(minute, False, now, now)
-            write_now = immediate and not window.first_written
-            if write_now:
-                window.first_written = True
-            else:
-                if not window.counts:
-                    window.first = now
-                window.counts[reason] = window.counts.get(reason, 0) + 1
-                if user is not None and len(window.names) < MAX_NAMES_COUNTED:
-                    window.names[user] = None
-                window.last = now
-        if write_now:
-            self.audit.append(
-                USER_AUTHENTICATION,
-                event_type=LOGIN,
-                outcome=4,
-                user=user,
-                source_ip=source_ip,
-                detail={"reason": reason, "consecutive_failures": failures},
-            )
-
-    def pending(self) -> bool:
-        with self._lock:
-            return bool(self._windows or self._due)
-
-    def due_in(self) -> float:
-        """Seconds until the oldest window is over (0 when one already is)."""
-        with self._lock:
-            if self._due or not self._windows:
-                return 0.0
-            end = (min(w.minute for w in self._windows.values()) + 1) * WINDOW
-        return max(0.0, end - self.now())
-
-    def flush(self, *, everything: bool = False) -> int:
-        """Write the summaries of windows that are over (or all); the number written."""
-        minute = int(self.now() // WINDOW)
-        with self._lock:
-            for key in [k for k, w in self._windows.items() if everything or w.minute < minute]:
-                self._due.append((key, self._windows.pop(key)))
-            due, self._due = self._due, []
-        written = 0
-        for position, (key, window) in enumerate(due):
-            if not window.counts:
-                continue
-            try:
-                self._summary(key, window)
-            except BaseException:
-                with self._lock:  # keep what was not written: the next flush tries again
-                    self._due[:0] = due[position:]
-                raise
-            written += 1
-        return written
-
-    def _summary(self, key: str, window: _Window) -> None:
-        names = list(window.names)
-        self.audit.append(
-            USER_AUTHENTICATION,
-            event_type=LOGIN,
-            outcome=4,
-            source_ip=key,
-            detail={
-                "aggregated": True,
-                "window_start": iso_utc(window.minute * WINDOW),
-                "first": iso_utc(window.first),
-                "last": iso_utc(window.last),
-                "refused": sum(window.counts.values()),
-                **dict(sorted(window.counts.items())),
-                "distinct_users": len(names),
-                "users": names[:MAX_LIST],
-            },
-        )
-
-
 class Authenticator:
     def __init__(
         self,
@@ -304,6 +170,7 @@ class Authenticator:
         self.now = now
         self.limiter = AddressLimiter(address_rate, address_burst, now=now)
         self.refusals = RefusalAudit(audit, now=now)
+        self.authz = AuthzCache(accounts)
 
     # -- login -------------------------------------------------------------------------------
     def admit(self, source_ip: str) -> float | None:
@@ -314,7 +181,7 @@ class Authenticator:
         """
         wait = self.limiter.take(address_key(source_ip))
         if wait is not None:
-            self.refusals.refused(source_ip, None, "address_limited", None, immediate=False)
+            self._refused(source_ip, None, "address_limited", None, immediate=False)
         return wait
 
     def login(
@@ -336,9 +203,7 @@ class Authenticator:
         known = user is not None
         attempt = self.accounts.begin_attempt(username, known, now, backoff_delay)
         if not attempt.allowed:
-            self.refusals.refused(
-                source_ip, self._label(username, known), "throttled", attempt.failures
-            )
+            self._refused(source_ip, self._label(username, known), "throttled", attempt.failures)
             raise LoginFailed(retry_after=attempt.next_attempt - now)
         ok = False
         step = None
@@ -350,7 +215,7 @@ class Authenticator:
             # The claim is the single-use check: of concurrent logins with one code, one wins.
             ok = step is not None and self.accounts.claim_totp_step(user.name, step)
         if not ok or user is None or step is None:
-            self.refusals.refused(
+            self._refused(
                 source_ip, self._label(username, known), "invalid_credentials", attempt.failures
             )
             if known and attempt.guesses == LOCK_AFTER:  # exactly one attempt is the 100th
@@ -367,6 +232,25 @@ class Authenticator:
             source_ip=source_ip,
         )
         return session
+
+    def _refused(
+        self,
+        source_ip: str,
+        user: str | None,
+        reason: str,
+        failures: int | None,
+        *,
+        immediate: bool = True,
+    ) -> None:
+        refusal = Refusal(
+            USER_AUTHENTICATION,
+            reason,
+            source_ip,
+            user=user,
+            event_type=LOGIN,
+            consecutive_failures=failures,
+        )
+        self.refusals.refused(refusal, immediate=immediate)
 
     def _label(self, username: str, known: bool) -> str:
         """How the audit trail names the user of a refused login: an account by its name,
@@ -461,18 +345,67 @@ class Authenticator:
         return self.accounts.create_session(user.name)
 
     # -- every request -------------------------------------------------------------------------
+    def cached_principal(
+        self, session: str | None, bearer: str | None, certificate: str | None, generation: int
+    ) -> Principal | Lookup | None:
+        """``principal`` from the cache, without the database (for the event loop): the
+        caller, None (an expired token), or MISS when only ``principal`` can say.
+
+        A session older than ``REFRESH_AFTER`` since it was last seen here is a miss, so its
+        idle and absolute timeouts and its last_seen refresh are the database's to decide."""
+        key = _credential(session, bearer, certificate)
+        if key is None:
+            return None
+        caller = self.authz.caller(key, generation)
+        if caller is None:
+            return Lookup.MISS
+        principal, now = caller.principal, self.accounts.now()
+        if principal.kind == "token":
+            live = principal.expires is None or principal.expires > now
+            return principal if live else None
+        if caller.created is None or caller.last_seen is None:
+            return Lookup.MISS
+        if now - caller.last_seen > REFRESH_AFTER or now - caller.created > ABSOLUTE_TIMEOUT:
+            return Lookup.MISS
+        return principal
+
     def principal(
-        self, session: str | None, bearer: str | None, certificate: str | None = None
+        self,
+        session: str | None,
+        bearer: str | None,
+        certificate: str | None = None,
+        generation: int | None = None,
     ) -> Principal | None:
         """The caller, from a bearer token, a session cookie or (machines only) the name in
-        a client certificate the TLS layer has verified against the client CA."""
+        a client certificate the TLS layer has verified against the client CA. With the
+        ``generation`` read at the start of the request, the answer is cached under it."""
+        key = _credential(session, bearer, certificate)
+        caller = None
         if bearer:
-            return self.accounts.token_principal(bearer)
-        if certificate and not session:
-            return self.accounts.certificate_principal(certificate)
-        if session:
-            found = self.accounts.session_user(session, IDLE_TIMEOUT, ABSOLUTE_TIMEOUT)
-            if found:
-                name, role, session_hash = found
-                return Principal("user", name, role, USER_SCOPES | {"labels"}, None, session_hash)
-        return None
+            found = self.accounts.token_principal(bearer)
+            caller = None if found is None else Caller(found)
+        elif certificate and not session:
+            found = self.accounts.certificate_principal(certificate)
+            caller = None if found is None else Caller(found)
+        elif session:
+            live = self.accounts.session_user(session, IDLE_TIMEOUT, ABSOLUTE_TIMEOUT)
+            if live:
+                scopes = USER_SCOPES | {"labels"}
+                user = Principal("user", live.user, live.role, scopes, None, live.hash)
+                caller = Caller(user, live.created, live.last_seen)
+        if caller is None:
+            return None
+        if key is not None and generation is not None:
+            self.authz.remember_caller(key, caller, generation)
+        return caller.principal
+
+
+def _credential(session: str | None, bearer: str | None, certificate: str | None) -> str | None:
+    """The cache key of the credential ``Authenticator.principal`` would use."""
+    if bearer:
+        return credential_key("token", bearer)
+    if certificate and not session:
+        return credential_key("certificate", certificate)
+    if session:
+        return credential_key("session", session)
+    return None
