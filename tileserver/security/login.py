@@ -37,7 +37,6 @@ from tileserver.security.audit import (
     USER_SECURITY_ATTRIBUTES_CHANGED,
     AuditLog,
 )
-from tileserver.security.refusals import Refusal, RefusalAudit, address_key
 from tileserver.security.authz_cache import (
     REFRESH_AFTER,
     AuthzCache,
@@ -45,6 +44,7 @@ from tileserver.security.authz_cache import (
     Lookup,
     credential_key,
 )
+from tileserver.security.refusals import Refusal, RefusalAudit, address_key
 
 BACKOFF_AFTER = 5
 LOCK_AFTER = 100
