@@ -25,6 +25,7 @@ from tileserver.errors import (
 )
 from tileserver.protocols.deepzoom import TileNotFound
 from tileserver.protocols.iiif import IIIFError
+from tileserver.security.database import RETRY_AFTER, DatabaseConflict, DatabaseUnavailable
 from tileserver.security.signed_urls import SignatureRejected
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (TileNotFound, 404),
     (IIIFError, 400),
     (SignatureRejected, 403),
+    (DatabaseUnavailable, 503),
+    (DatabaseConflict, 409),
     (RegionError, 400),
     (IntegrityError, 500),
     (KeyUnavailable, 500),
@@ -55,6 +58,7 @@ _GENERIC = {
     503: "the slide store is unavailable: try again shortly",
 }
 
+_DATABASE_DOWN = "the server's database is unavailable: try again shortly"
 
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 
@@ -109,6 +113,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # must not send the operator to the stores.
             reading = isinstance(exc, SlideError | StoreError | KeyUnavailable)
             message = _GENERIC.get(status, "internal error") if reading else "internal error"
+            if isinstance(exc, DatabaseUnavailable):
+                # Nothing is authorized without the database: refuse, and say when to retry.
+                response = error_response(status, _DATABASE_DOWN, correlation_id)
+                response.headers["Retry-After"] = str(RETRY_AFTER)
+                return response
             return error_response(status, message, correlation_id)
         message = "not found" if status == 404 else str(exc)
         return error_response(status, message, correlation_id)
