@@ -31,11 +31,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from tileserver.errors import TileserverError
 
@@ -92,6 +92,17 @@ class VerifyResult:
     head: str | None = field(default=None, compare=False)  # mac of the last good record
 
 
+class AuditSink(Protocol):
+    """Where an ``AuditLog`` writes instead of its file (audit_sink.PostgresSink): numbers,
+    chains (``seal``) and stores one record per ``write``, and reads its own stream back."""
+
+    def write(self, ts: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    def records(self) -> Iterator[dict[str, Any]]: ...
+
+    def verify(self) -> VerifyResult: ...
+
+
 def canonical(record: dict[str, Any]) -> str:
     """The one serialisation the MAC covers: sorted keys, no spaces, ASCII, no NaN."""
     return json.dumps(
@@ -103,6 +114,13 @@ def record_mac(key: bytes, record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "mac"}
     message = bytes.fromhex(record["prev"]) + canonical(body).encode("ascii")
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def seal(key: bytes, seq: int, ts: str, fields: dict[str, Any], prev: str) -> dict[str, Any]:
+    """The record with number ``seq`` following the record whose mac is ``prev``."""
+    record = {"seq": seq, "ts": ts, **fields, "prev": prev}
+    record["mac"] = record_mac(key, record)
+    return record
 
 
 def iso_utc(t: float) -> str:
@@ -157,14 +175,22 @@ class AuditLog:
 
     Every ``append`` takes an exclusive ``flock`` on ``<file>.lock``, reads the last line for
     its seq and mac, writes one line, and fsyncs before releasing, so concurrent writers (worker
-    processes sharing the port) still produce one unbroken chain.
+    processes sharing the port) still produce one unbroken chain. With a ``sink`` the records
+    go there instead (one stream per process in PostgreSQL: audit_sink.py).
     """
 
-    def __init__(self, path: Path, key: bytes, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        now: Callable[[], float] = time.time,
+        sink: AuditSink | None = None,
+    ) -> None:
         _check_key(key)
         self.path = Path(path)
         self._key = key
         self._now = now
+        self.sink = sink
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r}, <key hidden>)"
@@ -201,6 +227,8 @@ class AuditLog:
             "object": obj,
             "detail": _check_detail(detail or {}),
         }
+        if self.sink is not None:
+            return self.sink.write(iso_utc(self._now()), fields)
         self._prepare_directory()
         lock_fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -209,8 +237,7 @@ class AuditLog:
             try:
                 os.fchmod(fd, 0o600)  # also tightens a log someone created with a wider mode
                 seq, prev = self._tail(fd)
-                record = {"seq": seq, "ts": iso_utc(self._now()), **fields, "prev": prev}
-                record["mac"] = record_mac(self._key, record)
+                record = seal(self._key, seq, iso_utc(self._now()), fields, prev)
                 _write_all(fd, (canonical(record) + "\n").encode("ascii"))
                 os.fsync(fd)
             finally:
@@ -221,10 +248,10 @@ class AuditLog:
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record in file order (not verified; use ``verify`` for that)."""
-        return records(self.path)
+        return records(self.path) if self.sink is None else self.sink.records()
 
     def verify(self) -> VerifyResult:
-        return verify(self.path, self._key)
+        return verify(self.path, self._key) if self.sink is None else self.sink.verify()
 
     def _prepare_directory(self) -> None:
         directory = self.path.parent
@@ -349,9 +376,19 @@ def verify(path: Path, key: bytes) -> VerifyResult:
     if not path.exists():
         return VerifyResult(False, 0, None, f"{path}: audit log does not exist")
     size = _snapshot_size(path)
-    prev = GENESIS
+    return verify_lines(lambda: _lines(path, size), key)
+
+
+def verify_lines(
+    lines: Callable[[], Iterable[bytes]], key: bytes, genesis: str = GENESIS
+) -> VerifyResult:
+    """``verify`` over one chain's lines in order (each ending in a newline), whatever holds
+    them; ``lines`` is called again only to explain a failure. ``genesis`` is the first
+    record's ``prev``."""
+    _check_key(key)
+    prev = genesis
     count = 0
-    for line in _lines(path, size):
+    for line in lines():
         where = f"record at line {count} (expected seq {count})"
         record: Any = None
         try:
@@ -366,7 +403,7 @@ def verify(path: Path, key: bytes) -> VerifyResult:
         if not hmac.compare_digest(record_mac(key, record), record["mac"]):
             problem = f"{where}: seq {seq} modified or forged (MAC mismatch)"
         elif seq != count:
-            problem = _seq_problem(path, size, count, seq)
+            problem = _seq_problem(lines, count, seq)
         elif record["prev"] != prev:
             problem = f"{where}: seq {seq} does not follow its predecessor (prev mismatch)"
         if problem is not None:
@@ -376,9 +413,9 @@ def verify(path: Path, key: bytes) -> VerifyResult:
     return VerifyResult(True, count, None, f"{count} records verified", prev if count else None)
 
 
-def _seq_problem(path: Path, size: int, line_number: int, found: int) -> str:
+def _seq_problem(lines: Callable[[], Iterable[bytes]], line_number: int, found: int) -> str:
     """Deleted or reordered? Look for the expected seq further on (only on failure)."""
-    for number, line in enumerate(_lines(path, size)):
+    for number, line in enumerate(lines()):
         if number <= line_number:
             continue
         try:
