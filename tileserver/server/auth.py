@@ -3,7 +3,12 @@
 Deny by default: a route answers without credentials only if it is in ``PUBLIC``. Every
 slide route asks ``authorize`` for the specific slide and scope, and a refusal is the same
 404 a missing slide gets. Same-origin checks guard state-changing requests (CSRF), and a
-token bucket per principal answers floods with 429.
+token bucket per principal answers floods with 429 (``serve --rate-limit``, and
+``--rate-limit-tokens`` for machines).
+
+Who the caller is and what it may do come from ``authz_cache`` under the change counter read
+once per request on the event loop (a few microseconds: the measured exception next to
+docs/decisions/0001); what the cache cannot answer is looked up in a worker thread.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from aiohttp import web
 from tileserver.errors import SlideNotFound
 from tileserver.security.accounts import SCOPES, Accounts, Principal
 from tileserver.security.audit import AuditLog, SlideViewAggregator
+from tileserver.security.authz_cache import Lookup
 from tileserver.security.login import Authenticator
 from tileserver.security.signed_urls import UrlKeys, check, is_signed
 
@@ -40,6 +46,8 @@ PUBLIC_PREFIXES = ("/static/",)
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 SESSION = web.RequestKey("session", str)
+# The auth database's change counter as this request read it: cached answers must match it.
+GENERATION = web.RequestKey("generation", int)
 # The query pairs of a signed URL, checked per route.
 SIGNED: web.RequestKey[list[tuple[str, str]]] = web.RequestKey("signed", list)
 
@@ -70,24 +78,33 @@ class Security:
     tls: bool
     loopback: bool  # bound to loopback only: one-time login links are allowed
     url_keys: UrlKeys | None = None  # signed URLs (None: refused like any unknown caller)
-    rate: float = 2000.0  # requests per second per principal, sustained (a viewer bursts)
+    # Requests per second per principal, sustained, and the burst (a viewer bursts); 0: off
+    # (refused with authentication on, run.check_safe).
+    rate: float = 2000.0
     burst: float = 4000.0
+    token_rate: float | None = None  # machines (tokens, client certificates); None: as people
+    token_burst: float | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     @property
     def accounts(self) -> Accounts | None:
         return self.authenticator.accounts if self.authenticator else None
 
-    def allow_rate(self, key: str) -> float | None:
+    def allow_rate(self, key: str, machine: bool = False) -> float | None:
         """None when the request may go ahead, else seconds until it may."""
+        rate, burst = self.rate, self.burst
+        if machine and self.token_rate is not None and self.token_burst is not None:
+            rate, burst = self.token_rate, self.token_burst
+        if rate <= 0:
+            return None
         now = time.monotonic()
-        bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+        bucket = self._buckets.setdefault(key, _Bucket(burst, now))
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.stamp) * rate)
         bucket.stamp = now
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return None
-        return (1 - bucket.tokens) / self.rate
+        return (1 - bucket.tokens) / rate
 
 
 SECURITY = web.AppKey("security", Security)
@@ -127,7 +144,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     certificate = certificate_name(request)
     principal = None
     if session or bearer or certificate:
-        principal = security.authenticator.principal(session, bearer, certificate)
+        principal = await _caller(security.authenticator, request, session, bearer, certificate)
     if (
         principal is None
         and security.url_keys is not None
@@ -150,6 +167,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+async def _caller(
+    authenticator: Authenticator,
+    request: web.Request,
+    session: str | None,
+    bearer: str | None,
+    certificate: str | None,
+) -> Principal | None:
+    """The caller from the cache, or from the database in a worker thread; on a slide's
+    route also what it may do with that slide, so ``authorize`` answers from the cache."""
+    authz = authenticator.authz
+    generation = authz.generation()
+    request[GENERATION] = generation
+    loop = asyncio.get_running_loop()
+    found = authenticator.cached_principal(session, bearer, certificate, generation)
+    if found is Lookup.MISS:
+        found = await loop.run_in_executor(
+            None, authenticator.principal, session, bearer, certificate, generation
+        )
+    slide_id = request.match_info.get("slide_id")
+    if found is not None and slide_id and not authz.knows(found, slide_id, generation):
+        await loop.run_in_executor(None, authz.learn, found, slide_id, generation)
+    return found
+
+
 def certificate_name(request: web.Request) -> str | None:
     """The common name of the client certificate, when TLS asked for one (``--client-ca``)
     and verified it; None without one. A certificate with several common names is refused
@@ -167,7 +208,7 @@ def certificate_name(request: web.Request) -> str | None:
 
 
 def _check_rate(security: Security, principal: Principal) -> None:
-    wait = security.allow_rate(f"{principal.kind}:{principal.name}")
+    wait = security.allow_rate(f"{principal.kind}:{principal.name}", principal.kind == "token")
     if wait is not None:
         raise web.HTTPTooManyRequests(
             reason="rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))}
@@ -195,18 +236,26 @@ def authorize(request: web.Request, slide_id: str, scope: str) -> Principal:
         check(pairs, slide_id, scope, time.time(), url_keys.key_of)
         return caller
     principal = principal_of(request)
-    accounts = request.app[SECURITY].accounts
-    if accounts is not None and not accounts.allows(principal, slide_id, scope):
+    authenticator = request.app[SECURITY].authenticator
+    if authenticator is not None and not authenticator.authz.allows(
+        principal, slide_id, scope, _generation(request, authenticator)
+    ):
         raise SlideNotFound("no such slide")
     return principal
 
 
+def _generation(request: web.Request, authenticator: Authenticator) -> int:
+    found = request.get(GENERATION)
+    return authenticator.authz.generation() if found is None else found
+
+
 def visible_slides(request: web.Request) -> set[str] | None:
     """Slide IDs the caller may list; None means every slide (--no-auth)."""
-    accounts = request.app[SECURITY].accounts
-    if accounts is None:
+    authenticator = request.app[SECURITY].authenticator
+    if authenticator is None:
         return None
-    return accounts.visible_slides(principal_of(request))
+    principal = principal_of(request)
+    return authenticator.authz.visible_slides(principal, _generation(request, authenticator))
 
 
 async def audit(request: web.Request, event_id: int, **fields: object) -> None:
