@@ -135,6 +135,13 @@ class AuthzCache:
                 return True
             return self._grants.get((principal.name, collection), generation)[0]
 
+    def learn(self, principal: Principal, slide_id: str, generation: int) -> None:
+        """Look up what ``allows`` needs for this slide (in a worker thread, before
+        ``allows`` is asked on the event loop)."""
+        collection = self._collection_of(slide_id, generation)
+        if collection is not None and principal.kind == "user":
+            self._grant_of(principal.name, collection, generation)
+
     def allows(self, principal: Principal, slide_id: str, scope: str, generation: int) -> bool:
         """``Accounts.allows``, from the cache where it can (deny by default)."""
         collection = self._collection_of(slide_id, generation)
