@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from tileserver.library import SlideLibrary
 from tileserver.security.audit import APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP
+from tileserver.security.refusals import WINDOW, RefusalAudit
 from tileserver.server.auth import SECURITY, Security, auth_middleware
 from tileserver.server.errors import error_middleware
 from tileserver.server.routes import api, auth, deepzoom, iiif, viewer
 from tileserver.service import ServiceSettings, SlideService
+
+logger = logging.getLogger(__name__)
 
 SERVICE = web.AppKey("service", SlideService)
 VIEW_FLUSH_SECONDS = 30.0
@@ -44,6 +49,18 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
 
 
+async def _flush_refusals(refusals: RefusalAudit) -> None:
+    """Each minute's summaries of refused requests and logins, written (off the event loop)
+    a second after the minute is over."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(WINDOW - time.time() % WINDOW + 1.0)
+        try:
+            await loop.run_in_executor(None, refusals.flush)
+        except Exception as exc:  # what was not written is kept: the next minute tries again
+            logger.error("refusal summaries not audited yet: %s", exc)
+
+
 def create_app(
     library: SlideLibrary,
     settings: ServiceSettings,
@@ -62,8 +79,8 @@ def create_app(
     app[SECURITY] = security
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        audit, views = security.audit, security.views
-        flusher = None
+        audit, views, refusals = security.audit, security.views, security.refusals
+        flushers = []
         if audit is not None:
             audit.append(APPLICATION_ACTIVITY, event_type=APPLICATION_START)
         if audit is not None and views is not None:
@@ -76,17 +93,19 @@ def create_app(
                         None, lambda: views.flush(audit, older_than=VIEW_FLUSH_SECONDS)
                     )
 
-            flusher = asyncio.create_task(flush_views())
+            flushers.append(asyncio.create_task(flush_views()))
+        if refusals is not None:
+            flushers.append(asyncio.create_task(_flush_refusals(refusals)))
         yield
-        if flusher is not None:
+        for flusher in flushers:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
         if audit is not None:
             if views is not None:
                 views.flush(audit)
-            if security.authenticator is not None:  # this minute's refused-login summaries
-                security.authenticator.refusals.flush(everything=True)
+            if refusals is not None:  # this minute's summaries too
+                refusals.flush(everything=True)
             audit.append(APPLICATION_ACTIVITY, event_type=APPLICATION_STOP)
         service.close()
 

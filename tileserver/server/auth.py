@@ -6,6 +6,11 @@ slide route asks ``authorize`` for the specific slide and scope, and a refusal i
 token bucket per principal answers floods with 429 (``serve --rate-limit``, and
 ``--rate-limit-tokens`` for machines).
 
+Refused credentials (401), bad signed URLs, slides not granted (the 404), routes or scopes
+refused (403) and rate limits (429) are counted for the audit trail, per client address or
+principal and minute (security/refusals.py). Not counted: sending a browser without
+credentials to the login page (normal), and cross-origin refusals (before authentication).
+
 Who the caller is and what it may do come from ``authz_cache`` under the change counter read
 once per request on the event loop (a few microseconds: the measured exception next to
 docs/decisions/0001); what the cache cannot answer is looked up in a worker thread.
@@ -21,11 +26,28 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from tileserver.errors import SlideNotFound
+from tileserver.errors import SlideNotFound, TileserverError
 from tileserver.security.accounts import SCOPES, Accounts, Principal
-from tileserver.security.audit import AuditLog, SlideViewAggregator
+from tileserver.security.audit import (
+    INSTANCES_ACCESSED,
+    USER_AUTHENTICATION,
+    AuditLog,
+    SlideViewAggregator,
+)
 from tileserver.security.authz_cache import Lookup
 from tileserver.security.login import Authenticator
+from tileserver.security.refusals import (
+    BAD_CERTIFICATE,
+    BAD_SESSION,
+    BAD_SIGNED_URL,
+    BAD_TOKEN,
+    FORBIDDEN,
+    NO_CREDENTIALS,
+    NOT_GRANTED,
+    RATE_LIMITED,
+    Refusal,
+    RefusalAudit,
+)
 from tileserver.security.signed_urls import UrlKeys, check, is_signed
 
 SESSION_COOKIE = "__Host-tileserver"
@@ -48,6 +70,8 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 SESSION = web.RequestKey("session", str)
 # The auth database's change counter as this request read it: cached answers must match it.
 GENERATION = web.RequestKey("generation", int)
+# A refusal decided inside a handler (authorize), audited by the middleware on the way out.
+REFUSED = web.RequestKey("refused", Refusal)
 # The query pairs of a signed URL, checked per route.
 SIGNED: web.RequestKey[list[tuple[str, str]]] = web.RequestKey("signed", list)
 
@@ -89,6 +113,11 @@ class Security:
     @property
     def accounts(self) -> Accounts | None:
         return self.authenticator.accounts if self.authenticator else None
+
+    @property
+    def refusals(self) -> RefusalAudit | None:
+        """Refused requests share the refused logins' windows (security/refusals.py)."""
+        return self.authenticator.refusals if self.authenticator else None
 
     def allow_rate(self, key: str, machine: bool = False) -> float | None:
         """None when the request may go ahead, else seconds until it may."""
@@ -136,12 +165,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise web.HTTPForbidden(reason="cross-origin request refused")
     if security.authenticator is None:
         request[PRINCIPAL] = LOCAL_ANONYMOUS
-        _check_rate(security, LOCAL_ANONYMOUS)
+        await _check_rate(request, security, LOCAL_ANONYMOUS)
         return await handler(request)
     session = request.cookies.get(session_cookie(security.tls))
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-    certificate = certificate_name(request)
+    try:
+        certificate = certificate_name(request)
+    except web.HTTPUnauthorized:
+        await _record(request, _refusal(request, BAD_CERTIFICATE))
+        raise
     principal = None
     if session or bearer or certificate:
         principal = await _caller(security.authenticator, request, session, bearer, certificate)
@@ -156,15 +189,74 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if principal is None:
         if is_public(request.path):
             return await handler(request)
+        presented = _refused_credential(session, bearer, certificate)
         if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
-            # A person in a browser: to the login page, and back here afterwards.
+            # A person in a browser: to the login page, and back here afterwards. Not being
+            # logged in yet is normal there; a refused cookie is still audited.
+            if presented is not None:
+                await _record(request, _refusal(request, presented))
             raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
+        await _record(request, _refusal(request, presented or NO_CREDENTIALS))
         raise web.HTTPUnauthorized(reason="authentication required")
-    _check_rate(security, principal)
+    await _check_rate(request, security, principal)
     request[PRINCIPAL] = principal
     if session:
         request[SESSION] = session
-    return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPForbidden:
+        reason = BAD_SIGNED_URL if principal is SIGNED_URL else FORBIDDEN
+        await _record(request, request.get(REFUSED) or _refusal(request, reason, principal))
+        raise
+    except TileserverError:
+        refused = request.get(REFUSED)  # authorize: a slide not granted, a bad signed URL
+        if refused is not None:
+            await _record(request, refused)
+        raise
+
+
+def _refused_credential(
+    session: str | None, bearer: str | None, certificate: str | None
+) -> str | None:
+    """Which credential was refused, taken in the order the authenticator reads them; None
+    when there was none."""
+    if bearer:
+        return BAD_TOKEN
+    if certificate and not session:
+        return BAD_CERTIFICATE
+    if session:
+        return BAD_SESSION
+    return None
+
+
+def _refusal(
+    request: web.Request,
+    reason: str,
+    principal: Principal | None = None,
+    slide_id: str | None = None,
+) -> Refusal:
+    """Refused credentials (or a signed URL), counted per client address; or an
+    authenticated caller refused access, counted per principal."""
+    source = client_ip(request)
+    slide_id = slide_id or request.match_info.get("slide_id")
+    if principal is None or principal is SIGNED_URL:
+        return Refusal(USER_AUTHENTICATION, reason, source, obj=slide_id)
+    return Refusal(
+        INSTANCES_ACCESSED,
+        reason,
+        source,
+        user=principal.name,
+        obj=slide_id,
+        principal=f"{principal.kind}:{principal.name}",
+    )
+
+
+async def _record(request: web.Request, refusal: Refusal) -> None:
+    """Count a refusal for the audit trail; the first of its minute is written at once, off
+    the event loop (the audit log fsyncs), the rest in the minute's summary (app.py)."""
+    refusals = request.app[SECURITY].refusals
+    if refusals is not None and refusals.count(refusal):
+        await asyncio.get_running_loop().run_in_executor(None, refusals.write, refusal)
 
 
 async def _caller(
@@ -207,9 +299,10 @@ def certificate_name(request: web.Request) -> str | None:
     return names[0] if names else None
 
 
-def _check_rate(security: Security, principal: Principal) -> None:
+async def _check_rate(request: web.Request, security: Security, principal: Principal) -> None:
     wait = security.allow_rate(f"{principal.kind}:{principal.name}", principal.kind == "token")
     if wait is not None:
+        await _record(request, _refusal(request, RATE_LIMITED, principal))
         raise web.HTTPTooManyRequests(
             reason="rate limit exceeded", headers={"Retry-After": str(max(1, round(wait)))}
         )
@@ -233,13 +326,18 @@ def authorize(request: web.Request, slide_id: str, scope: str) -> Principal:
     caller: Principal | None = request.get(PRINCIPAL)
     if caller is SIGNED_URL and url_keys is not None:
         pairs = request[SIGNED]
-        check(pairs, slide_id, scope, time.time(), url_keys.key_of)
+        try:
+            check(pairs, slide_id, scope, time.time(), url_keys.key_of)
+        except TileserverError:
+            request[REFUSED] = _refusal(request, BAD_SIGNED_URL, slide_id=slide_id)
+            raise
         return caller
     principal = principal_of(request)
     authenticator = request.app[SECURITY].authenticator
     if authenticator is not None and not authenticator.authz.allows(
         principal, slide_id, scope, _generation(request, authenticator)
     ):
+        request[REFUSED] = _refusal(request, NOT_GRANTED, principal, slide_id)
         raise SlideNotFound("no such slide")
     return principal
 
