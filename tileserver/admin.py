@@ -64,9 +64,9 @@ def cmd_users(args: argparse.Namespace) -> int:
             print(f"{each.name:24} {each.role:12} {state}")
         return 0
     if action == "bootstrap":
-        if accounts.has_users():
+        token = accounts.issue_bootstrap(ENROL_TTL)  # retires any earlier link
+        if token is None:
             raise TileserverError("this server already has users; use `tileserver users add`")
-        token = accounts.issue_one_time("bootstrap", None, "admin", ENROL_TTL)
         record("issued bootstrap setup link", "-")
         print("one-time setup link for the first administrator (valid 24 h, single use):")
         print(f"{_base(args)}/login?setup={token}")

@@ -1,7 +1,8 @@
-"""Who may do what: people, sessions, machine tokens, collections and grants, in SQLite.
+"""Who may do what: people, sessions, machine tokens, collections and grants.
 
-One database (``TILESERVER_HOME/auth.db``, 0600) shared by every server process, so a
-disabled user or a removed grant takes effect on the very next request everywhere.
+One database shared by every server process: ``TILESERVER_HOME/auth.db`` (SQLite, 0600) on
+one machine, or PostgreSQL (``--database``) for servers on many hosts behind a load balancer,
+so a disabled user or a removed grant takes effect on the very next request everywhere.
 Secrets are never stored as they are: session IDs and tokens as SHA-256 (they carry 256
 random bits, so a fast hash is enough), passwords with Argon2id, TOTP secrets sealed with
 AES-GCM under a key of the key ring.
@@ -24,38 +25,48 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tileserver.errors import TileserverError
 from tileserver.security.crypto import Sealer
+from tileserver.security.database import (
+    Database,
+    Migration,
+    Row,
+    Transaction,
+    migrate,
+    open_database,
+)
 
 ROLES = ("admin", "pathologist", "viewer")
 SCOPES = ("metadata", "thumbnails", "tiles", "regions", "labels")
 USER_SCOPES = frozenset({"metadata", "thumbnails", "tiles", "regions"})  # labels need a grant
 
-Row = tuple[Any, ...]  # SQLite values are typed by the schema below, not by Python
 # Throttle rows of names that are not accounts are forgotten after a day without attempts.
 UNKNOWN_NAME_MEMORY = 24 * 3600.0
 PRUNE_EVERY = 60.0
 
-_SCHEMA = """
+# Versioned (tileserver.security.database.migrate), the same on SQLite and PostgreSQL: types
+# as SQLite names them, "user" quoted (a keyword in PostgreSQL). Version 1 is the schema from
+# before versioning, so it must stay idempotent: it adopts auth.db files made back then.
+MIGRATIONS = [
+    Migration(
+        1,
+        """
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, pw_hash TEXT, totp_sealed BLOB,
     totp_last_step INTEGER, disabled INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL DEFAULT 0,
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS one_time (
-    hash TEXT PRIMARY KEY, purpose TEXT NOT NULL, user TEXT, role TEXT, expires REAL NOT NULL,
+    hash TEXT PRIMARY KEY, purpose TEXT NOT NULL, "user" TEXT, role TEXT, expires REAL NOT NULL,
     used INTEGER NOT NULL DEFAULT 0, totp_sealed BLOB);
 CREATE TABLE IF NOT EXISTS sessions (
-    hash TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL, last_seen REAL NOT NULL);
+    hash TEXT PRIMARY KEY, "user" TEXT NOT NULL, created REAL NOT NULL, last_seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, scopes TEXT NOT NULL,
     collections TEXT, expires REAL, revoked INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
@@ -64,11 +75,13 @@ CREATE TABLE IF NOT EXISTS login_throttle (
     tag TEXT PRIMARY KEY, known INTEGER NOT NULL, failures INTEGER NOT NULL,
     guesses INTEGER NOT NULL, next_attempt REAL NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (
-    user TEXT NOT NULL, collection TEXT NOT NULL, labels INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (user, collection));
+    "user" TEXT NOT NULL, collection TEXT NOT NULL, labels INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY ("user", collection));
 CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
-INSERT OR IGNORE INTO generation (id, n) VALUES (1, 0);
-"""
+INSERT INTO generation (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
+""",
+    ),
+]
 
 
 class AccountError(TileserverError, ValueError):
@@ -128,45 +141,35 @@ class Attempt:
 
 
 class Accounts:
-    """The auth database. Thread-safe (a connection per thread); process-safe (SQLite)."""
+    """The auth database: a SQLite file, or PostgreSQL shared by servers on many hosts.
+    Thread-safe; safe across processes and hosts (``tileserver.security.database``)."""
 
-    def __init__(self, path: Path, totp_key: bytes, now: Callable[[], float] = time.time) -> None:
-        self.path = path
+    def __init__(
+        self,
+        database: Database | Path | str,
+        totp_key: bytes,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = open_database(database) if isinstance(database, Path | str) else database
+        # Across a network: the server keeps every lookup off its event loop (server/auth.py).
+        self.remote = self.db.dialect != "sqlite"
         self.now = now
         self._sealer = Sealer(totp_key)
         # Its own key for user-name tags, derived with a label so it is never the sealing key.
         label = b"tileserver-login-name-tag/v1"
         self._tag_key = hmac.new(totp_key, label, hashlib.sha256).digest()
-        self._local = threading.local()
         self._pruned = 0.0
-        new = not path.exists()
-        self._connection().executescript(_SCHEMA)  # executescript manages its own commit
-        if new:
-            path.chmod(0o600)
-
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+        migrate(self.db, "accounts", MIGRATIONS)
 
     @contextmanager
-    def _db(self, *, bump: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction; ``bump=False`` only for writes no authorization answer
-        depends on (see the module docstring)."""
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
+    def _db(self, *, bump: bool = True) -> Iterator[Transaction]:
+        """A write transaction, serial with every other one on every host (read-modify-write
+        code such as the login throttle relies on it); ``bump=False`` only for writes no
+        authorization answer depends on (see the module docstring)."""
+        with self.db.transaction(serial="accounts") as tx:
+            yield tx
             if bump:
-                conn.execute("UPDATE generation SET n = n + 1 WHERE id = 1")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+                tx.execute("UPDATE generation SET n = n + 1 WHERE id = 1")
 
     def generation(self) -> int:
         """The change counter: unchanged means no write since that could change a principal,
@@ -174,7 +177,7 @@ class Accounts:
         return int(self._read("SELECT n FROM generation WHERE id = 1")[0][0])
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Row]:
-        return self._connection().execute(sql, args).fetchall()
+        return self.db.read(sql, args)
 
     # -- TOTP secrets ------------------------------------------------------------------------
     def seal_totp(self, user: str, secret: bytes) -> bytes:
@@ -240,7 +243,7 @@ class Accounts:
             ).rowcount:
                 raise AccountError(f"no user {name!r}")
             if disabled:
-                db.execute("DELETE FROM sessions WHERE user=?", (name,))
+                db.execute('DELETE FROM sessions WHERE "user"=?', (name,))
             else:  # an administrator re-enabling a locked account gives it a fresh budget
                 db.execute("DELETE FROM login_throttle WHERE tag=?", (self.name_tag(name),))
 
@@ -253,7 +256,7 @@ class Accounts:
                 (name,),
             ).rowcount:
                 raise AccountError(f"no user {name!r}")
-            db.execute("DELETE FROM sessions WHERE user=?", (name,))
+            db.execute('DELETE FROM sessions WHERE "user"=?', (name,))
             db.execute("DELETE FROM login_throttle WHERE tag=?", (self.name_tag(name),))
 
     # -- login throttling, per user-name string --------------------------------------------------
@@ -331,8 +334,26 @@ class Accounts:
         token = new_secret()
         with self._db() as db:
             db.execute(
-                "INSERT INTO one_time (hash, purpose, user, role, expires) VALUES (?, ?, ?, ?, ?)",
+                'INSERT INTO one_time (hash, purpose, "user", role, expires)'
+                " VALUES (?, ?, ?, ?, ?)",
                 (digest(token), purpose, user, role, self.now() + ttl),
+            )
+        return token
+
+    def issue_bootstrap(self, ttl: float) -> str | None:
+        """The one live setup link for the first administrator; None once there are users.
+
+        One transaction, serial across hosts: it retires any earlier unused link, so two
+        operators (or hosts) asking at once leave one valid link, never two.
+        """
+        token = new_secret()
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+                return None
+            db.execute("UPDATE one_time SET used=1 WHERE purpose='bootstrap' AND used=0")
+            db.execute(
+                "INSERT INTO one_time (hash, purpose, role, expires) VALUES (?, 'bootstrap', ?, ?)",
+                (digest(token), "admin", self.now() + ttl),
             )
         return token
 
@@ -341,7 +362,7 @@ class Accounts:
     ) -> tuple[str, str | None, str | None, bytes | None] | None:
         """(purpose, user, role, pending TOTP) of a valid, unused token; None otherwise."""
         rows = self._read(
-            "SELECT purpose, user, role, totp_sealed FROM one_time WHERE hash=? AND used=0"
+            'SELECT purpose, "user", role, totp_sealed FROM one_time WHERE hash=? AND used=0'
             " AND expires > ?",
             (digest(token), self.now()),
         )
@@ -353,7 +374,7 @@ class Accounts:
     def stage_totp(self, token: str, user: str, sealed: bytes) -> None:
         with self._db() as db:
             db.execute(
-                "UPDATE one_time SET totp_sealed=?, user=? WHERE hash=? AND used=0",
+                'UPDATE one_time SET totp_sealed=?, "user"=? WHERE hash=? AND used=0',
                 (sealed, user, digest(token)),
             )
 
@@ -375,7 +396,7 @@ class Accounts:
         # and each login would otherwise empty every server's cache.
         with self._db(bump=False) as db:
             db.execute(
-                "INSERT INTO sessions (hash, user, created, last_seen) VALUES (?, ?, ?, ?)",
+                'INSERT INTO sessions (hash, "user", created, last_seen) VALUES (?, ?, ?, ?)',
                 (digest(session), user, now, now),
             )
         return session
@@ -384,8 +405,8 @@ class Accounts:
         """The live session of an enabled user, else None."""
         h = digest(session)
         rows = self._read(
-            "SELECT s.user, u.role, s.created, s.last_seen FROM sessions s"
-            " JOIN users u ON u.name = s.user WHERE s.hash=? AND u.disabled=0",
+            'SELECT s."user", u.role, s.created, s.last_seen FROM sessions s'
+            ' JOIN users u ON u.name = s."user" WHERE s.hash=? AND u.disabled=0',
             (h,),
         )
         now = self.now()
@@ -491,19 +512,19 @@ class Accounts:
             raise AccountError(f"no user {user!r}")
         with self._db() as db:
             db.execute(
-                "INSERT INTO grants (user, collection, labels) VALUES (?, ?, ?)"
-                " ON CONFLICT(user, collection) DO UPDATE SET labels=excluded.labels",
+                'INSERT INTO grants ("user", collection, labels) VALUES (?, ?, ?)'
+                ' ON CONFLICT("user", collection) DO UPDATE SET labels=excluded.labels',
                 (user, collection, int(labels)),
             )
 
     def revoke_grant(self, user: str, collection: str) -> None:
         with self._db() as db:
-            db.execute("DELETE FROM grants WHERE user=? AND collection=?", (user, collection))
+            db.execute('DELETE FROM grants WHERE "user"=? AND collection=?', (user, collection))
 
     def grant_of(self, user: str, collection: str) -> tuple[bool, bool]:
         """(may view, may see labels) of a user in a collection."""
         rows = self._read(
-            "SELECT labels FROM grants WHERE user=? AND collection=?", (user, collection)
+            'SELECT labels FROM grants WHERE "user"=? AND collection=?', (user, collection)
         )
         return (True, bool(rows[0][0])) if rows else (False, False)
 
@@ -520,7 +541,7 @@ class Accounts:
             return {str(r[0]) for r in rows}
         rows = self._read(
             "SELECT s.slide_id FROM slides s JOIN grants g ON g.collection = s.collection"
-            " WHERE g.user = ?",
+            ' WHERE g."user" = ?',
             (principal.name,),
         )
         return {str(r[0]) for r in rows}
