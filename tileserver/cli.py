@@ -245,7 +245,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tileserver.server.run import ServeOptions, serve
+    from tileserver.server.run import ServeOptions, parse_rate, serve
     from tileserver.service import ServiceSettings
 
     if not args.login_rate > 0:
@@ -274,6 +274,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         client_ca=args.client_ca,
         public_url=args.public_url,
         login_rate=args.login_rate,
+        rate_limit=parse_rate(args.rate_limit, "--rate-limit"),
+        token_rate_limit=None
+        if args.rate_limit_tokens is None
+        else parse_rate(args.rate_limit_tokens, "--rate-limit-tokens"),
         kek=args.settings.kek,
         pkcs11_pin=args.settings.pkcs11_pin,
     )
@@ -422,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="login attempts per second per client address, after a burst of 30 (default 1)",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        metavar="N[/BURST]",
+        default="2000/4000",
+        help="requests per second per user or machine, and the burst (default 2000/4000; "
+        "0 turns it off, only without authentication)",
+    )
+    serve.add_argument(
+        "--rate-limit-tokens",
+        metavar="N[/BURST]",
+        help="the same for machines (bearer tokens, client certificates); default: --rate-limit",
     )
     serve.add_argument(
         "--login-link", metavar="USER", help="print a one-time login link for USER (loopback only)"

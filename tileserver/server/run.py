@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from tileserver.config import state_database
 from tileserver.errors import ConfigError
 from tileserver.library import SlideLibrary
 from tileserver.security.accounts import Accounts
@@ -30,6 +31,7 @@ from tileserver.server.auth import Security
 from tileserver.service import ServiceSettings
 
 KEEPALIVE_SECONDS = 10.0  # idle and slow-header connections are closed after this
+RATE_LIMIT = (2000.0, 4000.0)  # requests per second per principal, and the burst
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,12 @@ class ServeOptions:
     # ids; None: the address and port each connection arrived at, and our scheme.
     public_url: str | None = None
     login_rate: float = ADDRESS_RATE  # login attempts per second per client address
+    rate_limit: tuple[float, float] = RATE_LIMIT  # per principal: per second, burst; 0: off
+    token_rate_limit: tuple[float, float] | None = None  # machines; None: as rate_limit
     kek: str | None = None  # a pkcs11: URI when key-encryption keys live in a token
     pkcs11_pin: str | None = field(default=None, repr=False)
+    # Server state in PostgreSQL (a postgresql:// URL); None: SQLite under home.
+    database: str | None = field(default=None, repr=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -93,6 +99,20 @@ def public_base(url: str, tls: bool) -> str:
     return f"{parts.scheme}://{name}" + (f":{port}" if port is not None else "")
 
 
+def parse_rate(text: str, option: str) -> tuple[float, float]:
+    """``N`` or ``N/BURST`` requests per second (the burst defaults to 2 s worth, at least 1);
+    ``0`` turns the limit off, which ``check_safe`` refuses with authentication on."""
+    rate_text, _, burst_text = text.strip().partition("/")
+    try:
+        rate = float(rate_text)
+        burst = float(burst_text) if burst_text else max(1.0, 2 * rate)
+    except ValueError:
+        raise ConfigError(f"{option} is N or N/BURST requests per second, not {text!r}") from None
+    if not (0 <= rate < float("inf")) or (rate > 0 and not 1 <= burst < float("inf")):
+        raise ConfigError(f"{option}: the rate must be 0 or more and the burst at least 1")
+    return rate, burst
+
+
 def check_safe(options: ServeOptions) -> None:
     """Refuse configurations that would expose patient data (security-requirements CFG-03)."""
     local = is_loopback(options.host)
@@ -118,15 +138,34 @@ def check_safe(options: ServeOptions) -> None:
         )
     if options.public_url is not None:
         public_base(options.public_url, options.tls)
+    limits = [options.rate_limit, options.token_rate_limit or options.rate_limit]
+    if options.auth and any(rate <= 0 for rate, _ in limits):
+        # Deny by default: the per-principal limit is what stops one stolen token or session
+        # from crawling every slide at full speed; a benchmark sets a high limit instead.
+        raise ConfigError("refusing to serve with authentication and no rate limit (0)")
 
 
 def build_security(options: ServeOptions) -> Security:
     keyring = KeyRing(options.home, options.kek, options.pkcs11_pin)
+    rate, burst = options.rate_limit
+    token_rate, token_burst = options.token_rate_limit or options.rate_limit
     if not options.auth:
-        return Security(None, None, None, options.tls, is_loopback(options.host))
+        return Security(
+            None,
+            None,
+            None,
+            options.tls,
+            is_loopback(options.host),
+            rate=rate,
+            burst=burst,
+            token_rate=token_rate,
+            token_burst=token_burst,
+        )
     make_private_dir(options.home)
     audit = AuditLog(options.home / "audit" / "audit.jsonl", keyring.service_key("audit"))
-    accounts = Accounts(options.home / "auth.db", keyring.service_key("totp"))
+    accounts = Accounts(
+        state_database(options.home, options.database), keyring.service_key("totp")
+    )
     views = SlideViewAggregator(keyring.service_key("audit"))
     return Security(
         Authenticator(accounts, audit, address_rate=options.login_rate),
@@ -135,6 +174,10 @@ def build_security(options: ServeOptions) -> Security:
         options.tls,
         is_loopback(options.host),
         url_keys=UrlKeys(keyring),
+        rate=rate,
+        burst=burst,
+        token_rate=token_rate,
+        token_burst=token_burst,
     )
 
 
