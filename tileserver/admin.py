@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tileserver.config import Settings
 from tileserver.errors import TileserverError
 from tileserver.security.accounts import ROLES, SCOPES, Accounts
 from tileserver.security.audit import (
@@ -37,10 +38,11 @@ from tileserver.slide_ids import is_slide_id
 ADMIN = "cli-admin"
 
 
-def _open(home: Path) -> tuple[Accounts, AuditLog]:
+def _open(settings: Settings) -> tuple[Accounts, AuditLog]:
+    home = settings.home
     keyring = KeyRing(home)
     make_private_dir(home)
-    accounts = Accounts(home / "auth.db", keyring.service_key("totp"))
+    accounts = Accounts(settings.state_database(), keyring.service_key("totp"))
     audit = AuditLog(home / "audit" / "audit.jsonl", keyring.service_key("audit"))
     return accounts, audit
 
@@ -50,7 +52,7 @@ def _base(args: argparse.Namespace) -> str:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    accounts, audit = _open(args.settings.home)
+    accounts, audit = _open(args.settings)
     action = args.users_command
 
     def record(change: str, user: str, event: int = USER_SECURITY_ATTRIBUTES_CHANGED) -> None:
@@ -120,7 +122,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    accounts, audit = _open(args.settings.home)
+    accounts, audit = _open(args.settings)
     if args.tokens_command == "list":
         for name, granted, within, expires in accounts.tokens():
             until = time.strftime("%Y-%m-%d", time.gmtime(expires)) if expires else "never"
@@ -168,7 +170,7 @@ def cmd_urls(args: argparse.Namespace) -> int:
         for kid in kids:
             print(f"url key {kid}{' (signs)' if kid == kids[-1] else ''}")
         return 0
-    _, audit = _open(args.settings.home)
+    _, audit = _open(args.settings)
     if args.urls_command == "rotate":
         kid = keys.rotate()
         detail = {"change": "url signing key rotated", "target": kid}
@@ -180,11 +182,11 @@ def cmd_urls(args: argparse.Namespace) -> int:
     return 0
 
 
-def assign_collection(home: Path, slide_id: str, collection: str) -> None:
+def assign_collection(settings: Settings, slide_id: str, collection: str) -> None:
     """Put a slide into a collection (case); recorded as an administrative action."""
     if not is_slide_id(slide_id):
         raise TileserverError(f"not a slide ID: {slide_id[:40]!r}")
-    accounts, audit = _open(home)
+    accounts, audit = _open(settings)
     accounts.assign(slide_id, collection)
     audit.append(
         SECURITY_ROLES_CHANGED,
@@ -198,7 +200,7 @@ def assign_collection(home: Path, slide_id: str, collection: str) -> None:
 
 def cmd_slides(args: argparse.Namespace) -> int:
     for slide_id in args.slide_ids:
-        assign_collection(args.settings.home, slide_id, args.collection)
+        assign_collection(args.settings, slide_id, args.collection)
     print(f"{len(args.slide_ids)} slide(s) assigned to collection {args.collection}")
     return 0
 
@@ -243,6 +245,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.out != "-":
         print(f"exported {count} records to {args.out}")
     return 0
+
+
+def add_database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="server state in PostgreSQL: postgresql://USER@HOST:PORT/DB[?sslmode=verify-full]"
+        " (password from PGPASSFILE or PGPASSWORD, never here; default: TILESERVER_DATABASE,"
+        " else SQLite in TILESERVER_HOME)",
+    )
 
 
 def add_commands(sub: Any) -> None:
@@ -294,6 +306,9 @@ def add_commands(sub: Any) -> None:
     assign.add_argument("collection")
     assign.add_argument("slide_ids", nargs="+")
     slides.set_defaults(func=cmd_slides)
+    for commands in (us, ts, ss):  # every command that reads or writes server state
+        for command in commands.choices.values():
+            add_database_option(command)
 
     urls = sub.add_parser("urls", help="keys that sign shareable tile URLs")
     ul = urls.add_subparsers(dest="urls_command", required=True)

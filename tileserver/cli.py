@@ -16,6 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tileserver.admin import add_commands as add_admin_commands
+from tileserver.admin import add_database_option
 from tileserver.bench.cli import add_commands as add_bench_commands
 from tileserver.config import Settings
 from tileserver.errors import TileserverError
@@ -169,7 +170,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.collection:
             from tileserver.admin import assign_collection
 
-            assign_collection(args.settings.home, slide_id, args.collection)
+            assign_collection(args.settings, slide_id, args.collection)
         if isinstance(result, str):
             print(f"{path.name}: already converted as {result}")
             continue
@@ -280,6 +281,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else parse_rate(args.rate_limit_tokens, "--rate-limit-tokens"),
         kek=args.settings.kek,
         pkcs11_pin=args.settings.pkcs11_pin,
+        database=args.settings.database,
     )
     weakened = [
         name for name, on in [("TLS", args.insecure_http), ("authentication", args.no_auth)] if on
@@ -445,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure-http", action="store_true", help="plain HTTP (refused unless bound to loopback)"
     )
+    add_database_option(serve)
     serve.add_argument(
         "--no-auth",
         action="store_true",
@@ -477,9 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # it logs every odd tag it skips
     args = build_parser().parse_args(argv)
-    args.settings = Settings.from_env()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        args.settings = Settings.from_env().with_database(getattr(args, "database", None))
         return func(args)
     except TileserverError as exc:
         print(f"tileserver: error: {exc}", file=sys.stderr)

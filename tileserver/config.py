@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from tileserver.errors import ConfigError
+
+DATABASE_SCHEMES = ("postgresql", "postgres")
 
 
 @dataclass(frozen=True)
@@ -16,6 +21,10 @@ class Settings:
     # Key-encryption keys in a PKCS#11 token (a pkcs11: URI) instead of files under home.
     kek: str | None = None
     pkcs11_pin: str | None = field(default=None, repr=False)
+    # Server state (users, sessions, tokens, grants, collections, throttles) in PostgreSQL:
+    # a libpq postgresql:// URL (sslmode and friends pass through); None: SQLite at
+    # home/auth.db. Not in repr: the environment's URL may carry the password.
+    database: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -27,8 +36,44 @@ class Settings:
             data = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
             home = Path(data) / "tileserver"
         kek = environ.get("TILESERVER_KEK") or None
-        return cls(home=home, kek=kek, pkcs11_pin=environ.get("TILESERVER_PKCS11_PIN"))
+        database = environ.get("TILESERVER_DATABASE") or None
+        if database is not None:
+            _check_database(database, "TILESERVER_DATABASE")
+        return cls(
+            home=home,
+            kek=kek,
+            pkcs11_pin=environ.get("TILESERVER_PKCS11_PIN"),
+            database=database,
+        )
+
+    def with_database(self, url: str | None) -> Settings:
+        """``--database URL`` from a command line, which every user of the host can read
+        (ps, /proc): a password in it is refused; libpq reads it from PGPASSWORD or
+        PGPASSFILE (~/.pgpass), or give the whole URL in TILESERVER_DATABASE."""
+        if url is None:
+            return self
+        _check_database(url, "--database")
+        parts = urlsplit(url)
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise ConfigError(
+                "--database: a password on the command line is visible to every user of this"
+                " host; put it in PGPASSFILE or PGPASSWORD (or the URL in TILESERVER_DATABASE)"
+            )
+        return replace(self, database=url)
+
+    def state_database(self) -> str | Path:
+        """Where server state lives: the PostgreSQL URL, else the SQLite file under home."""
+        return state_database(self.home, self.database)
 
     def keyring_options(self) -> dict[str, str | None]:
         """What KeyRing needs besides the home: where the key-encryption keys are."""
         return {"kek": self.kek, "pin": self.pkcs11_pin}
+
+
+def state_database(home: Path, database: str | None) -> str | Path:
+    return database if database is not None else home / "auth.db"
+
+
+def _check_database(url: str, where: str) -> None:
+    if urlsplit(url).scheme not in DATABASE_SCHEMES:
+        raise ConfigError(f"{where} must be a postgresql:// URL")
