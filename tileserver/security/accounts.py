@@ -81,6 +81,16 @@ CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 1), n 
 INSERT INTO generation (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 """,
     ),
+    # Principals ("token:NAME", "user:NAME") a detector alert suspended (security/alerts.py),
+    # refused on every request until an administrator clears them.
+    Migration(
+        2,
+        """
+CREATE TABLE IF NOT EXISTS suspensions (
+    principal TEXT PRIMARY KEY, reason TEXT NOT NULL, alert_id TEXT NOT NULL,
+    created REAL NOT NULL)
+""",
+    ),
 ]
 
 
@@ -493,6 +503,39 @@ class Accounts:
     def tokens(self) -> list[tuple[str, str, str | None, float | None]]:
         rows = self._read("SELECT name, scopes, collections, expires FROM tokens ORDER BY name")
         return [(str(n), str(s), c, e) for n, s, c, e in rows]
+
+    # -- suspensions (detector responses) -------------------------------------------------------
+    def suspend(self, principal: str, reason: str, alert_id: str) -> None:
+        """Refuse ``principal`` ("kind:name") on every request until cleared; the first
+        suspension's reason and alert are kept."""
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO suspensions (principal, reason, alert_id, created)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (principal) DO NOTHING",
+                (principal, reason, alert_id, self.now()),
+            )
+
+    def suspensions(self) -> list[tuple[str, str, str, float]]:
+        """(principal, reason, alert ID, created) of every suspension."""
+        rows = self._read(
+            "SELECT principal, reason, alert_id, created FROM suspensions ORDER BY created"
+        )
+        return [(str(p), str(r), str(a), float(c)) for p, r, a, c in rows]
+
+    def clear_suspensions(
+        self, *, alert_id: str | None = None, principal: str | None = None
+    ) -> list[str]:
+        """Lift the suspensions of one alert or one principal; the principals cleared."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT principal FROM suspensions WHERE alert_id = ? OR principal = ?",
+                (alert_id, principal),
+            ).fetchall()
+            db.execute(
+                "DELETE FROM suspensions WHERE alert_id = ? OR principal = ?",
+                (alert_id, principal),
+            )
+        return [str(r[0]) for r in rows]
 
     # -- collections and grants -----------------------------------------------------------------
     def assign(self, slide_id: str, collection: str) -> None:
