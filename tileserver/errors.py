@@ -11,6 +11,7 @@
     │   └── IntegrityError         a stored object failed authentication (tampered, swapped, cut)
     ├── KeyUnavailable             a key that is missing, shredded, wrong or unsafely stored
     ├── ResourceLimit              work stopped at a memory, CPU or wall-clock limit
+    │   └── Overloaded             refused for now: a budget or capacity is spent (retry later)
     └── ConfigError                settings that are missing, invalid or unsafe
 
 Messages name the file and the reason in one line, so the CLI can print them as they are
@@ -18,6 +19,8 @@ and the server can map them to statuses in one table.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class TileserverError(Exception):
@@ -66,6 +69,15 @@ class KeyUnavailable(TileserverError):
 
 class ResourceLimit(TileserverError):
     """Work stopped at a limit: out of its memory, CPU time or wall-clock time, or killed."""
+
+
+class Overloaded(ResourceLimit):
+    """Refused for now, before any work: the caller's budget or the server's capacity is spent.
+    ``retry_after`` is whole seconds (at least 1) until trying again makes sense."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 class ConfigError(TileserverError):

@@ -7,17 +7,29 @@ awaited on the loop: from an object store the read is asynchronous, and from loc
 is about 50 us from the page cache, less than the two thread hops of the pool would cost
 (cold random tiles: about 1.3x the throughput at concurrency 8; decision 0001).
 Caches (all bounded): open slides (in the library), decoded chunks, encoded responses.
+
+Renders are limited by cost (issue 14, finding 3). Each is planned first (level, source
+region, output size), then charged to its principal's output-pixel budget (429 when spent;
+render/budget.py) and admitted by estimated memory (render/admission.py). Small renders
+(tiles, thumbnails) run in the render pool and never wait behind large ones, which run in a
+pool of their own (``large_threads``), at most ``large_per_principal`` per principal, while
+their estimates fit under the render memory ceiling. Not charged: pass-through tiles (no
+pixels) and DeepZoom tiles, which are at most one tile of the operator's grid each (their
+rate is the request rate limit's business). Associated images are charged a nominal
+``ASSOCIATED_PIXELS``: their size is known only once decoded, which the sources cap at
+2**26 pixels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -28,11 +40,18 @@ from tileserver.errors import RegionError, SlideNotFound, TileserverError
 from tileserver.geometry import Region, Size, best_level, level_region
 from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
+from tileserver.render.admission import MIB, RenderGate, estimate_bytes
+from tileserver.render.budget import RenderBudget
 from tileserver.render.encode import MEDIA_TYPES, encode, resize, rotate, to_quality
 from tileserver.store.layout import FILL_VALUE
 from tileserver.store.reader import compose
 
 T = TypeVar("T")
+
+# A render estimated at no more than this runs in the render pool, never waiting behind a
+# large one: a 1024-px thumbnail (about 15.7 MiB) or a 512-px tile read at up to 2x.
+SMALL_RENDER_BYTES = 16 * MIB
+ASSOCIATED_PIXELS = 2_000_000  # labels and macros are well under this in practice
 
 
 @dataclass(frozen=True)
@@ -43,10 +62,46 @@ class ServiceSettings:
     max_width: int = 8192  # output caps for IIIF images, regions and thumbnails
     max_height: int = 8192
     max_area: int = 8192 * 8192
+    # ^ sizes at most this many times the region's edge. Upscaling adds no detail (level 0
+    # is the scanner's optical resolution) and costs the square of the factor in pixels;
+    # viewers zoom past level 0 themselves. 2x still shows a field at twice the objective,
+    # but 0,0,100,100/^max is 200x200, no longer 8192x8192.
+    max_upscale: float = 2.0
     threads: int = 2  # render threads
     max_pending: int = 256  # render jobs queued or running before new ones wait
+    # Per principal, output megapixels per second and burst (0: no budget). 8/s is 120
+    # 256-px tiles or 30 512-px thumbnails a second, sustained; the burst covers a
+    # worklist's thumbnails and two 8192 x 8192 renders, after which one such render costs
+    # about 8 s of waiting: a single principal cannot keep the large pool busy.
+    render_budget_mpx: float = 8.0
+    render_burst_mpx: float = 128.0
+    # Estimated peak bytes of renders in flight (MiB). A full 20000x15000 slide rendered at
+    # 8192 px peaks near 1 GiB; more than one such at once is what took the server to 1.4 GiB.
+    render_memory_mib: int = 1024
+    render_wait: float = 10.0  # seconds a large render may wait for room, then 503
+    large_threads: int = 1  # on 2 cores, the other core stays with tiles and thumbnails
+    large_per_principal: int = 1
     response_cache_bytes: int = 256 << 20
     chunk_cache_items: int = 512
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A render decided before it starts: what it reads and makes, and what that costs."""
+
+    level: int
+    l_region: Region  # in ``level``
+    out: Size
+    nbytes: int  # estimated peak memory
+
+
+def _plan_at(level: int, l_region: Region, out: Size) -> _Plan:
+    return _Plan(level, l_region, out, estimate_bytes(l_region.size.pixels, out.pixels))
+
+
+def _plan(p: Pyramid, l0_region: Region, out: Size) -> _Plan:
+    level = best_level(l0_region, out, len(p.levels))
+    return _plan_at(level, level_region(l0_region, level, p.levels[0]), out)
 
 
 @dataclass(frozen=True)
@@ -106,6 +161,15 @@ class SlideService:
         self.library = library
         self.settings = settings
         self._executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="render")
+        self._large = ThreadPoolExecutor(settings.large_threads, thread_name_prefix="render-large")
+        self.budget = RenderBudget(settings.render_budget_mpx, settings.render_burst_mpx)
+        self.gate = RenderGate(
+            settings.render_memory_mib * MIB,
+            small=SMALL_RENDER_BYTES,
+            small_slots=settings.threads,
+            per_key=settings.large_per_principal,
+            wait=settings.render_wait,
+        )
         self._slots = asyncio.Semaphore(settings.max_pending)
         self._responses = _LRU(settings.response_cache_bytes, lambda e: len(e.data))
         self._chunks = _LRU(settings.chunk_cache_items, lambda _: 1)
@@ -114,6 +178,7 @@ class SlideService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._large.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._slots:
@@ -192,8 +257,9 @@ class SlideService:
             fetch = partial(self._passthrough, p, *chunk, fmt)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         source = grid.tile_source(z, t_col, t_row, len(p.levels))
-        work = partial(self._render, p, source.level, source.l_region, source.z_size, fmt)
-        return await self._respond(p, key, fmt, if_none_match, work)
+        plan = _plan_at(source.level, source.l_region, source.z_size)
+        work = partial(self._render, p, plan, fmt)
+        return await self._respond(p, key, fmt, if_none_match, work, plan=plan)
 
     # -- IIIF ------------------------------------------------------------------------------
     async def iiif_info(self, slide_id: str, base_id: str) -> dict[str, Any]:
@@ -220,7 +286,9 @@ class SlideService:
         slide_id: str,
         params: tuple[str, str, str, str, str],
         if_none_match: Collection[str],
+        who: str | None = None,
     ) -> Encoded | NotModified:
+        """The image; a render is charged to ``who``'s budget (None: not charged)."""
         p = await self.pyramid(slide_id)
         request = self._parse_iiif(p, params)
         fmt = {"jpg": "jpeg"}.get(request.format, request.format)
@@ -229,8 +297,9 @@ class SlideService:
         if chunk is not None and p.codec == fmt:
             fetch = partial(self._passthrough, p, *chunk, fmt)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
-        work = partial(self._render_iiif, p, request, fmt)
-        return await self._respond(p, key, fmt, if_none_match, work)
+        plan = _plan(p, request.l0_region, request.out_size)
+        work = partial(self._render_iiif, p, request, plan, fmt)
+        return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
     async def iiif_request(
         self, slide_id: str, params: tuple[str, str, str, str, str]
@@ -247,19 +316,23 @@ class SlideService:
             max_width=s.max_width,
             max_height=s.max_height,
             max_area=s.max_area,
+            max_upscale=s.max_upscale,
         )
 
-    def _render_iiif(self, p: Pyramid, request: iiif.ImageRequest, fmt: str) -> bytes:
+    def _render_iiif(self, p: Pyramid, request: iiif.ImageRequest, plan: _Plan, fmt: str) -> bytes:
         self.stats["rendered"] += 1
-        level = best_level(request.l0_region, request.out_size, len(p.levels))
-        l_region = level_region(request.l0_region, level, p.levels[0])
-        pixels = resize(self._read(p, level, l_region), request.out_size)
+        pixels = resize(self._read(p, plan.level, plan.l_region), plan.out)
         pixels = rotate(to_quality(pixels, request.quality), request.rotation, request.mirror)
         return encode(pixels, fmt, self.settings.quality)
 
     # -- REST images -----------------------------------------------------------------------
     async def thumbnail(
-        self, slide_id: str, max_size: int, fmt: str, if_none_match: Collection[str]
+        self,
+        slide_id: str,
+        max_size: int,
+        fmt: str,
+        if_none_match: Collection[str],
+        who: str | None = None,
     ) -> Encoded | NotModified:
         if not 1 <= max_size <= min(self.settings.max_width, self.settings.max_height):
             raise RegionError(
@@ -270,17 +343,35 @@ class SlideService:
         scale = min(max_size / l0.width, max_size / l0.height, 1.0)
         out = Size(max(1, round(l0.width * scale)), max(1, round(l0.height * scale)))
         return await self._image(
-            p, Region(0, 0, l0.width, l0.height), out, fmt, ("thumb", max_size, fmt), if_none_match
+            p,
+            Region(0, 0, l0.width, l0.height),
+            out,
+            fmt,
+            ("thumb", max_size, fmt),
+            if_none_match,
+            who,
         )
 
     async def region(
-        self, slide_id: str, l0_region: Region, out: Size, fmt: str, if_none_match: Collection[str]
+        self,
+        slide_id: str,
+        l0_region: Region,
+        out: Size,
+        fmt: str,
+        if_none_match: Collection[str],
+        who: str | None = None,
     ) -> Encoded | NotModified:
         s = self.settings
         if out.width > s.max_width or out.height > s.max_height or out.pixels > s.max_area:
             raise RegionError(
                 f"output {out.width}x{out.height} exceeds the cap of "
                 f"{s.max_width}x{s.max_height} and {s.max_area} pixels"
+            )
+        limit = s.max_upscale
+        if out.width > l0_region.width * limit or out.height > l0_region.height * limit:
+            raise RegionError(
+                f"output {out.width}x{out.height} enlarges the {l0_region.width}x"
+                f"{l0_region.height} region more than the maximum upscaling of {limit:g}x"
             )
         p = await self.pyramid(slide_id)
         clipped = l0_region.intersect(p.levels[0])
@@ -289,7 +380,7 @@ class SlideService:
                 f"region {tuple(l0_region)} is not inside the slide {tuple(p.levels[0])}"
             )
         return await self._image(
-            p, l0_region, out, fmt, ("region", l0_region, out, fmt), if_none_match
+            p, l0_region, out, fmt, ("region", l0_region, out, fmt), if_none_match, who
         )
 
     async def _image(
@@ -300,17 +391,19 @@ class SlideService:
         fmt: str,
         key: tuple[Any, ...],
         if_none_match: Collection[str],
+        who: str | None,
     ) -> Encoded | NotModified:
-        def render() -> bytes:
-            self.stats["rendered"] += 1
-            level = best_level(l0_region, out, len(p.levels))
-            l_region = level_region(l0_region, level, p.levels[0])
-            return encode(resize(self._read(p, level, l_region), out), fmt, self.settings.quality)
-
-        return await self._respond(p, key, fmt, if_none_match, render)
+        plan = _plan(p, l0_region, out)
+        work = partial(self._render, p, plan, fmt)
+        return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
     async def associated(
-        self, slide_id: str, name: str, fmt: str, if_none_match: Collection[str]
+        self,
+        slide_id: str,
+        name: str,
+        fmt: str,
+        if_none_match: Collection[str],
+        who: str | None = None,
     ) -> Encoded | NotModified:
         p = await self.pyramid(slide_id)
         if name not in p.associated:
@@ -319,7 +412,9 @@ class SlideService:
         def render() -> bytes:
             return encode(p.read_associated(name), fmt, self.settings.quality)
 
-        return await self._respond(p, ("associated", name, fmt), fmt, if_none_match, render)
+        plan = _plan_at(0, Region(0, 0, 0, 0), Size(ASSOCIATED_PIXELS, 1))  # nominal
+        key = ("associated", name, fmt)
+        return await self._respond(p, key, fmt, if_none_match, render, plan=plan, who=who)
 
     async def _respond(
         self,
@@ -329,11 +424,13 @@ class SlideService:
         if_none_match: Collection[str],
         work: Callable[[], bytes] | None = None,
         *,
+        plan: _Plan | None = None,
+        who: str | None = None,
         fetch: Callable[[], Awaitable[bytes]] | None = None,
     ) -> Encoded | NotModified:
         """304 when the client has it, the cached response when we have it, else ``work``
-        run in the render pool, or ``fetch`` (stored bytes, no pixels) awaited here; the
-        result is cached."""
+        rendered as ``plan`` says (charged to ``who``), or ``fetch`` (stored bytes, no
+        pixels) awaited here; the result is cached."""
         etag = self._etag(p, key)
         if etag in if_none_match:
             return NotModified(etag)
@@ -344,11 +441,43 @@ class SlideService:
         if fetch is not None:
             data = await fetch()
         else:
-            assert work is not None
-            data = await self._run(work)
+            assert work is not None and plan is not None
+            data = await self._render_admitted(work, plan, who)
         encoded = Encoded(data, MEDIA_TYPES[fmt], etag)
         self._responses.put(cache_key, encoded)
         return encoded
+
+    async def _render_admitted(
+        self, work: Callable[[], bytes], plan: _Plan, who: str | None
+    ) -> bytes:
+        """Charge the budget, wait for memory, then render: small renders in the render
+        pool, large ones in their own."""
+        if who is not None:
+            self.budget.charge(who, plan.out.pixels)
+        try:
+            await self.gate.acquire(who, plan.nbytes)
+        except BaseException:  # refused or abandoned: nothing was rendered
+            if who is not None:
+                self.budget.refund(who, plan.out.pixels)
+            raise
+        if self.gate.is_small(plan.nbytes):
+            return await self._run(work)
+        loop = asyncio.get_running_loop()
+        try:
+            job = self._large.submit(work)
+        except BaseException:
+            self.gate.release(who, plan.nbytes)
+            raise
+
+        def finished(_: Future[bytes]) -> None:
+            # Only when the work is over (or never started): an abandoned request's render
+            # still holds its memory until then.
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                loop.call_soon_threadsafe(self.gate.release, who, plan.nbytes)
+
+        job.add_done_callback(finished)
+        self.stats["rendered_large"] += 1
+        return await asyncio.wrap_future(job)
 
     async def _passthrough(self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str) -> bytes:
         self.stats["passthrough"] += 1
@@ -370,9 +499,10 @@ class SlideService:
         """Pixels of a region inside a level, composed from (cached) decoded chunks."""
         return compose(lambda c, r: self._chunk(p, level, c, r), p.tile, l_region)
 
-    def _render(self, p: Pyramid, level: int, l_region: Region, size: Size, fmt: str) -> bytes:
+    def _render(self, p: Pyramid, plan: _Plan, fmt: str) -> bytes:
         self.stats["rendered"] += 1
-        return encode(resize(self._read(p, level, l_region), size), fmt, self.settings.quality)
+        pixels = resize(self._read(p, plan.level, plan.l_region), plan.out)
+        return encode(pixels, fmt, self.settings.quality)
 
     # -- caching -----------------------------------------------------------------------------
     @staticmethod

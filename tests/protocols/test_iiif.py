@@ -20,7 +20,7 @@ from tileserver.protocols.iiif import (
 )
 
 SPEC_IMAGE = Size(300, 200)  # the image behind the examples in spec sections 4.1 and 4.2
-NO_CAPS = {"max_width": 100_000, "max_height": 100_000, "max_area": 10**10}
+NO_CAPS = {"max_width": 100_000, "max_height": 100_000, "max_area": 10**10, "max_upscale": 10**6}
 
 
 def parse(
@@ -194,6 +194,24 @@ def test_size_over_caps_names_the_cap(size: str, caps: dict[str, int], names: st
     assert names in str(err)
 
 
+def test_upscaling_is_capped() -> None:
+    # Issue 14, finding 3: 0,0,100,100/^max made an 8192 x 8192 image from 10,000 pixels.
+    caps = {"max_width": 8192, "max_height": 8192, "max_area": 8192 * 8192, "max_upscale": 2}
+    assert parse(region="0,0,100,100", size="^max", **caps).out_size == Size(200, 200)
+    assert parse(region="0,0,100,50", size="^!1000,1000", **caps).out_size == Size(200, 100)
+    assert parse(region="0,0,100,100", size="^200,", **caps).out_size == Size(200, 200)
+    assert parse(region="0,0,100,100", size="^pct:200", **caps).out_size == Size(200, 200)
+    for size in ["^201,", "^,201", "^201,100", "^pct:201", "^8192,8192"]:
+        err = error(region="0,0,100,100", size=size, **caps)
+        assert err.parameter == "size"
+        assert "over the maximum upscaling of 2x the 100x100 region" in str(err), size
+    # The factor need not be whole; without ^, nothing changes.
+    assert parse(size="^max", max_upscale=1.5).out_size == Size(450, 300)
+    assert parse(size="max", max_upscale=1).out_size == Size(300, 200)
+    with pytest.raises(ValueError):
+        parse(max_upscale=0.5)
+
+
 # Rotation, quality, format (spec 4.3-4.5) ------------------------------------------
 
 
@@ -291,7 +309,7 @@ sizes = st.one_of(
 
 caps_strategy = st.fixed_dictionaries(
     {"max_width": st.integers(1, 4000), "max_height": st.integers(1, 4000)},
-    optional={"max_area": st.integers(1, 4000 * 4000)},
+    optional={"max_area": st.integers(1, 4000 * 4000), "max_upscale": st.integers(1, 8)},
 )
 
 
@@ -322,6 +340,8 @@ def test_fitted_sizes_respect_caps(
     assert l0_region.width >= 1 and l0_region.height >= 1
     if not size.startswith("^"):
         assert out.width <= l0_region.width and out.height <= l0_region.height
+    limit = caps.get("max_upscale", NO_CAPS["max_upscale"])
+    assert out.width <= l0_region.width * limit and out.height <= l0_region.height * limit
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,9 +1,10 @@
 """IIIF Image API 3.0 at compliance level 2: request parsing, info.json, pass-through.
 
 Spec: https://iiif.io/api/image/3.0/ and its compliance and implementation notes. Beyond
-level 2 we support mirroring (``!n``), upscaling (``^``), the ``bitonal`` quality and the
-``webp`` format; arbitrary rotation is refused. Arithmetic is exact (``Fraction``) and
-rounds half up, so a request always maps to the same pixels on every platform.
+level 2 we support mirroring (``!n``), upscaling (``^``, up to ``max_upscale`` times the
+region), the ``bitonal`` quality and the ``webp`` format; arbitrary rotation is refused.
+Arithmetic is exact (``Fraction``) and rounds half up, so a request always maps to the same
+pixels on every platform.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class _Limits:
     width: int
     height: int
     area: int
+    upscale: Fraction  # output edge over region edge, at most
 
 
 def _round(value: Fraction) -> int:
@@ -90,16 +92,21 @@ def parse_request(
     max_width: int,
     max_height: int,
     max_area: int,
+    max_upscale: float,
 ) -> ImageRequest:
     """Parse the five path parameters against an ``l0_size`` image and the size caps.
 
+    ``max_upscale`` bounds ``^`` sizes: an output edge is at most that many times the
+    region's. Like the caps, it bounds ``^max`` and ``^!w,h`` and refuses explicit sizes.
     Parameters are checked in URL order, so the first bad one is the one reported.
     """
     if min(l0_size) < 1:
         raise ValueError(f"image size must be at least 1x1, got {tuple(l0_size)}")
     if min(max_width, max_height, max_area) < 1:
         raise ValueError("max_width, max_height and max_area must be positive")
-    limits = _Limits(max_width, max_height, max_area)
+    if not max_upscale >= 1:
+        raise ValueError("max_upscale must be at least 1")
+    limits = _Limits(max_width, max_height, max_area, Fraction(max_upscale))
     l0_region = _parse_region(region, l0_size)
     out_size = _parse_size(size, l0_region.size, limits)
     degrees, mirror = _parse_rotation(rotation)
@@ -155,7 +162,7 @@ def _parse_size(text: str, region: Size, limits: _Limits) -> Size:
     body = text[1:] if upscale else text
     if body == "max":
         # max never upscales but shrinks to the caps; ^max grows or shrinks to the caps.
-        return _fit(region, limits.width, limits.height, limits.area, upscale=upscale)
+        return _fit(region, limits, limits.width, limits.height, upscale=upscale)
     if match := _PCT_SIZE.fullmatch(body):
         percent = Fraction(match.group(1))
         if percent == 0:
@@ -164,7 +171,7 @@ def _parse_size(text: str, region: Size, limits: _Limits) -> Size:
             raise IIIFError("size", f"{text!r} is over 100%; prefix it with ^ to upscale")
         scale = percent / 100
         out = Size(max(1, _round(region.width * scale)), max(1, _round(region.height * scale)))
-        return _check_caps(text, out, limits)
+        return _check_caps(text, out, region, limits)
     match = _WH_SIZE.fullmatch(body)
     if match is None:
         raise IIIFError(
@@ -181,13 +188,7 @@ def _parse_size(text: str, region: Size, limits: _Limits) -> Size:
         if w is None or h is None:
             raise IIIFError("size", f"{text!r} needs both a width and a height after !")
         # The spec makes caps one more bound of the box here, not an error.
-        return _fit(
-            region,
-            min(w, limits.width),
-            min(h, limits.height),
-            limits.area,
-            upscale=upscale,
-        )
+        return _fit(region, limits, min(w, limits.width), min(h, limits.height), upscale=upscale)
     if w is None:
         assert h is not None
         w = max(1, _round(Fraction(region.width * h, region.height)))
@@ -200,10 +201,10 @@ def _parse_size(text: str, region: Size, limits: _Limits) -> Size:
             f"{text!r} gives {out.width}x{out.height}, larger than the "
             f"{region.width}x{region.height} region; prefix it with ^ to upscale",
         )
-    return _check_caps(text, out, limits)
+    return _check_caps(text, out, region, limits)
 
 
-def _check_caps(text: str, out: Size, limits: _Limits) -> Size:
+def _check_caps(text: str, out: Size, region: Size, limits: _Limits) -> Size:
     if out.width > limits.width:
         raise IIIFError(
             "size", f"{text!r} gives width {out.width}, over the maxWidth of {limits.width}"
@@ -218,15 +219,22 @@ def _check_caps(text: str, out: Size, limits: _Limits) -> Size:
             f"{text!r} gives {out.width}x{out.height} = {out.pixels} pixels, "
             f"over the maxArea of {limits.area}",
         )
+    if out.width > region.width * limits.upscale or out.height > region.height * limits.upscale:
+        raise IIIFError(
+            "size",
+            f"{text!r} gives {out.width}x{out.height}, over the maximum upscaling of "
+            f"{float(limits.upscale):g}x the {region.width}x{region.height} region",
+        )
     return out
 
 
-def _fit(region: Size, width: int, height: int, area: int, *, upscale: bool) -> Size:
+def _fit(region: Size, limits: _Limits, width: int, height: int, *, upscale: bool) -> Size:
     """The largest size with the region's aspect ratio inside ``width`` x ``height`` and
-    ``area`` (and inside the region itself unless ``upscale``); at least 1x1."""
+    the area cap, and inside the region itself (``upscale``: that many times the region,
+    give or take the rounding of the bounded side); at least 1x1."""
+    area = limits.area
     scale = min(Fraction(width, region.width), Fraction(height, region.height))
-    if not upscale:
-        scale = min(scale, Fraction(1))
+    scale = min(scale, limits.upscale if upscale else Fraction(1))
     # The bounding side is exact; rounding the other one cannot pass its own bound, as
     # region * scale <= bound with an integer bound.
     w = max(1, _round(region.width * scale))

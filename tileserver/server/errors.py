@@ -16,6 +16,7 @@ from aiohttp import web
 from tileserver.errors import (
     IntegrityError,
     KeyUnavailable,
+    Overloaded,
     RegionError,
     SlideError,
     SlideNotFound,
@@ -25,6 +26,8 @@ from tileserver.errors import (
 )
 from tileserver.protocols.deepzoom import TileNotFound
 from tileserver.protocols.iiif import IIIFError
+from tileserver.render.admission import RenderBusy
+from tileserver.render.budget import BudgetExceeded
 from tileserver.security.database import RETRY_AFTER, DatabaseConflict, DatabaseUnavailable
 from tileserver.security.signed_urls import SignatureRejected
 
@@ -44,6 +47,8 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (SignatureRejected, 403),
     (DatabaseUnavailable, 503),
     (DatabaseConflict, 409),
+    (BudgetExceeded, 429),
+    (RenderBusy, 503),
     (RegionError, 400),
     (IntegrityError, 500),
     (KeyUnavailable, 500),
@@ -98,6 +103,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = status_of(exc)
         if isinstance(exc, IntegrityError):
             await _alert(request, exc)
+        if isinstance(exc, Overloaded):  # refused before any work: say why and when to retry
+            response = error_response(status, str(exc), correlation_id)
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         if status >= 500:
             # Detail for operators, never for clients. Messages name slide IDs, not patients.
             logger.error(

@@ -1,10 +1,13 @@
-"""Small helpers every route uses: parameter parsing and image responses."""
+"""Small helpers every route uses: parameter parsing, image responses, render budget keys."""
 
 from __future__ import annotations
+
+import hashlib
 
 from aiohttp import web
 
 from tileserver.render.encode import FORMATS
+from tileserver.server.auth import PRINCIPAL, SIGNED, SIGNED_URL
 from tileserver.server.errors import BadRequest
 from tileserver.service import Encoded, NotModified
 
@@ -67,3 +70,15 @@ def image_response(encoded: Encoded | NotModified) -> web.Response:
         content_type=encoded.media_type,
         headers={"ETag": encoded.etag, "Cache-Control": CACHE_CONTROL},
     )
+
+
+def render_key(request: web.Request) -> str:
+    """Whose render budget a request spends: the principal's, or for a signed link (no
+    login) that link's own, so one shared link cannot spend everyone else's. The link's
+    signature is hashed: budgets must hold no secrets."""
+    principal = request[PRINCIPAL]
+    if principal is SIGNED_URL:
+        pairs = request[SIGNED]
+        sig = dict(pairs).get("sig", "")
+        return "url:" + hashlib.blake2b(sig.encode(), digest_size=12).hexdigest()
+    return f"{principal.kind}:{principal.name}"

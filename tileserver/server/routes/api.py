@@ -18,6 +18,7 @@ from tileserver.server.http import (
     if_none_match,
     image_response,
     int_param,
+    render_key,
 )
 from tileserver.server.openapi import openapi_document
 from tileserver.service import SlideService
@@ -32,7 +33,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         limit = int_param(request, "limit", 50, lo=1, hi=MAX_PAGE)
         if "metadata" not in principal_of(request).scopes:
             raise web.HTTPForbidden(reason="this token may not list slides")
-        items, total = await service.list_slides(offset, limit, visible_slides(request))
+        items, total = await service.list_slides(offset, limit, await visible_slides(request))
         return web.json_response(
             {"items": items, "offset": offset, "limit": limit, "total": total},
             headers={"Cache-Control": "private, no-cache"},
@@ -48,7 +49,9 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         fmt = format_param(request.query.get("format"))
         slide_id = request.match_info["slide_id"]
         authorize(request, slide_id, "thumbnails")
-        encoded = await service.thumbnail(slide_id, size, fmt, if_none_match(request))
+        encoded = await service.thumbnail(
+            slide_id, size, fmt, if_none_match(request), render_key(request)
+        )
         await audit(
             request,
             INSTANCES_ACCESSED,
@@ -83,7 +86,9 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             raise BadRequest(f"unit must be 'px' or 'um', not {unit[:10]!r}")
         out = _output_size(request, l0)
         fmt = format_param(request.query.get("format"))
-        encoded = await service.region(slide_id, l0, out, fmt, if_none_match(request))
+        encoded = await service.region(
+            slide_id, l0, out, fmt, if_none_match(request), render_key(request)
+        )
         await audit(
             request,
             INSTANCES_ACCESSED,
@@ -98,7 +103,9 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         slide_id, name = request.match_info["slide_id"], request.match_info["name"]
         identifying = name != "thumbnail"  # label and macro show names and barcodes
         authorize(request, slide_id, "labels" if identifying else "thumbnails")
-        encoded = await service.associated(slide_id, name, fmt, if_none_match(request))
+        encoded = await service.associated(
+            slide_id, name, fmt, if_none_match(request), render_key(request)
+        )
         await audit(
             request,
             INSTANCES_ACCESSED,

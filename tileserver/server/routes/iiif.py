@@ -17,7 +17,7 @@ from aiohttp import web
 from tileserver.geometry import Size
 from tileserver.protocols import iiif
 from tileserver.server.auth import PRINCIPAL, SECURITY, SIGNED_URL, authorize, view_tile
-from tileserver.server.http import if_none_match, image_response
+from tileserver.server.http import if_none_match, image_response, render_key
 from tileserver.service import SlideService
 
 SLIDE = "{slide_id:[0-9a-f]{32}}"
@@ -69,7 +69,8 @@ def routes(service: SlideService, public_url: str | None = None) -> list[web.Rou
         params = (m["region"], m["size"], m["rotation"], m["quality"], m["format"])
         if request.get(PRINCIPAL) is SIGNED_URL:
             await _only_tiles(request, m["slide_id"], params)
-        encoded = await service.iiif_image(m["slide_id"], params, if_none_match(request))
+        who = render_key(request)
+        encoded = await service.iiif_image(m["slide_id"], params, if_none_match(request), who)
         view_tile(request, m["slide_id"], -1)
         return image_response(encoded)
 
