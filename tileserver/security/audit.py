@@ -191,6 +191,8 @@ class AuditLog:
         self._key = key
         self._now = now
         self.sink = sink
+        # Called with every record written by this process (the detector: security/alerts.py).
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r}, <key hidden>)"
@@ -228,7 +230,7 @@ class AuditLog:
             "detail": _check_detail(detail or {}),
         }
         if self.sink is not None:
-            return self.sink.write(iso_utc(self._now()), fields)
+            return self._observed(self.sink.write(iso_utc(self._now()), fields))
         self._prepare_directory()
         lock_fd = os.open(_lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -244,6 +246,11 @@ class AuditLog:
                 os.close(fd)
         finally:
             os.close(lock_fd)  # closing releases the flock
+        return self._observed(record)
+
+    def _observed(self, record: dict[str, Any]) -> dict[str, Any]:
+        for observe in self.observers:
+            observe(record)
         return record
 
     def records(self) -> Iterator[dict[str, Any]]:
