@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from tileserver.security.login import (
     ABSOLUTE_TIMEOUT,
-    Authenticator,
     EnrolmentFailed,
     LoginFailed,
 )
 from tileserver.server.auth import SECURITY, SESSION, SESSION_COOKIE, client_ip, principal_of
 from tileserver.server.errors import BadRequest
 
-logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_FIELD = 1024
 MAX_NEXT = 2048  # a redirect target is a path and query of this site, never a novel
@@ -66,28 +65,11 @@ def _with_session(response: web.StreamResponse, session: str, secure: bool) -> w
     return response
 
 
+async def _off_loop(func: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(func, *args))
+
+
 def routes() -> list[web.RouteDef]:
-    timers: dict[str, asyncio.TimerHandle] = {}  # per app: the pending summary flush
-
-    def schedule_flush(authenticator: Authenticator) -> None:
-        """Refused logins are summarised per address and minute: write each summary when its
-        minute is over, off the loop, even if no later login comes along to do it."""
-        if "flush" in timers or not authenticator.refusals.pending():
-            return
-        loop = asyncio.get_running_loop()
-
-        def done(future: asyncio.Future[int]) -> None:
-            if not future.cancelled() and future.exception() is not None:
-                logger.error("login refusals not audited yet: %s", future.exception())
-            schedule_flush(authenticator)
-
-        def fire() -> None:
-            del timers["flush"]
-            flushed = loop.run_in_executor(None, authenticator.refusals.flush)
-            flushed.add_done_callback(done)
-
-        timers["flush"] = loop.call_later(authenticator.refusals.due_in() + 1, fire)
-
     async def login(request: web.Request) -> web.StreamResponse:
         security = request.app[SECURITY]
         authenticator = security.authenticator
@@ -121,9 +103,8 @@ def routes() -> list[web.RouteDef]:
                     headers={"Retry-After": str(max(1, round(exc.retry_after)))},
                 ) from None
             raise web.HTTPUnauthorized(reason="invalid credentials") from None
-        finally:
-            schedule_flush(authenticator)
-        user = authenticator.accounts.user(form["username"])
+        # Every database call off the event loop: PostgreSQL is a network round trip away.
+        user = await _off_loop(authenticator.accounts.user, form["username"])
         response = web.json_response(
             {"user": form["username"], "role": user.role if user else None}
         )
@@ -133,7 +114,9 @@ def routes() -> list[web.RouteDef]:
         security = request.app[SECURITY]
         session = request.get(SESSION)
         if security.authenticator is not None and session:
-            security.authenticator.logout(session, principal_of(request), client_ip(request))
+            await _off_loop(
+                security.authenticator.logout, session, principal_of(request), client_ip(request)
+            )
         response = web.json_response({"logged_out": True})
         response.del_cookie(SESSION_COOKIE if security.tls else "tileserver", path="/")
         return response
@@ -177,8 +160,11 @@ def routes() -> list[web.RouteDef]:
             raise web.HTTPNotFound()
         form = await _form(request, "token", "code")
         try:
-            session = security.authenticator.enrol_confirm(
-                form["token"], form["code"], client_ip(request)
+            session = await _off_loop(
+                security.authenticator.enrol_confirm,
+                form["token"],
+                form["code"],
+                client_ip(request),
             )
         except EnrolmentFailed as exc:
             raise BadRequest(str(exc)) from None
@@ -189,8 +175,10 @@ def routes() -> list[web.RouteDef]:
         if security.authenticator is None or not security.loopback:
             raise web.HTTPNotFound()
         try:
-            session = security.authenticator.use_login_link(
-                request.query.get("token", ""), client_ip(request)
+            session = await _off_loop(
+                security.authenticator.use_login_link,
+                request.query.get("token", ""),
+                client_ip(request),
             )
         except LoginFailed:
             raise web.HTTPUnauthorized(
