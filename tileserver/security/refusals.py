@@ -10,12 +10,14 @@ event), and ``MAX_LISTED`` names or slide IDs per window, ``MAX_LISTED_TOTAL`` i
 
 Records (the detector reads them; keep the shape stable). The first of a window::
 
-    event_id    USER_AUTHENTICATION (110114): refused credentials, keyed per address;
+    event_id    USER_AUTHENTICATION (110114): refused credentials, and anything refused to
+                a signed URL, keyed per address;
                 INSTANCES_ACCESSED (110103): an authenticated caller refused, per principal
     event_type  LOGIN (110122) for refused logins, else null
     outcome     4
     user        the principal's name; for logins an account name or "unknown:<keyed hash>";
                 null when no one was authenticated
+    role        the principal's role ("service": a machine token), else null
     source_ip   the client address
     object      the slide ID asked for, or null
     detail      {"reason": REASON, ...}; logins add "consecutive_failures"
@@ -23,11 +25,12 @@ Records (the detector reads them; keep the shape stable). The first of a window:
 and the summary of the rest of that window::
 
     event_id, event_type, outcome 4 as above
-    user        the principal's name for per-principal windows, else null
+    user, role  the principal's for per-principal windows, else null
     source_ip   the address key for per-address windows ("other addresses" for the shared
                 overflow window); the first address seen for per-principal windows
     object      null
-    detail      {"aggregated": true, "reason": the commonest reason,
+    detail      {"aggregated": true, "reason": the commonest reason (a window may mix
+                 reasons: read the per-reason counts),
                  "window_start", "first", "last": ISO-8601 UTC,
                  "refused": N (not counting the first record), REASON: count for each reason,
                  "distinct_users": n, "users": [at most 64],
@@ -87,6 +90,7 @@ class Refusal:
     reason: str
     source_ip: str
     user: str | None = None
+    role: str | None = None  # the principal's role ("service" for machines)
     obj: str | None = None  # the slide ID, when there is one
     principal: str | None = None  # "kind:name": windows per principal; None: per address
     event_type: int | None = None
@@ -107,7 +111,8 @@ class _Window:
     event_type: int | None
     minute: int
     source_ip: str
-    user: str | None  # the principal's name (per-principal windows)
+    user: str | None  # the principal's name and role (per-principal windows)
+    role: str | None
     first_written: bool = False  # the first refusal, written on its own at once
     first: float = 0.0
     last: float = 0.0
@@ -176,6 +181,7 @@ class RefusalAudit:
                         minute,
                         refusal.source_ip if per_principal else key[2],
                         refusal.user if per_principal else None,
+                        refusal.role if per_principal else None,
                     )
             if immediate and not window.first_written:
                 window.first_written = True
@@ -208,6 +214,7 @@ class RefusalAudit:
             event_type=refusal.event_type,
             outcome=4,
             user=refusal.user,
+            role=refusal.role,
             source_ip=refusal.source_ip,
             obj=refusal.obj,
             detail=refusal.detail(),
@@ -257,6 +264,7 @@ class RefusalAudit:
             event_type=window.event_type,
             outcome=4,
             user=window.user,
+            role=window.role,
             source_ip=window.source_ip,
             detail={
                 "aggregated": True,

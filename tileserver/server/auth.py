@@ -246,6 +246,7 @@ def _refusal(
         reason,
         source,
         user=principal.name,
+        role=principal.role,
         obj=slide_id,
         principal=f"{principal.kind}:{principal.name}",
     )
