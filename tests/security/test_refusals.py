@@ -52,7 +52,13 @@ def anonymous(ip: str, reason: str = NO_CREDENTIALS) -> Refusal:
 
 def refused_slide(name: str, slide: str, ip: str = "192.0.2.5") -> Refusal:
     return Refusal(
-        INSTANCES_ACCESSED, NOT_GRANTED, ip, user=name, obj=slide, principal=f"user:{name}"
+        INSTANCES_ACCESSED,
+        NOT_GRANTED,
+        ip,
+        user=name,
+        role="viewer",
+        obj=slide,
+        principal=f"user:{name}",
     )
 
 
@@ -148,6 +154,7 @@ def test_principal_windows_list_the_slides_refused(
     refusals.flush(everything=True)  # at shutdown: this minute too
     (summary,) = [r for r in records(audit) if r["detail"].get("aggregated")]
     assert summary["user"] == "mallory" and summary["source_ip"] == "192.0.2.5"
+    assert summary["role"] == "viewer" and summary["object"] is None
     detail = summary["detail"]
     assert detail["refused"] == 100 and detail[NOT_GRANTED] == 99 and detail[RATE_LIMITED] == 1
     assert detail["distinct_objects"] == 99

@@ -238,10 +238,12 @@ def test_callers_refused_slides_and_routes_are_audited_per_principal(tmp_path: P
     first = only([r for r in site.records("127.0.3.1") if not r["detail"].get("aggregated")])
     assert first["event_id"] == INSTANCES_ACCESSED and first["outcome"] == 4
     assert first["user"] == "case-b-reader" and first["object"] == SLIDE
+    assert first["role"] == "service"  # a machine
     assert first["detail"] == {"reason": "not_granted"}
     assert site.records("127.0.3.3") == []
     (summary,) = [r for r in site.audit.records() if r["detail"].get("aggregated")]
     assert summary["event_id"] == INSTANCES_ACCESSED and summary["user"] == "case-b-reader"
+    assert summary["role"] == "service"
     detail = summary["detail"]  # written at shutdown: the minute was not over
     assert detail["refused"] == 2 and detail["not_granted"] == 1 and detail["forbidden"] == 1
     assert detail["objects"] == [SLIDE]
