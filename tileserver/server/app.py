@@ -107,6 +107,8 @@ def create_app(
             if refusals is not None:  # this minute's summaries too
                 refusals.flush(everything=True)
             audit.append(APPLICATION_ACTIVITY, event_type=APPLICATION_STOP)
+        if security.monitor is not None:  # alerts still queued are recorded and sent
+            await asyncio.get_running_loop().run_in_executor(None, security.monitor.close)
         service.close()
 
     app.cleanup_ctx.append(lifecycle)

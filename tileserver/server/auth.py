@@ -28,6 +28,7 @@ from aiohttp import web
 
 from tileserver.errors import SlideNotFound, TileserverError
 from tileserver.security.accounts import SCOPES, Accounts, Principal
+from tileserver.security.alerts import Monitor
 from tileserver.security.audit import (
     INSTANCES_ACCESSED,
     USER_AUTHENTICATION,
@@ -35,6 +36,7 @@ from tileserver.security.audit import (
     SlideViewAggregator,
 )
 from tileserver.security.authz_cache import Lookup
+from tileserver.security.detector import TILE, Event
 from tileserver.security.login import Authenticator
 from tileserver.security.refusals import (
     BAD_CERTIFICATE,
@@ -47,6 +49,7 @@ from tileserver.security.refusals import (
     RATE_LIMITED,
     Refusal,
     RefusalAudit,
+    address_key,
 )
 from tileserver.security.signed_urls import UrlKeys, check, is_signed
 
@@ -108,6 +111,7 @@ class Security:
     burst: float = 4000.0
     token_rate: float | None = None  # machines (tokens, client certificates); None: as people
     token_burst: float | None = None
+    monitor: Monitor | None = None  # the detector (security/alerts.py); None: serve --no-detect
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     @property
@@ -175,6 +179,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPUnauthorized:
         await _record(request, _refusal(request, BAD_CERTIFICATE))
         raise
+    monitor = security.monitor
+    if monitor is not None and monitor.throttling():
+        await _check_throttle(request, monitor, f"addr:{address_key(client_ip(request))}")
     principal = None
     if session or bearer or certificate:
         principal = await _caller(security.authenticator, request, session, bearer, certificate)
@@ -188,7 +195,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[SIGNED] = list(request.query.items())
     if principal is None:
         if is_public(request.path):
-            return await handler(request)
+            return await _public(request, handler, monitor)
         presented = _refused_credential(session, bearer, certificate)
         if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
             # A person in a browser: to the login page, and back here afterwards. Not being
@@ -199,6 +206,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         await _record(request, _refusal(request, presented or NO_CREDENTIALS))
         raise web.HTTPUnauthorized(reason="authentication required")
     await _check_rate(request, security, principal)
+    if monitor is not None:
+        await _check_suspended(request, monitor, security.authenticator, principal)
     request[PRINCIPAL] = principal
     if session:
         request[SESSION] = session
@@ -254,7 +263,11 @@ def _refusal(
 
 async def _record(request: web.Request, refusal: Refusal) -> None:
     """Count a refusal for the audit trail; the first of its minute is written at once, off
-    the event loop (the audit log fsyncs), the rest in the minute's summary (app.py)."""
+    the event loop (the audit log fsyncs), the rest in the minute's summary (app.py). The
+    detector sees every one as it happens."""
+    monitor = request.app[SECURITY].monitor
+    if monitor is not None:
+        monitor.refused(refusal)
     refusals = request.app[SECURITY].refusals
     if refusals is not None and refusals.count(refusal):
         await asyncio.get_running_loop().run_in_executor(None, refusals.write, refusal)
@@ -285,6 +298,52 @@ async def _caller(
     if found is not None and slide_id and not authz.knows(found, slide_id, generation):
         await loop.run_in_executor(None, authz.learn, found, slide_id, generation)
     return found
+
+
+def principal_key(principal: Principal, source_ip: str) -> str:
+    """How the detector names a caller: ``kind:name``; a signed URL by its client address
+    (whoever holds one is not a known principal)."""
+    if principal is SIGNED_URL:
+        return f"url:{address_key(source_ip)}"
+    return f"{principal.kind}:{principal.name}"
+
+
+async def _public(
+    request: web.Request, handler: Handler, monitor: Monitor | None
+) -> web.StreamResponse:
+    """A public route; a refused or throttled login is shown to the detector at once."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if monitor is not None and request.path == "/auth/login" and exc.status in (401, 429):
+            monitor.login_refused(client_ip(request))
+        raise
+
+
+async def _check_throttle(request: web.Request, monitor: Monitor, key: str) -> None:
+    wait = monitor.throttled(key)
+    if wait is not None:
+        raise web.HTTPTooManyRequests(
+            reason="throttled after a security alert",
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )
+
+
+async def _check_suspended(
+    request: web.Request, monitor: Monitor, authenticator: Authenticator, principal: Principal
+) -> None:
+    """403 for a principal a detector alert suspended (and throttling by principal)."""
+    key = principal_key(principal, client_ip(request))
+    if monitor.throttling():
+        await _check_throttle(request, monitor, key)
+    generation = _generation(request, authenticator)
+    suspended = monitor.suspended(key, generation)
+    if suspended is None:  # the suspension list changed: read it again, off the loop
+        await asyncio.get_running_loop().run_in_executor(None, monitor.refresh, generation)
+        suspended = monitor.suspended(key, generation)
+    if suspended:
+        await _record(request, _refusal(request, FORBIDDEN, principal))
+        raise web.HTTPForbidden(reason="suspended pending review")
 
 
 def certificate_name(request: web.Request) -> str | None:
@@ -383,9 +442,28 @@ async def audit(request: web.Request, event_id: int, **fields: object) -> None:
 
 
 def view_tile(request: web.Request, slide_id: str, level: int) -> None:
-    """Count a tile towards the (session, slide) view record, written in batches."""
+    """Count a tile towards the (session, slide) view record, written in batches, and show
+    it to the detector at once (with its column and row, where the route has them)."""
     security = request.app[SECURITY]
     principal = request.get(PRINCIPAL)
+    if principal is not None and security.monitor is not None:
+        m = request.match_info
+        source = client_ip(request)
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        security.monitor.observe(
+            Event(
+                time.time(),
+                TILE,
+                principal_key(principal, source),
+                source,
+                slide_id,
+                level,
+                int(m["col"]) if "col" in m else None,
+                int(m["row"]) if "row" in m else None,
+                certificate=str(peer["serialNumber"]) if peer and "serialNumber" in peer else None,
+                session=principal.session,
+            )
+        )
     if security.views is None or principal is None:
         return
     security.views.record_tile(
