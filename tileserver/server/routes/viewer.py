@@ -131,15 +131,19 @@ def routes() -> list[web.RouteDef]:
         if "metadata" not in principal_of(request).scopes:
             raise web.HTTPForbidden(reason="this token may not list slides")
         accounts = request.app[SECURITY].accounts
-        visible = visible_slides(request)
+        visible = await visible_slides(request)
         library = request.app[SERVICE].library
-        ids = await asyncio.get_running_loop().run_in_executor(None, library.slide_ids)
-        grouped: dict[str, list[str]] = {}
-        for slide_id in ids:
-            if visible is not None and slide_id not in visible:
-                continue
-            collection = (accounts.collection_of(slide_id) if accounts else None) or UNSORTED
-            grouped.setdefault(collection, []).append(slide_id)
+
+        def group() -> dict[str, list[str]]:  # a database read per slide: off the event loop
+            grouped: dict[str, list[str]] = {}
+            for slide_id in library.slide_ids():
+                if visible is not None and slide_id not in visible:
+                    continue
+                collection = (accounts.collection_of(slide_id) if accounts else None) or UNSORTED
+                grouped.setdefault(collection, []).append(slide_id)
+            return grouped
+
+        grouped = await asyncio.get_running_loop().run_in_executor(None, group)
         return web.json_response(
             {"cases": [{"name": name, "slides": grouped[name]} for name in sorted(grouped)]},
             headers={"Cache-Control": "private, no-store"},
