@@ -128,7 +128,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         from tileserver.security.keys import KeyRing
 
-        keyring = KeyRing(args.settings.home, **args.settings.keyring_options())
+        keyring = KeyRing(
+            args.settings.home,
+            **args.settings.keyring_options(),
+            keys_in_store=args.keys == "store",
+        )
         keyring.current_kek()  # fail now, with a clear message, when there is no key
     if args.keep_associated:
         print(
@@ -196,6 +200,7 @@ def _convert_on_cluster(args: argparse.Namespace) -> int:
     flags += ["--workers", str(args.workers), "--backend", args.backend]
     flags += ["--timeout", str(args.timeout), "--max-memory", str(args.max_memory)]
     flags += ["--keep-associated"] * args.keep_associated + ["--no-encrypt"] * args.no_encrypt
+    flags += ["--keys", args.keys]
     flags += ["--collection", args.collection] if args.collection else []
     slides = [str(path.resolve()) for path in args.slides]
     with tqdm(total=len(slides), desc="slides", unit="slide", disable=args.quiet) as bar:
@@ -226,6 +231,7 @@ def _convert_on_cluster(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from tileserver.security.keys import KeyRing
+    from tileserver.store.location import open_location
 
     keyring = KeyRing(args.settings.home, **args.settings.keyring_options())
     if args.keys_command == "init":
@@ -237,11 +243,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
             mark = "current" if kek.current else "retired"
             print(f"{kek.key_id}  {mark:8} wraps {kek.slides} data key(s)")
     elif args.keys_command == "rotate":
-        key_id, count = keyring.rotate()
+        key_id, count = keyring.rotate([open_location(s) for s in args.store])
         print(f"rotated: {count} data key(s) re-wrapped under new key-encryption key {key_id}")
     elif args.keys_command == "shred":
-        keyring.shred(args.slide_id)
-        print(f"{args.slide_id}: data key destroyed; its store can no longer be read")
+        destroyed = keyring.shred(args.slide_id, [open_location(s) for s in args.store])
+        print(
+            f"{args.slide_id}: data key destroyed ({', '.join(destroyed)}); its store can "
+            "no longer be read. Backups of the store or of TILESERVER_HOME still hold its "
+            "wrapped key: run `tileserver keys rotate` to destroy the key-encryption key "
+            "that wrapped them"
+        )
     return 0
 
 
@@ -359,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write plaintext stores (research exports of de-identified data only)",
     )
+    convert.add_argument(
+        "--keys",
+        choices=["store", "home"],
+        default="store",
+        help="where wrapped data keys go: store (default: TILESERVER_HOME and a copy in the "
+        "slide's store, so any host with the key-encryption key can serve it) or home (only "
+        "TILESERVER_HOME); docs/decisions/0004",
+    )
     convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.add_argument("--collection", help="put the slides into this collection (case)")
@@ -459,9 +478,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("init", help="create the key-encryption key (no-op when it exists)")
     keys_sub.add_parser("list", help="key-encryption keys and how many data keys each wraps")
-    keys_sub.add_parser("rotate", help="re-wrap every data key under a new key-encryption key")
+    rotate = keys_sub.add_parser(
+        "rotate", help="re-wrap every data key under a new key-encryption key"
+    )
     shred = keys_sub.add_parser("shred", help="destroy one slide's data key (crypto-erase)")
     shred.add_argument("slide_id")
+    for command, what in [(rotate, "re-wrap"), (shred, "delete")]:
+        command.add_argument(
+            "--store",
+            action="append",
+            default=[],
+            metavar="LOCATION",
+            help=f"also {what} the data keys kept in the slide stores at LOCATION (a "
+            "directory or URL; repeatable): those other hosts converted",
+        )
     keys.set_defaults(func=cmd_keys)
 
     migrate = sub.add_parser(

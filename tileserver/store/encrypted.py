@@ -133,20 +133,22 @@ def objects_for_writing(store: ObjectStore, slide_id: str, keyring: KeyRing | No
     """Sealed objects under the slide's data key, or plain ones when ``keyring`` is None."""
     if keyring is None:
         return store
-    return EncryptedObjects(store, SlideSealing(slide_id, keyring.data_key_for_writing(slide_id)))
+    key = keyring.data_key_for_writing(slide_id, store)
+    return EncryptedObjects(store, SlideSealing(slide_id, key))
 
 
 def objects_for_reading(store: ObjectStore, slide_id: str, keyring: KeyRing | None) -> ObjectStore:
-    """Decide from the store itself and the key ring whether its objects are sealed.
+    """Decide from the store itself and the key ring whether its objects are sealed. The
+    data key comes from the key ring's home, else from the store's own key object.
 
     A slide with a data key must have sealed objects: a plaintext metadata document in an
     encrypted store is a replacement, not a format choice."""
     metadata = store.get(GROUP_METADATA) or b""
-    has_key = keyring is not None and keyring.has_data_key(slide_id)
+    has_key = keyring is not None and keyring.has_data_key(slide_id, store)
     if is_sealed(metadata) or has_key:
         if keyring is None:
             raise KeyUnavailable(f"{slide_id}: store is encrypted and no key ring is configured")
-        return EncryptedObjects(store, SlideSealing(slide_id, keyring.data_key(slide_id)))
+        return EncryptedObjects(store, SlideSealing(slide_id, keyring.data_key(slide_id, store)))
     return store
 
 

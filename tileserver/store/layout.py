@@ -25,6 +25,8 @@ READABLE_VERSIONS = (1, 2)
 DEFAULT_SHARD = 16  # chunks per shard edge: ~1000 objects for a 100k x 100k slide
 OME_VERSION = "0.5"
 COMPLETE_MARKER = "tileserver-complete.json"
+# The slide's data key wrapped by a key-encryption key (plain JSON: docs/format.md).
+KEY_OBJECT = "tileserver-key.json"
 GROUP_METADATA = "zarr.json"
 FILL_VALUE = 255
 CODECS = ("jpeg", "zstd")

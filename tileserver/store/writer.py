@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tileserver.errors import IntegrityError, StoreError
 from tileserver.store.encrypted import objects_for_writing, parts
-from tileserver.store.layout import COMPLETE_MARKER, GROUP_METADATA, StoreLayout
+from tileserver.store.layout import COMPLETE_MARKER, GROUP_METADATA, KEY_OBJECT, StoreLayout
 from tileserver.store.local import LocalObjects
 from tileserver.store.objects import ObjectStore
 from tileserver.store.shards import assemble, decode_index, index_bytes, index_digest, index_name
@@ -75,7 +75,8 @@ class StoreWriter:
             writer = cls(objects, layout, writer._finished_shards())
         else:
             for key in list(store.list_keys()):
-                store.delete(key)
+                if key != KEY_OBJECT:  # the data key the objects are sealed with stays
+                    store.delete(key)
         for key, doc in docs.items():
             objects.put(key, doc)
         return writer
