@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tileserver.config import Settings
+from tileserver.config import Settings, check_command_line_url
 from tileserver.errors import TileserverError
+from tileserver.security import audit_streams as streams
 from tileserver.security.accounts import ROLES, SCOPES, Accounts
 from tileserver.security.audit import (
     AUDIT_LOG_USED,
@@ -24,12 +25,14 @@ from tileserver.security.audit import (
     export,
     verify,
 )
+from tileserver.security.audit_sink import WRITER_ROLE, init_database, open_audit_log
 from tileserver.security.checkpoints import (
     append_checkpoint,
     create_signing_key,
     make_checkpoint,
     verify_with_checkpoints,
 )
+from tileserver.security.database import connect
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ENROL_TTL, LINK_TTL
 from tileserver.security.signed_urls import UrlKeys
@@ -43,7 +46,7 @@ def _open(settings: Settings) -> tuple[Accounts, AuditLog]:
     keyring = KeyRing(home)
     make_private_dir(home)
     accounts = Accounts(settings.state_database(), keyring.service_key("totp"))
-    audit = AuditLog(home / "audit" / "audit.jsonl", keyring.service_key("audit"))
+    audit = open_audit_log(home, keyring.service_key("audit"), settings.audit_database)
     return accounts, audit
 
 
@@ -53,6 +56,13 @@ def _base(args: argparse.Namespace) -> str:
 
 def cmd_users(args: argparse.Namespace) -> int:
     accounts, audit = _open(args.settings)
+    try:
+        return _users(args, accounts, audit)
+    finally:
+        audit.close()
+
+
+def _users(args: argparse.Namespace, accounts: Accounts, audit: AuditLog) -> int:
     action = args.users_command
 
     def record(change: str, user: str, event: int = USER_SECURITY_ATTRIBUTES_CHANGED) -> None:
@@ -123,6 +133,13 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 def cmd_tokens(args: argparse.Namespace) -> int:
     accounts, audit = _open(args.settings)
+    try:
+        return _tokens(args, accounts, audit)
+    finally:
+        audit.close()
+
+
+def _tokens(args: argparse.Namespace, accounts: Accounts, audit: AuditLog) -> int:
     if args.tokens_command == "list":
         for name, granted, within, expires in accounts.tokens():
             until = time.strftime("%Y-%m-%d", time.gmtime(expires)) if expires else "never"
@@ -171,13 +188,16 @@ def cmd_urls(args: argparse.Namespace) -> int:
             print(f"url key {kid}{' (signs)' if kid == kids[-1] else ''}")
         return 0
     _, audit = _open(args.settings)
-    if args.urls_command == "rotate":
-        kid = keys.rotate()
-        detail = {"change": "url signing key rotated", "target": kid}
-    else:
-        keys.retire(args.kid)
-        detail = {"change": "url signing key retired", "target": args.kid}
-    audit.append(SECURITY_CONFIGURATION, action="U", user=ADMIN, role="admin", detail=detail)
+    try:
+        if args.urls_command == "rotate":
+            kid = keys.rotate()
+            detail = {"change": "url signing key rotated", "target": kid}
+        else:
+            keys.retire(args.kid)
+            detail = {"change": "url signing key retired", "target": args.kid}
+        audit.append(SECURITY_CONFIGURATION, action="U", user=ADMIN, role="admin", detail=detail)
+    finally:
+        audit.close()
     print(f"{detail['change']}: {detail['target']}")
     return 0
 
@@ -187,15 +207,18 @@ def assign_collection(settings: Settings, slide_id: str, collection: str) -> Non
     if not is_slide_id(slide_id):
         raise TileserverError(f"not a slide ID: {slide_id[:40]!r}")
     accounts, audit = _open(settings)
-    accounts.assign(slide_id, collection)
-    audit.append(
-        SECURITY_ROLES_CHANGED,
-        action="U",
-        user=ADMIN,
-        role="admin",
-        obj=slide_id,
-        detail={"change": f"assigned to collection {collection}"},
-    )
+    try:
+        accounts.assign(slide_id, collection)
+        audit.append(
+            SECURITY_ROLES_CHANGED,
+            action="U",
+            user=ADMIN,
+            role="admin",
+            obj=slide_id,
+            detail={"change": f"assigned to collection {collection}"},
+        )
+    finally:
+        audit.close()
 
 
 def cmd_slides(args: argparse.Namespace) -> int:
@@ -211,7 +234,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         public = create_signing_key(args.path)
         print(f"signing key written to {args.path} (0600); public key: {public}")
         return 0
+    if args.audit_command == "init-db":
+        return _init_db(args.admin_database, args.role)
     key = KeyRing(home).service_key("audit")
+    if args.settings.audit_database is not None:
+        return _audit_streams(args, key, args.settings.audit_database)
     path = home / "audit" / "audit.jsonl"
     if args.audit_command == "checkpoint":
         checkpoint = make_checkpoint(path, key, args.signing_key)
@@ -245,6 +272,93 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.out != "-":
         print(f"exported {count} records to {args.out}")
     return 0
+
+
+def _init_db(admin_url: str, role: str) -> int:
+    check_command_line_url(admin_url, "--admin-database")
+    grants, url = init_database(admin_url, role)
+    print("audit tables audit_streams and audit_records ready; UPDATE, DELETE and TRUNCATE")
+    print("are refused by triggers, even to their owner. Grants made:")
+    for statement in grants:
+        print(f"  {statement};")
+    if url is None:
+        print(f"role {role} exists: its password is unchanged")
+        return 0
+    print(f"role {role} created; servers and audit commands connect as it (shown once; put it")
+    print("in TILESERVER_AUDIT_DATABASE, or the password in PGPASSFILE):")
+    print(url)
+    return 0
+
+
+def _audit_streams(args: argparse.Namespace, key: bytes, url: str) -> int:
+    """``audit verify|export|checkpoint`` over every stream in PostgreSQL."""
+    db = connect(url, max_size=1)
+    try:
+        if args.audit_command == "checkpoint":
+            checkpoint = streams.make_checkpoint(db, key, args.signing_key)
+            append_checkpoint(args.out, checkpoint)
+            heads = checkpoint["streams"]
+            total = sum(head["records"] for head in heads)
+            print(f"checkpoint of {len(heads)} stream(s), {total} records appended to {args.out}")
+            return 0
+        if args.audit_command == "verify":
+            if (args.checkpoints is None) != (args.public_key is None):
+                raise TileserverError("--checkpoints and --public-key go together")
+            problems: list[str] = []
+            signed = ""
+            if args.checkpoints is None:
+                reports = streams.verify_streams(db, key)
+            else:
+                reports, problems, count = streams.verify_with_checkpoints(
+                    db, key, args.checkpoints, args.public_key
+                )
+                signed = f", {count} checkpoint(s)"
+            for report in reports:
+                result = report.result
+                if result.ok:
+                    print(f"stream {report.stream}: intact, {result.records} records")
+                else:
+                    where = "" if result.first_bad is None else f" at seq {result.first_bad}"
+                    print(
+                        f"tileserver: stream {report.stream} BROKEN{where}: {result.reason}",
+                        file=sys.stderr,
+                    )
+            for problem in problems:
+                print(f"tileserver: {problem}", file=sys.stderr)
+            broken = sum(not report.result.ok for report in reports) + len(problems)
+            if broken:
+                return 2
+            print(f"audit trail intact: {len(reports)} stream(s){signed}")
+            return 0
+        out = sys.stdout if args.out == "-" else open(args.out, "w")  # noqa: SIM115
+        try:
+            count = streams.export_streams(db, key, out)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    finally:
+        db.close()
+    audit = open_audit_log(args.settings.home, key, url)
+    try:
+        audit.append(
+            AUDIT_LOG_USED, action="R", user=ADMIN, role="admin", detail={"exported": count}
+        )
+    finally:
+        audit.close()
+    if args.out != "-":
+        print(f"exported {count} records to {args.out}")
+    return 0
+
+
+def add_audit_database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--audit-database",
+        metavar="URL",
+        help="the audit trail in PostgreSQL, one stream per process: postgresql://ROLE@HOST:"
+        "PORT/DB with the append-only role `audit init-db` made (password from PGPASSFILE or "
+        "PGPASSWORD, never here; default: TILESERVER_AUDIT_DATABASE, else the file in "
+        "TILESERVER_HOME/audit)",
+    )
 
 
 def add_database_option(parser: argparse.ArgumentParser) -> None:
@@ -309,16 +423,22 @@ def add_commands(sub: Any) -> None:
     for commands in (us, ts, ss):  # every command that reads or writes server state
         for command in commands.choices.values():
             add_database_option(command)
+            add_audit_database_option(command)
 
     urls = sub.add_parser("urls", help="keys that sign shareable tile URLs")
     ul = urls.add_subparsers(dest="urls_command", required=True)
     ul.add_parser("list", help="key IDs; the newest signs")
     ul.add_parser("rotate", help="a new key signs from now on; older ones still verify")
     ul.add_parser("retire", help="destroy a key: URLs it signed are refused").add_argument("kid")
+    for command in ul.choices.values():
+        add_audit_database_option(command)
     urls.set_defaults(func=cmd_urls)
 
     audit = sub.add_parser("audit", help="verify or export the tamper-evident audit trail")
     au = audit.add_subparsers(dest="audit_command", required=True)
+    from tileserver.alert_commands import add_watch_command  # it imports this module
+
+    add_watch_command(au)
     check = au.add_parser("verify", help="check the hash chain; names the first bad record")
     check.add_argument("--checkpoints", type=Path, help="signed checkpoints (detect truncation)")
     check.add_argument("--public-key", type=Path, help="the checkpoint signing key's public half")
@@ -329,6 +449,24 @@ def add_commands(sub: Any) -> None:
     )
     point.add_argument("--signing-key", type=Path, required=True)
     point.add_argument("--out", type=Path, required=True)
-    exp = au.add_parser("export", help="write the records as JSON lines for a SIEM")
+    exp = au.add_parser(
+        "export", help="write the records as JSON lines for a SIEM (every stream, by time)"
+    )
     exp.add_argument("--out", default="-")
+    for command in (check, point, exp):
+        add_audit_database_option(command)
+    init = au.add_parser(
+        "init-db",
+        help="once, as the tables' owner: create the PostgreSQL audit tables, their "
+        "append-only triggers and the INSERT/SELECT-only role servers write through",
+    )
+    init.add_argument(
+        "--admin-database",
+        metavar="URL",
+        required=True,
+        help="postgresql://OWNER@HOST:PORT/DB (password from PGPASSFILE or PGPASSWORD)",
+    )
+    init.add_argument(
+        "--role", default=WRITER_ROLE, help=f"the writer role (default {WRITER_ROLE})"
+    )
     audit.set_defaults(func=cmd_audit)

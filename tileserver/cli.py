@@ -15,8 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from tileserver.admin import add_audit_database_option, add_database_option
 from tileserver.admin import add_commands as add_admin_commands
-from tileserver.admin import add_database_option
 from tileserver.bench.cli import add_commands as add_bench_commands
 from tileserver.config import Settings
 from tileserver.errors import TileserverError
@@ -293,6 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kek=args.settings.kek,
         pkcs11_pin=args.settings.pkcs11_pin,
         database=args.settings.database,
+        audit_database=args.settings.audit_database,
     )
     weakened = [
         name for name, on in [("TLS", args.insecure_http), ("authentication", args.no_auth)] if on
@@ -467,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure-http", action="store_true", help="plain HTTP (refused unless bound to loopback)"
     )
     add_database_option(serve)
+    add_audit_database_option(serve)
     serve.add_argument(
         "--no-auth",
         action="store_true",
@@ -512,7 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        args.settings = Settings.from_env().with_database(getattr(args, "database", None))
+        args.settings = (
+            Settings.from_env()
+            .with_database(getattr(args, "database", None))
+            .with_audit_database(getattr(args, "audit_database", None))
+        )
         return func(args)
     except TileserverError as exc:
         print(f"tileserver: error: {exc}", file=sys.stderr)

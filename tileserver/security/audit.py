@@ -102,6 +102,8 @@ class AuditSink(Protocol):
 
     def verify(self) -> VerifyResult: ...
 
+    def close(self) -> None: ...
+
 
 def canonical(record: dict[str, Any]) -> str:
     """The one serialisation the MAC covers: sorted keys, no spaces, ASCII, no NaN."""
@@ -259,6 +261,11 @@ class AuditLog:
 
     def verify(self) -> VerifyResult:
         return verify(self.path, self._key) if self.sink is None else self.sink.verify()
+
+    def close(self) -> None:
+        """Let go of the sink (it stores what it spooled, if it can); a file needs nothing."""
+        if self.sink is not None:
+            self.sink.close()
 
     def _prepare_directory(self) -> None:
         directory = self.path.parent

@@ -21,7 +21,8 @@ from tileserver.config import state_database
 from tileserver.errors import ConfigError
 from tileserver.library import SlideLibrary
 from tileserver.security.accounts import Accounts
-from tileserver.security.audit import AuditLog, SlideViewAggregator
+from tileserver.security.audit import SlideViewAggregator
+from tileserver.security.audit_sink import open_audit_log
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ADDRESS_RATE, LINK_TTL, Authenticator
 from tileserver.security.signed_urls import UrlKeys
@@ -59,6 +60,8 @@ class ServeOptions:
     pkcs11_pin: str | None = field(default=None, repr=False)
     # Server state in PostgreSQL (a postgresql:// URL); None: SQLite under home.
     database: str | None = field(default=None, repr=False)
+    # The audit trail in PostgreSQL, a stream per worker process (None: the file in home).
+    audit_database: str | None = field(default=None, repr=False)
 
 
 def is_loopback(host: str) -> bool:
@@ -162,7 +165,7 @@ def build_security(options: ServeOptions) -> Security:
             token_burst=token_burst,
         )
     make_private_dir(options.home)
-    audit = AuditLog(options.home / "audit" / "audit.jsonl", keyring.service_key("audit"))
+    audit = open_audit_log(options.home, keyring.service_key("audit"), options.audit_database)
     accounts = Accounts(
         state_database(options.home, options.database), keyring.service_key("totp")
     )
@@ -235,6 +238,8 @@ async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | No
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    if security.audit is not None:
+        security.audit.close()  # a stream in PostgreSQL stores what it spooled, if it can
 
 
 def _worker(options: ServeOptions) -> None:
