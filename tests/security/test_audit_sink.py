@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -20,8 +21,12 @@ import psycopg
 import pytest
 
 from tests.cli import cli
+from tests.s3server import free_port
 from tests.tcpproxy import tcp_proxy
 from tileserver.security.audit import (
+    APPLICATION_ACTIVITY,
+    APPLICATION_START,
+    APPLICATION_STOP,
     SECURITY_ALERT,
     USER_AUTHENTICATION,
     AuditChainBroken,
@@ -48,6 +53,8 @@ from tileserver.security.audit_streams import (
 )
 from tileserver.security.checkpoints import append_checkpoint, create_signing_key
 from tileserver.security.database import connect
+from tileserver.security.keys import KeyRing
+from tileserver.server.errors import status_of
 
 
 @pytest.fixture
@@ -361,11 +368,12 @@ def test_a_full_spool_refuses_appends_and_a_dead_processs_spool_is_drained_later
         fill(log, 1)
         proxy.down()
         written = 0
-        with pytest.raises(AuditUnavailable, match="spool is full"):
+        with pytest.raises(AuditUnavailable, match="spool is full") as refused:
             for i in range(100):
                 log.append(USER_AUTHENTICATION, user=f"during{i}")
                 written += 1
         assert 0 < written < 100
+        assert status_of(refused.value) == 503  # the request that needed the record fails
         sink.close()  # the process ends while the database is still away: the spool stays
         assert (tmp_path / "spool" / f"{sink.stream}.jsonl").stat().st_size > 0
         proxy.up()
@@ -436,3 +444,40 @@ def test_cli_init_db_verify_checkpoint_and_export(
     broken = cli(home, "audit", "verify")
     assert broken.returncode == 2
     assert "BROKEN at seq 0" in broken.stderr and "modified or forged" in broken.stderr
+
+
+def test_each_server_worker_process_writes_its_own_stream(writer_url: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (tmp_path / "stores").mkdir()
+    env = {**os.environ, "TILESERVER_HOME": str(home), "TILESERVER_AUDIT_DATABASE": writer_url}
+    command = [sys.executable, "-m", "tileserver.cli", "serve", str(tmp_path / "stores")]
+    command += ["--port", str(free_port()), "--workers", "2"]
+    db = connect(writer_url)
+    log = tmp_path / "serve.log"
+    with log.open("w") as errors:
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+    try:
+        deadline = time.monotonic() + 90
+        started: list[tuple[object, ...]] = []
+        while len(started) < 2 and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.2)
+            started = db.read("SELECT stream FROM audit_records WHERE seq = 0")
+        assert len(started) == 2, log.read_text()
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+        key = KeyRing(home).service_key("audit")
+        reports = verify_streams(db, key)
+        assert len(reports) == 2 and all(r.result.ok for r in reports)
+        for report in reports:
+            events = [json.loads(line) for line in stream_lines(db, report.stream)]
+            assert [(e["event_id"], e["event_type"]) for e in events] == [
+                (APPLICATION_ACTIVITY, APPLICATION_START),
+                (APPLICATION_ACTIVITY, APPLICATION_STOP),
+            ]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        db.close()
+    assert not (home / "audit" / "audit.jsonl").exists()
+    assert list((home / "audit" / "spool").iterdir()) == []  # drained spools are removed

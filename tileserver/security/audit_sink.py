@@ -98,8 +98,9 @@ _SCHEMA = [
 ]
 
 
-class AuditUnavailable(AuditError):
-    """The audit database is away and the spool is full: nothing more can be recorded."""
+class AuditUnavailable(AuditError, DatabaseUnavailable):
+    """The audit database is away and the spool is full: nothing more can be recorded, so
+    the request is refused like any other that needs the database (503, Retry-After)."""
 
 
 def open_audit_log(home: Path, key: bytes, url: str | None) -> AuditLog:
