@@ -18,13 +18,13 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,15 +34,16 @@ import pytest
 
 from sample_data import write_svs
 from tests.haproxy import Backend, HaProxy, haproxy
+from tests.pgserver import SUPERUSER, PgServer
 from tests.s3server import S3Server
 from tests.server.conftest import Server
 from tests.server.test_security import Person, enrol, last_line_token, login
 from tileserver.security.audit import (
-    APPLICATION_ACTIVITY,
     APPLICATION_START,
     APPLICATION_STOP,
     INSTANCES_ACCESSED,
 )
+from tileserver.security.keys import KeyRing
 from tileserver.security.tls import ensure_certificate
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")  # one loopback address per server
@@ -82,15 +83,27 @@ def run_cli(
     )
 
 
-def start_node(name: str, host: str, location: str, env: dict[str, str], logs: Path) -> Node:
-    log = logs / f"{name}.log"
+def start_node(
+    name: str, host: str, location: str, admin: Path, env: dict[str, str], root: Path
+) -> Node:
+    """A server with its own home holding only a copy of the key directory (the KEK and the
+    service keys: TOTP sealing, audit MACs), as a host provisioned with the same secrets;
+    slide data keys come from their stores, state and audit from PostgreSQL."""
+    home = root / name
+    home.mkdir(mode=0o700)
+    shutil.copytree(admin / "keys", home / "keys", ignore=shutil.ignore_patterns("slides"))
+    tls = admin / "tls"
+    log = root / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "tileserver.cli", "serve", location,
-             "--host", host, "--port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+             "--host", host, "--port", "0", "--database", env["TILESERVER_DATABASE"],
+             "--cert", str(tls / "cert.pem"), "--key", str(tls / "key.pem")],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**env, "TILESERVER_HOME": str(home), "TILESERVER_DATABASE": ""},
         )
-    return Node(name, process, Server("", Path(env["TILESERVER_HOME"]), location), log)
+    # Requests verify the one certificate every server presents (the admin home's).
+    return Node(name, process, Server("", admin, location), log)
 
 
 def wait_announced(node: Node) -> None:
@@ -113,19 +126,39 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Site]:
-    root = tmp_path_factory.mktemp("multi-host")
-    home = root / "home"
+def admin_env(root: Path, s3: S3Server, pg: PgServer) -> dict[str, str]:
+    """The operator's environment: S3, a fresh state database and the audit database's
+    append-only role (made by ``audit init-db``); passwords only in variables."""
     env = {
         k: v for k, v in os.environ.items()
         if k not in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT", "AWS_SESSION_TOKEN", "AWS_PROFILE")
     }
-    env.update(s3_server.env(), TILESERVER_HOME=str(home))
+    database = f"postgresql://{SUPERUSER}@{pg.host}:{pg.port}/{pg.create_database()}"
+    env.update(
+        s3.env(), TILESERVER_HOME=str(root / "admin"), TILESERVER_DATABASE=database,
+        PGPASSWORD=pg.password,
+    )
+    role = f"audit_{secrets.token_hex(4)}"
+    made = run_cli(env, "audit", "init-db", "--admin-database", database, "--role", role)
+    assert made.returncode == 0, made.stderr
+    env["TILESERVER_AUDIT_DATABASE"] = made.stdout.strip().splitlines()[-1]
+    return env
+
+
+@pytest.fixture(scope="module")
+def site(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, pg_server: PgServer
+) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("multi-host")
+    env = admin_env(root, s3_server, pg_server)
+    admin = Path(env["TILESERVER_HOME"])
     assert run_cli(env, "keys", "init").returncode == 0
+    keyring = KeyRing(admin)
+    for purpose in ("totp", "audit"):  # made now, so every host gets the same copy
+        keyring.service_key(purpose)
     # One certificate naming every server's address (and "localhost", which the balancer's
-    # health check verifies), made before the servers start so they do not race to make it.
-    ensure_certificate(home, ["localhost", "127.0.0.1", *HOSTS])
+    # health check verifies): the public name's certificate, on every host.
+    ensure_certificate(admin, ["localhost", "127.0.0.1", *HOSTS])
     slides = [write_svs(root / f"s{seed}.svs", 2400, 1800, seed=seed) for seed in (41, 42)]
     location = f"s3://{s3_server.bucket}/multi-host-{secrets.token_hex(4)}"
     converted = run_cli(
@@ -134,13 +167,15 @@ def site(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Itera
     )
     assert converted.returncode == 0, converted.stderr
     assert "2 converted, 0 skipped (already complete), 0 failed" in converted.stderr
-    nodes = [start_node(f"s{i}", h, location, env, root) for i, h in enumerate(HOSTS, 1)]
+    nodes = [
+        start_node(f"s{i}", h, location, admin, env, root) for i, h in enumerate(HOSTS, 1)
+    ]
     try:
         for node in nodes:
             wait_announced(node)
         backends = [Backend(n.name, *_address(n.server)) for n in nodes]
-        with haproxy(root / "haproxy", backends, ca_file=home / "tls" / "cert.pem") as balancer:
-            front = Server(balancer.base, home, location)
+        with haproxy(root / "haproxy", backends, ca_file=admin / "tls" / "cert.pem") as balancer:
+            front = Server(balancer.base, admin, location)
             boot = run_cli(env, "users", "bootstrap", "--url", front.base)
             assert boot.returncode == 0, boot.stderr
             alice = enrol(front, last_line_token(boot.stdout, "setup"), "alice", PASSWORD)
@@ -153,7 +188,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Itera
             assert listed.status == 200, listed.body
             ids = sorted(item["id"] for item in listed.json()["items"])
             assert len(ids) == 2
-            yield Site(home, env, nodes, balancer, front, alice, ids)
+            yield Site(admin, env, nodes, balancer, front, alice, ids)
     finally:
         for node in nodes:
             stop(node.process)
@@ -269,17 +304,23 @@ def test_a_killed_server_costs_only_its_in_flight_requests(site: Site) -> None:
         assert site.front.get(path, headers).status == 200
 
 
-def test_the_audit_trail_written_by_every_server_verifies(site: Site) -> None:
+def test_the_audit_streams_of_every_server_verify_together(site: Site) -> None:
     for node in site.nodes:
         stop(node.process)  # graceful: open slide views are written to the trail
     verified = run_cli(site.env, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
-    assert "audit trail intact" in verified.stdout
+    intact = set(re.findall(r"^stream (\S+): intact", verified.stdout, re.M))
+    assert f"audit trail intact: {len(intact)} stream(s)" in verified.stdout
     exported = run_cli(site.env, "audit", "export", "--out", "-")
     assert exported.returncode == 0, exported.stderr
     trail = [json.loads(line) for line in exported.stdout.splitlines()]
-    lifecycle = Counter(r["event_type"] for r in trail if r["event_id"] == APPLICATION_ACTIVITY)
-    # Every server started into the one trail; the killed one never wrote its stop.
-    assert lifecycle == {APPLICATION_START: len(site.nodes), APPLICATION_STOP: len(site.nodes) - 1}
+    assert {r["stream"] for r in trail} <= intact
+    started = [r for r in trail if r["event_type"] == APPLICATION_START]
+    stopped = [r for r in trail if r["event_type"] == APPLICATION_STOP]
+    # Each server wrote its own stream, the killed one too, though it never wrote its stop.
+    assert len({r["stream"] for r in started}) == len(started) == len(site.nodes)
+    assert len(stopped) == len(site.nodes) - 1
+    assert {r["stream"] for r in stopped} < {r["stream"] for r in started}
     views = [r for r in trail if r["event_id"] == INSTANCES_ACCESSED and r["user"] == "alice"]
     assert {r["object"] for r in views} == set(site.slides)
+    assert len({r["stream"] for r in views}) >= 2  # the pan reached several servers' streams
