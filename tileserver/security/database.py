@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import re
 import sqlite3
 import threading
@@ -50,6 +51,10 @@ WAIT_TIMEOUT = 5.0  # seconds a request waits for a pooled connection before a 5
 RECONNECT_TIMEOUT = 10.0  # then the pool gives up retrying and connects again on demand
 RETRY_AFTER = 5  # seconds, told to clients while the database is unavailable
 SCHEMES = ("postgresql://", "postgres://")
+
+# The pool warns on every failed reconnection attempt, in the background; an outage reaches
+# operators as the DatabaseUnavailable of each refused request instead (one line each).
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 class DatabaseError(TileserverError):
@@ -225,15 +230,18 @@ def _lock_key(name: str) -> int:
 
 
 @contextmanager
-def _pg_errors(pool: psycopg_pool.ConnectionPool[Any] | None = None) -> Iterator[None]:
+def _pg_errors(pool: psycopg_pool.ConnectionPool[Any], where: str) -> Iterator[None]:
     try:
         yield
     except psycopg.IntegrityError as exc:
         raise DatabaseConflict(f"database: {_first_line(exc)}") from None
+    except psycopg_pool.PoolTimeout:
+        raise DatabaseUnavailable(
+            f"database {where} unavailable: no connection within {WAIT_TIMEOUT:.0f} s"
+        ) from None
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        if pool is not None:
-            _drop_broken(pool)
-        raise DatabaseUnavailable(f"database unavailable: {_first_line(exc)}") from None
+        _drop_broken(pool)
+        raise DatabaseUnavailable(f"database {where} unavailable: {_first_line(exc)}") from None
 
 
 def _drop_broken(pool: psycopg_pool.ConnectionPool[Any]) -> None:
@@ -272,7 +280,7 @@ class PostgresDatabase:
 
     def read(self, sql: str, args: Args = ()) -> list[Row]:
         query = _pg_sql(sql)
-        with _pg_errors(self._pool):
+        with _pg_errors(self._pool, self.describe()):
             try:
                 return self._read(query, args)
             except psycopg_pool.PoolTimeout:
@@ -290,7 +298,11 @@ class PostgresDatabase:
 
     @contextmanager
     def transaction(self, serial: str | None = "tileserver") -> Iterator[Transaction]:
-        with _pg_errors(self._pool), self._pool.connection() as conn, conn.transaction():
+        with (
+            _pg_errors(self._pool, self.describe()),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
             tx = _PgTransaction(conn)
             if serial is not None:
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (_lock_key(serial),))
