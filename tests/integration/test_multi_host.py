@@ -1,11 +1,13 @@
 """Scale-out for real (issue 13): slides converted on a Dask LocalCluster onto S3 (SeaweedFS),
-three ``tileserver serve`` processes, each on its own loopback address, serving the same S3
-location with the same key ring and account database, and HAProxy in front of them.
+three ``tileserver serve`` processes, each on its own loopback address with its own
+TILESERVER_HOME (a copy of the key directory only), sharing the S3 location, the KEK, the
+state database (PostgreSQL, ``serve --database``) and the central audit (one hash-chained
+stream per process in PostgreSQL), with HAProxy in front of them.
 
 Through the balancer a user enrols and logs in, and tiles are panned across every server; a
 token revoked with the admin CLI is refused by every server on its next request; a server
 killed with SIGKILL under load costs no request beyond the ones in flight at the kill; and the
-audit trail the servers wrote concurrently verifies.
+audit streams of all servers verify together.
 
 Every request opens its own TLS connection: the balancer passes TLS through and so balances
 connections, and a fresh connection per request is what spreads a pan over the servers.
