@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import os
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Hashable
@@ -51,6 +52,7 @@ T = TypeVar("T")
 # A render estimated at no more than this runs in the render pool, never waiting behind a
 # large one: a 1024-px thumbnail (about 15.7 MiB) or a 512-px tile read at up to 2x.
 SMALL_RENDER_BYTES = 16 * MIB
+LARGE_RENDER_NICENESS = 10  # CPU shares about 1:10 against the loop's (Linux CFS weights)
 ASSOCIATED_PIXELS = 2_000_000  # labels and macros are well under this in practice
 
 
@@ -83,6 +85,15 @@ class ServiceSettings:
     large_per_principal: int = 1
     response_cache_bytes: int = 256 << 20
     chunk_cache_items: int = 512
+
+
+def _yield_cpu() -> None:
+    """Large-render threads run at a lower CPU priority (Linux: a thread's own niceness), so
+    on a busy machine the event loop and the small renders of other users go first."""
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere: as it is
+        thread = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, thread) + LARGE_RENDER_NICENESS
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, nice))
 
 
 @dataclass(frozen=True)
@@ -161,7 +172,9 @@ class SlideService:
         self.library = library
         self.settings = settings
         self._executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="render")
-        self._large = ThreadPoolExecutor(settings.large_threads, thread_name_prefix="render-large")
+        self._large = ThreadPoolExecutor(
+            settings.large_threads, thread_name_prefix="render-large", initializer=_yield_cpu
+        )
         self.budget = RenderBudget(settings.render_budget_mpx, settings.render_burst_mpx)
         self.gate = RenderGate(
             settings.render_memory_mib * MIB,
