@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 WRITER_ROLE = "tileserver_audit"
 MAX_SPOOL_BYTES = 64 << 20  # about 150,000 records: hours of a busy server's audit trail
 RETRY_SECONDS = 1.0  # between attempts to drain the spool while the database is away
+SWEEP_SECONDS = 60.0  # between looks for spools that other processes here died with
 PAGE = 1000  # records read per query
 STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,160}")
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -250,18 +251,13 @@ class PostgresSink:
                     (self.stream, socket.gethostname()[:255], os.getpid()),
                 )
             self._spool_dir = _private_dir(spool_dir)
-            self._spool_path = self._spool_dir / f"{self.stream}.jsonl"
-            self._spool_fd = os.open(
-                self._spool_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-            )
+            self._spool_path, self._spool_fd = _locked_spool(self._spool_dir, self.stream)
         except BaseException:
             self.db.close()
             raise
-        fcntl.flock(self._spool_fd, fcntl.LOCK_EX)  # ours while we live: not an orphan
+        self._wake.set()  # first round: spools that processes which died left behind
         self._thread = threading.Thread(target=self._drain_loop, name="audit-spool", daemon=True)
         self._thread.start()
-        if _orphans(self._spool_dir, self._spool_path):
-            self._wake.set()
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.db.describe()!r}, stream={self.stream!r})"
@@ -331,15 +327,19 @@ class PostgresSink:
             time.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def _drain_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(RETRY_SECONDS)
+        while True:
+            self._wake.wait(SWEEP_SECONDS)
             if self._stop.is_set():
                 return
+            self._wake.clear()  # before draining: an outage beginning meanwhile sets it again
             try:
-                if self._drain():
-                    self._wake.clear()
+                drained = self._drain()
             except AuditError as exc:  # a record the database refuses: keep it, say so
                 logger.error("audit spool not drained: %s", exc)
+                drained = False
+            if not drained:
+                self._wake.set()
+                self._stop.wait(RETRY_SECONDS)
 
     def _drain(self) -> bool:
         with self._drain_lock:
@@ -417,6 +417,17 @@ def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
     return path
+
+
+def _locked_spool(directory: Path, stream: str) -> tuple[Path, int]:
+    """Our spool file, created under its name only once we hold its lock, so no other sink
+    ever takes it for the orphan of a dead process."""
+    path = directory / f"{stream}.jsonl"
+    hidden = directory / f".{stream}.new"
+    fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # ours while we live
+    os.rename(hidden, path)
+    return path, fd
 
 
 def _orphans(directory: Path, own: Path) -> list[Path]:
