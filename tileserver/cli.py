@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from tileserver.admin import add_audit_database_option, add_database_option
 from tileserver.admin import add_commands as add_admin_commands
+from tileserver.alert_commands import add_commands as add_alert_commands
+from tileserver.alert_commands import add_detection_options, detection_options
 from tileserver.bench.cli import add_commands as add_bench_commands
 from tileserver.config import Settings
 from tileserver.errors import TileserverError
@@ -256,12 +258,26 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_render_limits(args: argparse.Namespace) -> None:
+    from tileserver.service import SMALL_RENDER_BYTES
+
+    if not args.render_budget >= 0 or not args.render_burst > 0:
+        raise TileserverError("--render-budget must be >= 0 and --render-burst positive")
+    if not args.max_upscale >= 1:
+        raise TileserverError("--max-upscale must be at least 1")
+    # Small renders get one slot per render thread; large ones need room beside them.
+    least = (args.threads + 1) * SMALL_RENDER_BYTES >> 20
+    if not least <= args.render_memory <= 1 << 20:
+        raise TileserverError(f"--render-memory must be {least}..{1 << 20} MiB")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from tileserver.server.run import ServeOptions, parse_rate, serve
     from tileserver.service import ServiceSettings
 
     if not args.login_rate > 0:
         raise TileserverError("--login-rate must be positive")
+    _check_render_limits(args)
     if (args.sources or "://" not in args.location) and not Path(args.location).is_dir():
         raise TileserverError(f"{args.location}: not a directory")
     options = ServeOptions(
@@ -275,6 +291,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             dzi_tile=args.dzi_tile,
             dzi_overlap=args.dzi_overlap,
             threads=args.threads,
+            max_upscale=args.max_upscale,
+            render_budget_mpx=args.render_budget,
+            render_burst_mpx=args.render_burst,
+            render_memory_mib=args.render_memory,
             response_cache_bytes=args.cache_mb << 20,
             chunk_cache_items=512 if args.cache_mb else 0,
         ),
@@ -294,6 +314,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pkcs11_pin=args.settings.pkcs11_pin,
         database=args.settings.database,
         audit_database=args.settings.audit_database,
+        detection=detection_options(args),
     )
     weakened = [
         name for name, on in [("TLS", args.insecure_http), ("authentication", args.no_auth)] if on
@@ -428,6 +449,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoded-response cache; 0 turns caches off (for benchmarks)",
     )
     serve.add_argument(
+        "--render-budget",
+        type=float,
+        default=8.0,
+        metavar="MPX_PER_S",
+        help="output megapixels per second each user, machine or shared link may render "
+        "(default 8; 0: no budget); pass-through tiles are free",
+    )
+    serve.add_argument(
+        "--render-burst",
+        type=float,
+        default=128.0,
+        metavar="MPX",
+        help="megapixels a caller may render at once before --render-budget applies (default 128)",
+    )
+    serve.add_argument(
+        "--render-memory",
+        type=int,
+        default=1024,
+        metavar="MIB",
+        help="estimated memory of renders in flight, at most (default 1024); a larger render "
+        "is refused, others wait up to 10 s, then 503",
+    )
+    serve.add_argument(
+        "--max-upscale",
+        type=float,
+        default=2.0,
+        metavar="FACTOR",
+        help="IIIF ^ sizes and REST regions enlarge a region at most this much (default 2)",
+    )
+    serve.add_argument(
         "--cert", type=Path, help="TLS certificate (default: self-signed, made once)"
     )
     serve.add_argument("--key", type=Path, help="TLS private key (0600)")
@@ -474,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no authentication (refused unless bound to loopback)",
     )
+    add_detection_options(serve, serve=True)
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage encryption keys under TILESERVER_HOME")
@@ -504,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--quiet", action="store_true", help="no progress bar")
     migrate.set_defaults(func=cmd_migrate)
     add_admin_commands(sub)
+    add_alert_commands(sub)
     add_bench_commands(sub)
     return parser
 

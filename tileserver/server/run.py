@@ -21,6 +21,7 @@ from tileserver.config import state_database
 from tileserver.errors import ConfigError
 from tileserver.library import SlideLibrary
 from tileserver.security.accounts import Accounts
+from tileserver.security.alerts import AlertOptions, build_monitor
 from tileserver.security.audit import SlideViewAggregator
 from tileserver.security.audit_sink import open_audit_log
 from tileserver.security.keys import KeyRing, make_private_dir
@@ -62,6 +63,8 @@ class ServeOptions:
     database: str | None = field(default=None, repr=False)
     # The audit trail in PostgreSQL, a stream per worker process (None: the file in home).
     audit_database: str | None = field(default=None, repr=False)
+    # The detector and its alerts (security/alerts.py); None: serve --no-detect.
+    detection: AlertOptions | None = field(default_factory=AlertOptions)
 
 
 def is_loopback(host: str) -> bool:
@@ -166,10 +169,12 @@ def build_security(options: ServeOptions) -> Security:
         )
     make_private_dir(options.home)
     audit = open_audit_log(options.home, keyring.service_key("audit"), options.audit_database)
-    accounts = Accounts(
-        state_database(options.home, options.database), keyring.service_key("totp")
-    )
+    accounts = Accounts(state_database(options.home, options.database), keyring.service_key("totp"))
     views = SlideViewAggregator(keyring.service_key("audit"))
+    monitor = None
+    if options.detection is not None:
+        key = keyring.service_key("alerts")
+        monitor = build_monitor(options.detection, audit, accounts, key)
     return Security(
         Authenticator(accounts, audit, address_rate=options.login_rate),
         audit,
@@ -181,6 +186,7 @@ def build_security(options: ServeOptions) -> Security:
         burst=burst,
         token_rate=token_rate,
         token_burst=token_burst,
+        monitor=monitor,
     )
 
 
