@@ -197,7 +197,7 @@ class Webhook:
 
 def syslog_line(address: str) -> Callable[[str], None]:
     """A function writing one line to syslog at ``address`` (a socket path, or host:port
-    for UDP), facility auth, priority alert."""
+    for UDP), facility auth, priority critical."""
     host, _, port = address.rpartition(":")
     target: str | tuple[str, int] = (host, int(port)) if host and port.isdigit() else address
     handler = logging.handlers.SysLogHandler(
