@@ -6,6 +6,8 @@ upserts, no ``INSERT OR ...``, ``"user"`` quoted: it is a keyword in PostgreSQL)
 tuples back:
 
 - ``read(sql, args)``: the rows of one statement, outside any write transaction;
+- ``execute(sql, args)``: one writing statement, committed on its own (an upsert with
+  ``RETURNING``: one round trip), never repeated;
 - ``transaction(serial=...)``: a write transaction. SQLite's ``BEGIN IMMEDIATE`` holds the
   file's one write lock, so read-modify-write code (a login throttle) is atomic across
   processes. PostgreSQL has no such lock, so each transaction first takes a transaction-level
@@ -88,6 +90,8 @@ class Database(Protocol):
     dialect: str  # "sqlite" or "postgresql"
 
     def read(self, sql: str, args: Args = ()) -> list[Row]: ...
+
+    def execute(self, sql: str, args: Args = ()) -> list[Row]: ...
 
     def transaction(
         self, serial: str | None = "tileserver"
@@ -187,6 +191,9 @@ class SqliteDatabase:
     def read(self, sql: str, args: Args = ()) -> list[Row]:
         with _sqlite_errors():
             return self._connection().execute(sql, tuple(args)).fetchall()
+
+    def execute(self, sql: str, args: Args = ()) -> list[Row]:
+        return self.read(sql, args)  # autocommit: a statement is its own transaction
 
     @contextmanager
     def transaction(self, serial: str | None = "tileserver") -> Iterator[Transaction]:
@@ -290,6 +297,10 @@ class PostgresDatabase:
                 # restarted) costs one retry on a fresh connection, not a 503.
                 _drop_broken(self._pool)
                 return self._read(query, args)
+
+    def execute(self, sql: str, args: Args = ()) -> list[Row]:
+        with _pg_errors(self._pool, self.describe()):
+            return self._read(_pg_sql(sql), args)  # autocommit; not retried: it writes
 
     def _read(self, query: str, args: Args) -> list[Row]:
         with self._pool.connection() as conn:
