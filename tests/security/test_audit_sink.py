@@ -292,6 +292,33 @@ def test_a_rewritten_chain_and_a_forged_checkpoint_are_caught(
         db.close()
 
 
+def test_a_stream_copied_under_another_id_does_not_verify(
+    opened: Callable[..., AuditLog], writer_url: str, pg_dsn: str, key: bytes
+) -> None:
+    log = opened(writer_url)
+    fill(log, 3)
+    stream = sink_of(log).stream
+    copy = stream[:-8] + "00000000"
+    with superuser(pg_dsn) as conn:  # a whole, valid chain, re-filed under a new stream ID
+        conn.execute(
+            "INSERT INTO audit_streams SELECT %s, host, pid, started FROM audit_streams"
+            " WHERE stream = %s",
+            (copy, stream),
+        )
+        conn.execute(
+            "INSERT INTO audit_records SELECT %s, seq, line FROM audit_records WHERE stream = %s",
+            (copy, stream),
+        )
+    db = connect(writer_url)
+    try:
+        reports = {r.stream: r.result for r in verify_streams(db, key)}
+    finally:
+        db.close()
+    assert reports[stream].ok
+    assert (reports[copy].ok, reports[copy].first_bad) == (False, 0)
+    assert "prev mismatch" in reports[copy].reason
+
+
 class Clock:
     def __init__(self, times: list[float]) -> None:
         self.times = iter(times)
@@ -481,3 +508,18 @@ def test_each_server_worker_process_writes_its_own_stream(writer_url: str, tmp_p
         db.close()
     assert not (home / "audit" / "audit.jsonl").exists()
     assert list((home / "audit" / "spool").iterdir()) == []  # drained spools are removed
+
+
+def test_audit_database_settings_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_command_line = cli(
+        tmp_path, "audit", "verify", "--audit-database", "postgresql://a:secret@127.0.0.1/x"
+    )
+    assert on_command_line.returncode == 1
+    assert "--audit-database: a password on the command line" in on_command_line.stderr
+    assert "secret" not in on_command_line.stderr
+    monkeypatch.setenv("TILESERVER_AUDIT_DATABASE", "mysql://127.0.0.1/x")
+    wrong = cli(tmp_path, "audit", "verify")
+    assert wrong.returncode == 1
+    assert "TILESERVER_AUDIT_DATABASE must be a postgresql:// URL" in wrong.stderr
