@@ -16,13 +16,14 @@ order within a round:
   kernel), reached directly: two processes without a balancer, to tell the balancer's cost
   from the gain of a second process.
 
-Every server runs HTTPS with authentication on (a bearer token scoped to tiles, checked and
-audited per request). Load: ``tileserver.bench.load`` (cold then warm pass of each trace at
-each concurrency; keep-alive connections, so HAProxy splits the client's connections, not its
-requests). CPU ms per tile: user + system time of the serve processes and of HAProxy over the
-cell / tiles served. Everything runs on this machine on 127.0.0.1, load client included.
-Rewrites the ``balancer`` section of benchmarks/RESULTS.md, writes
-benchmarks/results/balancer.json.
+Every server runs HTTPS with authentication on (a bearer token scoped to tiles, made for the
+run and revoked after it, checked and audited per request) and detection off (``--no-detect``:
+the random trace is a crawl, and the detector would suspend the token after ~200 tiles).
+Load: ``tileserver.bench.load`` (cold then warm pass of each trace at each concurrency;
+keep-alive connections, so HAProxy splits the client's connections, not its requests). CPU ms
+per tile: user + system time of the serve processes and of HAProxy over the cell / tiles served.
+Everything runs on this machine on 127.0.0.1, load client included. Rewrites the ``balancer``
+section of benchmarks/RESULTS.md, writes benchmarks/results/balancer.json.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import secrets
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +45,7 @@ from typing import Any
 
 from bench_convert import load_now  # sibling scripts (same folder)
 from bench_server import DATA, OUT, RESULTS, ROOT, convert_once, ensure_slide, git_state, parse_size
-from https_ours import bench_token, cpu_seconds, ours_https
+from https_ours import CLI, bench_token, cpu_seconds, ours_https
 
 from tileserver.bench import report
 from tileserver.bench.client import ClientOptions
@@ -51,6 +55,8 @@ sys.path.insert(0, str(ROOT))  # tests/ is not installed: the HAProxy fixture li
 from tests.haproxy import Backend, haproxy
 
 SETUPS = ("direct", "haproxy-2", "workers-2")
+# The random trace is a crawl to the detector, which suspends the token after ~200 tiles.
+SERVE_FLAGS = ("--no-detect",)
 
 
 def log(msg: str) -> None:
@@ -67,16 +73,17 @@ def setup(
 ) -> Iterator[tuple[str, ClientOptions, list[int], Callable[[], dict[str, int]]]]:
     """(the .dzi URL to load, client options, pids whose CPU time counts, connections each
     backend was given so far) for one set-up."""
+    one = ("--workers", "1", *SERVE_FLAGS)
     if name == "direct":
-        with ours_https(stores, home, slide_id, token, "--workers", "1") as one:
-            yield one.url, one.options, [one.pid], dict
+        with ours_https(stores, home, slide_id, token, *one) as single:
+            yield single.url, single.options, [single.pid], dict
     elif name == "workers-2":
-        with ours_https(stores, home, slide_id, token, "--workers", "2") as two:
+        with ours_https(stores, home, slide_id, token, "--workers", "2", *SERVE_FLAGS) as two:
             yield two.url, two.options, [two.pid], dict
     else:
         with (
-            ours_https(stores, home, slide_id, token, "--workers", "1") as a,
-            ours_https(stores, home, slide_id, token, "--workers", "1") as b,
+            ours_https(stores, home, slide_id, token, *one) as a,
+            ours_https(stores, home, slide_id, token, *one) as b,
             haproxy(
                 workdir,
                 [Backend("a", "127.0.0.1", _port(a.url)), Backend("b", "127.0.0.1", _port(b.url))],
@@ -193,7 +200,8 @@ def markdown(args: argparse.Namespace, cells: list[dict[str, Any]], loads: list[
         "direct = one `serve --workers 1` reached directly; haproxy-2 = two `serve --workers 1` "
         "behind HAProxy 2.6 (TLS passthrough, round robin per connection, health checks); "
         "workers-2 = one `serve --workers 2` reached directly. HTTPS and a bearer token on "
-        "every request. Tiles/s: median of "
+        "every request; detection off (`--no-detect`: the random trace is a crawl to it). "
+        "Tiles/s: median of "
         f"{args.rounds} rounds; ratios: median of the rounds' pairs [lowest-highest]. Fresh "
         "servers per cell, so cold passes start with empty caches.",
         "",
@@ -213,10 +221,16 @@ def main() -> int:
     args = p.parse_args()
     command = shlex.join([".venv/bin/python", "benchmarks/bench_balancer.py", *sys.argv[1:]])
     stores, home, slide_id = convert_once(ensure_slide(args.size))
-    token = bench_token(home, [slide_id])
+    # A token of its own per run: a suspension from an earlier run stays with its name.
+    name = f"bench-balancer-{secrets.token_hex(4)}"
+    token = bench_token(home, [slide_id], name=name)
     loads = [load_now()]
-    with tempfile.TemporaryDirectory(dir=DATA, prefix="bench-balancer-") as tmp:
-        cells = measure(args, stores, home, slide_id, token, Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory(dir=DATA, prefix="bench-balancer-") as tmp:
+            cells = measure(args, stores, home, slide_id, token, Path(tmp))
+    finally:
+        env = {**os.environ, "TILESERVER_HOME": str(home)}
+        subprocess.run([*CLI, "tokens", "revoke", name], env=env, capture_output=True)
     loads.append(load_now())
     text = markdown(args, cells, loads, command)
     print(text)
