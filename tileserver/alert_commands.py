@@ -73,14 +73,14 @@ def add_detection_options(parser: argparse.ArgumentParser, *, serve: bool) -> No
     parser.add_argument(
         "--alert-syslog", metavar="ADDRESS", help="also send alerts to syslog (socket or host:port)"
     )
-    parser.add_argument(
-        "--usual-hours",
-        action="append",
-        default=[],
-        metavar="COLLECTION=START-END",
-        help="local hours a collection is used ('*' for all); default: learned per collection",
-    )
-    if serve:
+    if serve:  # a watcher has no slide -> collection map for the hours rule
+        parser.add_argument(
+            "--usual-hours",
+            action="append",
+            default=[],
+            metavar="COLLECTION=START-END",
+            help="local hours a collection is used ('*' for all); default: learned",
+        )
         parser.add_argument(
             "--detect-response",
             action="append",
@@ -105,7 +105,7 @@ def detection_options(args: argparse.Namespace) -> AlertOptions | None:
     if args.alert_url is None and (args.alert_ca or args.alert_key):
         raise TileserverError("--alert-ca and --alert-key need --alert-url")
     thresholds = Thresholds(
-        usual_hours=parse_hours(args.usual_hours),
+        usual_hours=parse_hours(getattr(args, "usual_hours", [])),
         utc_offset=float(time.localtime().tm_gmtoff),
         responses=parse_responses(getattr(args, "detect_response", [])),
     )
