@@ -345,11 +345,13 @@ def export(rev: str, into: Path) -> None:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "## Render flood: another user's tiles and thumbnails (issue 14, finding 3)",
+        "## Render flood: another user's tiles and thumbnails (`benchmarks/bench_render_flood.py`)",
         "",
         f"Command: `{results['command']}`  ",
         f"Tree: {results['tileserver']}; slide {results['slide']}; "
-        f"{results['machine']['CPU']}, {results['machine']['cores']}, {results['machine']['RAM']}.",
+        f"{results['machine']['CPU']}, {results['machine']['cores']}, {results['machine']['RAM']}; "
+        f"load average {results['load_before']} before, {results['load_after']} after "
+        "(other work shares the machine).",
         "",
         "One `serve` process over HTTPS with bearer tokens, caches off. The viewer's streams "
         "run one request at a time (a pass-through DeepZoom tile every 25 ms, a rendered "
@@ -407,6 +409,7 @@ def main() -> int:
         "viewer": bench_token(home, [slide_id], "flood-bench-viewer", "tiles,thumbnails"),
         "flood": bench_token(home, [slide_id], "flood-bench-flooder", "tiles,thumbnails,regions"),
     }
+    load_before = round(os.getloadavg()[0], 1)
     servers: dict[str, Any] = {}
     servers["this tree"] = measure(
         "this tree", stores, home, slide_id, args.size, tokens, None, args
@@ -432,6 +435,8 @@ def main() -> int:
         "tileserver": git_state(),
         "slide": f"{slide.name} ({args.size[0]}x{args.size[1]})",
         "servers": servers,
+        "load_before": load_before,
+        "load_after": round(os.getloadavg()[0], 1),
     }
     report.write_json(results, OUT)
     text = markdown(results)
