@@ -15,6 +15,7 @@ import pytest
 
 from tests.cli import cli
 from tests.security.test_pkcs11 import Token, token  # noqa: F401 (a fixture)
+from tests.server.conftest import run_server
 from tileserver.errors import IntegrityError, KeyUnavailable
 from tileserver.geometry import Region
 from tileserver.security.keys import KeyRing, make_private_dir
@@ -115,6 +116,9 @@ def test_s3_store_shred_removes_both_copies(
     assert key_object(s3_env, slide_id) is not None
     b = share_kek(a, tmp_path / "host-b")
     assert (pixels(s3_env, slide_id, KeyRing(b)) == pixels(s3_env, slide_id, KeyRing(a))).all()
+    tile = f"/deepzoom/{slide_id}_files/12/0_0.jpeg"
+    with run_server(s3_env, b) as srv:  # host B serves it
+        assert srv.get(tile).status == 200
 
     shred = cli(a, "keys", "shred", slide_id)
     assert shred.returncode == 0, shred.stderr
@@ -126,6 +130,9 @@ def test_s3_store_shred_removes_both_copies(
             pixels(s3_env, slide_id, KeyRing(home))
     again = cli(a, "keys", "shred", slide_id)
     assert again.returncode == 1 and "no data key to shred" in again.stderr
+    with run_server(s3_env, b) as srv:  # a fresh server on B: refused, and still running
+        assert srv.get(tile).status == 500
+        assert srv.get("/api/slides").status == 200
 
 
 def test_shred_from_another_host_names_the_location(tmp_path: Path, synthetic_svs: Path) -> None:
