@@ -84,3 +84,33 @@ def test_the_cli_says_in_one_line_when_the_database_is_down(
     done = _cli(tmp_path, url, "users", "list")
     assert done.returncode == 1, done.stdout
     assert done.stderr.startswith("tileserver: error: ") and done.stderr.count("\n") == 1
+
+
+def test_two_servers_on_one_database_share_their_rate_limits(
+    stores: Stores, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = _cli(stores.home, pg_dsn, "tokens", "create", "lis2", "--scope", "tiles")
+    assert made.returncode == 0, made.stderr
+    bearer = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    assigned = _cli(stores.home, pg_dsn, "slides", "assign", "CASE-DB", stores.synthetic)
+    assert assigned.returncode == 0, assigned.stderr
+    monkeypatch.setenv("TILESERVER_DATABASE", pg_dsn)
+    limit = ("--rate-limit", "2/10", "--login-rate", "0.01")
+    with (
+        run_server(stores.directory, stores.home, *limit, secure=True) as a,
+        run_server(stores.directory, stores.home, *limit, secure=True) as b,
+    ):
+        dzi = f"/deepzoom/{stores.synthetic}.dzi"
+        started = time.monotonic()
+        statuses = [(a, b)[i % 2].get(dzi, bearer).status for i in range(30)]
+        elapsed = time.monotonic() - started
+        assert set(statuses) == {200, 429}
+        assert 10 <= statuses.count(200) <= 10 + 2 * elapsed + 1  # one budget, not two
+
+        logins = [
+            (a, b)[i % 2]  # a new name each time: the per-name throttle stays out of it
+            .post("/auth/login", {"username": f"u{i}", "password": "wrong pw here", "code": "0"})
+            .status
+            for i in range(40)
+        ]
+        assert logins.count(401) == 30 and logins.count(429) == 10  # one burst per address

@@ -137,6 +137,13 @@ class SharedBudgets:
                 self._leases.popitem(last=False)  # its unspent slice is lost: stricter
         return wait
 
+    def give_back(self, key: str) -> None:
+        """Return one request to this process's lease (a login that succeeded)."""
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is not None:
+                lease.tokens += 1
+
     def take(self, key: str, rate: float, burst: float) -> float | None:
         """``spend``, and ``refill`` when needed (blocking: not on the event loop)."""
         found = self.spend(key)

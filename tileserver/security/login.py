@@ -44,6 +44,7 @@ from tileserver.security.authz_cache import (
     Lookup,
     credential_key,
 )
+from tileserver.security.budgets import REFILL, Refill, SharedBudgets
 from tileserver.security.refusals import Refusal, RefusalAudit, address_key
 
 BACKOFF_AFTER = 5
@@ -92,7 +93,8 @@ class _Bucket:
 
 
 class AddressLimiter:
-    """A token bucket per client address, in memory (per process).
+    """A token bucket per client address, in memory (per process), or shared by every
+    process on every host through the state database (``shared``: budgets.py).
 
     Cheap enough to ask before any hashing or database write; the table is bounded (full
     buckets are forgotten first, then the least recently used) so a flood from many addresses
@@ -105,11 +107,13 @@ class AddressLimiter:
         burst: float = ADDRESS_BURST,
         now: Callable[[], float] = time.monotonic,
         max_addresses: int = MAX_ADDRESSES,
+        shared: SharedBudgets | None = None,
     ) -> None:
         if not rate > 0 or not burst >= 1:
             raise ValueError("the login rate must be positive and the burst at least 1")
         self.rate = rate
         self.burst = burst
+        self.shared = shared
         self._now = now
         self._max = max_addresses
         self._lock = threading.Lock()
@@ -117,7 +121,14 @@ class AddressLimiter:
 
     def take(self, key: str) -> float | None:
         """None when an attempt from ``key`` may go ahead (a token is spent), else seconds
-        until one may."""
+        until one may (with ``shared``, maybe after a database statement)."""
+        found = self.spend(key)
+        return self.refill(key) if found is REFILL else found
+
+    def spend(self, key: str) -> float | Refill | None:
+        """``take`` without I/O; REFILL: only ``refill`` (a database statement) can say."""
+        if self.shared is not None:
+            return self.shared.spend("login:" + key)
         with self._lock:
             now = self._now()
             bucket = self._buckets.get(key)
@@ -134,8 +145,17 @@ class AddressLimiter:
                 return None
             return (1 - bucket.tokens) / self.rate
 
+    def refill(self, key: str) -> float | None:
+        """``take`` with a new lease from the shared budget (blocking: off the event loop)."""
+        if self.shared is None:
+            return self.take(key)
+        return self.shared.refill("login:" + key, self.rate, self.burst)
+
     def give_back(self, key: str) -> None:
         """Return the token of an attempt that succeeded."""
+        if self.shared is not None:
+            self.shared.give_back("login:" + key)
+            return
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is not None:
@@ -164,23 +184,32 @@ class Authenticator:
         *,
         address_rate: float = ADDRESS_RATE,
         address_burst: float = ADDRESS_BURST,
+        budgets: SharedBudgets | None = None,
     ) -> None:
         self.accounts = accounts
         self.audit = audit
         self.now = now
-        self.limiter = AddressLimiter(address_rate, address_burst, now=now)
+        self.limiter = AddressLimiter(address_rate, address_burst, now=now, shared=budgets)
         self.refusals = RefusalAudit(audit, now=now)
         self.authz = AuthzCache(accounts)
 
     # -- login -------------------------------------------------------------------------------
-    def admit(self, source_ip: str) -> float | None:
+    def admit(self, source_ip: str) -> float | Refill | None:
         """Per-address admission, before anything costly: None, or seconds to wait.
 
         Does no I/O (a refusal is only counted for the audit summary), so the server asks on
-        its event loop and a flood never reaches the worker threads.
+        its event loop and a flood never reaches the worker threads. With limits shared by
+        every host it may say REFILL: then ``admit_refill``, in a worker thread.
         """
-        wait = self.limiter.take(address_key(source_ip))
-        if wait is not None:
+        return self._admitted(source_ip, self.limiter.spend(address_key(source_ip)))
+
+    def admit_refill(self, source_ip: str) -> float | None:
+        """``admit`` after a new lease of the shared budget (one database statement)."""
+        wait = self._admitted(source_ip, self.limiter.refill(address_key(source_ip)))
+        return None if wait is REFILL else wait
+
+    def _admitted(self, source_ip: str, wait: float | Refill | None) -> float | Refill | None:
+        if wait is not None and wait is not REFILL:
             self._refused(source_ip, None, "address_limited", None, immediate=False)
         return wait
 
@@ -193,6 +222,8 @@ class Authenticator:
         """
         if not admitted:
             wait = self.admit(source_ip)
+            if wait is REFILL:
+                wait = self.admit_refill(source_ip)
             if wait is not None:
                 raise LoginFailed(retry_after=wait)
         self.refusals.flush()  # summaries of minutes that are over

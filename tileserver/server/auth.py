@@ -36,6 +36,7 @@ from tileserver.security.audit import (
     SlideViewAggregator,
 )
 from tileserver.security.authz_cache import Lookup
+from tileserver.security.budgets import REFILL, SharedBudgets
 from tileserver.security.detector import TILE, Event
 from tileserver.security.login import Authenticator
 from tileserver.security.refusals import (
@@ -112,6 +113,9 @@ class Security:
     token_rate: float | None = None  # machines (tokens, client certificates); None: as people
     token_burst: float | None = None
     monitor: Monitor | None = None  # the detector (security/alerts.py); None: serve --no-detect
+    # With --database: the limits are shared by every process on every host (budgets.py);
+    # None: a bucket per principal in this process.
+    budgets: SharedBudgets | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     @property
@@ -123,11 +127,15 @@ class Security:
         """Refused requests share the refused logins' windows (security/refusals.py)."""
         return self.authenticator.refusals if self.authenticator else None
 
+    def limit(self, machine: bool) -> tuple[float, float]:
+        """(requests per second, burst) for people or machines."""
+        if machine and self.token_rate is not None and self.token_burst is not None:
+            return self.token_rate, self.token_burst
+        return self.rate, self.burst
+
     def allow_rate(self, key: str, machine: bool = False) -> float | None:
         """None when the request may go ahead, else seconds until it may."""
-        rate, burst = self.rate, self.burst
-        if machine and self.token_rate is not None and self.token_burst is not None:
-            rate, burst = self.token_rate, self.token_burst
+        rate, burst = self.limit(machine)
         if rate <= 0:
             return None
         now = time.monotonic()
@@ -363,7 +371,16 @@ def certificate_name(request: web.Request) -> str | None:
 
 
 async def _check_rate(request: web.Request, security: Security, principal: Principal) -> None:
-    wait = security.allow_rate(f"{principal.kind}:{principal.name}", principal.kind == "token")
+    key, machine = f"{principal.kind}:{principal.name}", principal.kind == "token"
+    rate, burst = security.limit(machine)
+    budgets = security.budgets
+    if budgets is None or rate <= 0:
+        wait = security.allow_rate(key, machine)
+    elif (spent := budgets.spend(key)) is REFILL:  # a new lease: one statement, off the loop
+        loop = asyncio.get_running_loop()
+        wait = await loop.run_in_executor(None, budgets.refill, key, rate, burst)
+    else:
+        wait = spent
     if wait is not None:
         await _record(request, _refusal(request, RATE_LIMITED, principal))
         raise web.HTTPTooManyRequests(

@@ -24,6 +24,7 @@ from tileserver.security.accounts import Accounts
 from tileserver.security.alerts import AlertOptions, build_monitor
 from tileserver.security.audit import SlideViewAggregator
 from tileserver.security.audit_sink import open_audit_log
+from tileserver.security.budgets import SharedBudgets
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ADDRESS_RATE, LINK_TTL, Authenticator
 from tileserver.security.signed_urls import UrlKeys
@@ -171,12 +172,14 @@ def build_security(options: ServeOptions) -> Security:
     audit = open_audit_log(options.home, keyring.service_key("audit"), options.audit_database)
     accounts = Accounts(state_database(options.home, options.database), keyring.service_key("totp"))
     views = SlideViewAggregator(keyring.service_key("audit"))
+    # Servers sharing PostgreSQL share their rate limits too (one budget across hosts).
+    budgets = SharedBudgets(accounts.db) if accounts.remote else None
     monitor = None
     if options.detection is not None:
         key = keyring.service_key("alerts")
         monitor = build_monitor(options.detection, audit, accounts, key)
     return Security(
-        Authenticator(accounts, audit, address_rate=options.login_rate),
+        Authenticator(accounts, audit, address_rate=options.login_rate, budgets=budgets),
         audit,
         views,
         options.tls,
@@ -187,6 +190,7 @@ def build_security(options: ServeOptions) -> Security:
         token_rate=token_rate,
         token_burst=token_burst,
         monitor=monitor,
+        budgets=budgets,
     )
 
 

@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from tileserver.security.budgets import REFILL
 from tileserver.security.login import (
     ABSOLUTE_TIMEOUT,
     EnrolmentFailed,
@@ -80,6 +81,8 @@ def routes() -> list[web.RouteDef]:
             # Per client address first, before the body, a hash or a database write: a flood
             # of random names costs a dictionary lookup each (no I/O: fine on the loop).
             wait = authenticator.admit(source)
+            if wait is REFILL:  # limits shared by every host: a new lease, off the loop
+                wait = await _off_loop(authenticator.admit_refill, source)
             if wait is not None:
                 raise LoginFailed(retry_after=wait)
             form = await _form(request, "username", "password", "code")
