@@ -38,7 +38,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -229,11 +229,10 @@ class PostgresSink:
         spool_dir: Path,
         *,
         max_spool_bytes: int = MAX_SPOOL_BYTES,
-        now: Callable[[], float] = time.time,
     ) -> None:
         self._key = key
         self._max_spool = max_spool_bytes
-        self.stream = new_stream_id(now())
+        self.stream = new_stream_id(time.time())
         self._seq = 0
         self._head = genesis(key, self.stream)
         self._lock = threading.Lock()  # the chain head and the spool file
@@ -311,10 +310,15 @@ class PostgresSink:
                 "audit database unavailable and the local audit spool is full: refusing "
                 "to act without an audit record"
             )
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._spool_fd, view) :]
-        os.fsync(self._spool_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._spool_fd, view) :]
+            os.fsync(self._spool_fd)
+        except OSError as exc:
+            raise AuditUnavailable(
+                f"audit database unavailable and the audit spool cannot be written: {exc.strerror}"
+            ) from None
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Drain the spool now (when the database is back); True when nothing is left."""
@@ -334,7 +338,7 @@ class PostgresSink:
             self._wake.clear()  # before draining: an outage beginning meanwhile sets it again
             try:
                 drained = self._drain()
-            except AuditError as exc:  # a record the database refuses: keep it, say so
+            except (AuditError, OSError) as exc:  # keep the records, say so, try again
                 logger.error("audit spool not drained: %s", exc)
                 drained = False
             if not drained:
@@ -371,7 +375,10 @@ class PostgresSink:
         """Spools of processes that died before draining them; True when none is left."""
         left = True
         for path in _orphans(self._spool_dir, self._spool_path):
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # another sink drained it meanwhile
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -404,7 +411,7 @@ class PostgresSink:
         self._stop.set()
         self._wake.set()
         self._thread.join()
-        with contextlib.suppress(AuditError):
+        with contextlib.suppress(AuditError, OSError):
             self._drain()
         empty = os.fstat(self._spool_fd).st_size == 0
         if empty:
