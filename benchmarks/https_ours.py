@@ -93,12 +93,14 @@ def _answers(url: str, token: str, cafile: Path) -> bool:
 
 @contextmanager
 def ours_https(
-    stores: Path | str, home: Path, slide_id: str, token: str, *extra: str
+    stores: Path | str, home: Path, slide_id: str, token: str, *extra: str, detect: bool = False
 ) -> Iterator[HttpsServer]:
     """``tileserver serve STORES --port P *extra`` on 127.0.0.1 until the block ends
-    (``stores``: a directory or a store URL such as ``s3://bucket/prefix``)."""
+    (``stores``: a directory or a store URL such as ``s3://bucket/prefix``). Without
+    ``detect``, ``--no-detect``: a benchmark's random trace is a crawl, and would be suspended."""
     port = _free_port()
     cmd = [*CLI, "serve", str(stores), "--host", "127.0.0.1", "--port", str(port), *extra]
+    cmd += [] if detect else ["--no-detect"]
     env = {**os.environ, "TILESERVER_HOME": str(home)}
     cafile = home / "tls" / "cert.pem"
     url = f"https://127.0.0.1:{port}/deepzoom/{slide_id}.dzi"

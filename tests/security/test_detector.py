@@ -425,7 +425,7 @@ def test_refusal_records_become_events() -> None:
     (live,) = events_from_record(summary, live=True)
     (watched,) = events_from_record(summary, live=False)
     assert live.kind == watched.kind == AUTH_FAILED
-    assert live.count == 0 and watched.count == 30  # live: the server counted them already
+    assert live.weight == 0 and watched.weight == 30  # live: the server counted them already
     assert watched.users == ("a", "b")
     assert (
         events_from_record(
@@ -456,7 +456,7 @@ def test_view_records_count_tiles_only_when_not_live() -> None:
     )
     assert events_from_record(view, live=True) == []
     (event,) = events_from_record(view, live=False)
-    assert event.kind == TILE and event.count == 5000 and event.principal == "user:alice"
+    assert event.kind == TILE and event.weight == 5000 and event.principal == "user:alice"
     alerts = replay(Detector(), [event])
     assert [a.rule for a in alerts] == ["bulk_crawl"]
     label = _record(

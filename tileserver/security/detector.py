@@ -31,7 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tileserver.security.audit import (
     INSTANCES_ACCESSED,
@@ -69,9 +69,8 @@ MAX_CLIENTS = 16  # addresses and certificates remembered per principal
 MAX_COLLECTIONS = 4096
 
 
-@dataclass(frozen=True)
-class Event:
-    """One thing that happened, as the rules see it."""
+class Event(NamedTuple):
+    """One thing that happened, as the rules see it (a tuple: one is made per tile)."""
 
     time: float  # seconds since the epoch
     kind: str
@@ -85,7 +84,7 @@ class Event:
     reason: str | None = None
     certificate: str | None = None  # serial number of a verified client certificate
     session: str | None = None  # a keyed tag of the session, for users
-    count: int = 1  # how many refusals one aggregated record stands for
+    weight: int = 1  # how many tiles or refusals one aggregated record stands for
     users: tuple[str, ...] = ()  # user names a refused-login record names
     objects: tuple[str, ...] = ()  # slide IDs an aggregated refusal names
 
@@ -142,6 +141,8 @@ class _Distinct:
             if len(self._keys) >= MAX_KEYS:
                 self._keys.popitem(last=False)
             items = self._keys[key] = OrderedDict()
+        elif next(reversed(items)) == item and now - items[item] < 1.0:
+            return len(items)  # the same as just now (a viewer's tiles of one slide)
         else:
             self._keys.move_to_end(key)
         items[item] = now
@@ -217,27 +218,25 @@ class _RecentTiles:
             if seen.get(tile) == stamp:
                 del seen[tile]
         cutoff = now - self.span
-        alone = True
-        # Next to it on its level, or under or over it one level up or down (a zoom).
-        for spot in (
-            (slide, level, col - 1, row),
-            (slide, level, col, row - 1),
-            (slide, level, col + 1, row),
-            (slide, level, col, row + 1),
-            (slide, level, col, row),
-            (slide, level, col - 1, row - 1),
-            (slide, level, col + 1, row - 1),
-            (slide, level, col - 1, row + 1),
-            (slide, level, col + 1, row + 1),
-            (slide, level - 1, col // 2, row // 2),
-            (slide, level + 1, 2 * col, 2 * row),
-            (slide, level + 1, 2 * col + 1, 2 * row),
-            (slide, level + 1, 2 * col, 2 * row + 1),
-            (slide, level + 1, 2 * col + 1, 2 * row + 1),
-        ):
-            if seen.get(spot, cutoff) > cutoff:
-                alone = False
-                break
+        get = seen.get
+        # Next to it on its level, or under or over it one level up or down (a zoom); the
+        # likeliest first, and each key built only if the ones before missed.
+        alone = not (
+            get((slide, level, col - 1, row), cutoff) > cutoff
+            or get((slide, level, col, row - 1), cutoff) > cutoff
+            or get((slide, level, col + 1, row), cutoff) > cutoff
+            or get((slide, level, col, row + 1), cutoff) > cutoff
+            or get((slide, level, col, row), cutoff) > cutoff
+            or get((slide, level - 1, col // 2, row // 2), cutoff) > cutoff
+            or any(
+                get((slide, level, col + dc, row + dr), cutoff) > cutoff
+                for dc, dr in ((-1, -1), (1, -1), (-1, 1), (1, 1))
+            )
+            or any(
+                get((slide, level + 1, 2 * col + dc, 2 * row + dr), cutoff) > cutoff
+                for dc, dr in ((0, 0), (1, 0), (0, 1), (1, 1))
+            )
+        )
         tile = (slide, level, col, row)
         seen[tile] = now
         order.append((tile, now))
@@ -298,6 +297,7 @@ class Detector:
         self._labels = _Counts(t.label_window)
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._hours: OrderedDict[str, tuple[list[int], set[int]]] = OrderedDict()
+        self._hour_seen: OrderedDict[str, tuple[str | None, int]] = OrderedDict()
         self._collections: OrderedDict[str, str | None] = OrderedDict()
         self._last: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -328,7 +328,7 @@ class Detector:
     def _crawl(self, e: Event, alerts: list[Alert]) -> None:
         key = e.principal or "url:" + address_key(e.source_ip)
         t = self.t
-        tiles = self._tiles.add(key, e.time, e.count)
+        tiles = self._tiles.add(key, e.time, e.weight)
         if tiles > t.crawl_tiles:
             self._raise(
                 alerts,
@@ -380,7 +380,7 @@ class Detector:
 
     def _stuffing(self, e: Event, alerts: list[Alert]) -> None:
         key = "addr:" + address_key(e.source_ip)
-        failures = self._failures.add(key, e.time, e.count) if e.count else 0
+        failures = self._failures.add(key, e.time, e.weight) if e.weight else 0
         for user in e.users:
             self._failed_users.add(key, e.time, user)
         users = self._failed_users.count(key)
@@ -450,11 +450,17 @@ class Detector:
             )
 
     def _off_hours(self, e: Event, alerts: list[Alert]) -> None:
+        assert e.principal is not None
+        hours = int((e.time + self.t.utc_offset) // 3600)
+        if self._hour_seen.get(e.principal) == (e.slide, hours):
+            return  # decided for this principal, slide and hour already
+        self._hour_seen[e.principal] = (e.slide, hours)
+        if len(self._hour_seen) > MAX_KEYS:
+            self._hour_seen.popitem(last=False)
         collection = e.collection or self._collection(e.slide)
         if collection is None:
             return
-        hour = int((e.time + self.t.utc_offset) // 3600) % 24
-        day = int((e.time + self.t.utc_offset) // 86400)
+        hour, day = hours % 24, hours // 24
         configured = self.t.usual_hours.get(collection) or self.t.usual_hours.get("*")
         if configured is not None:
             start, end = configured
@@ -573,7 +579,7 @@ def events_from_record(record: Mapping[str, Any], *, live: bool) -> list[Event]:
                 AUTH_FAILED,
                 source_ip=ip,
                 users=users,
-                count=0 if live else count,
+                weight=0 if live else count,
                 reason=str(detail.get("reason", ""))[:40],
             )
         ]
@@ -588,7 +594,7 @@ def events_from_record(record: Mapping[str, Any], *, live: bool) -> list[Event]:
                 now,
                 REFUSED,
                 objects=objects,
-                count=count,
+                weight=count,
                 reason=str(detail.get("reason", ""))[:40],
                 **common,
             )
@@ -603,7 +609,7 @@ def events_from_record(record: Mapping[str, Any], *, live: bool) -> list[Event]:
             Event(
                 now,
                 TILE,
-                count=tiles if isinstance(tiles, int) else 1,
+                weight=tiles if isinstance(tiles, int) else 1,
                 session=str(detail.get("session")),
                 **common,
             )
