@@ -9,6 +9,7 @@ import multiprocessing.synchronize
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.security.test_accounts import (  # the same contract, on PostgreSQL
     test_new_credentials_or_re_enabling_clear_the_count,
     test_one_totp_step_is_claimed_once_under_concurrency,
 )
+from tileserver.errors import ConfigError
 from tileserver.security import passwords, totp
 from tileserver.security.accounts import MIGRATIONS, AccountError, Accounts, Principal
 from tileserver.security.audit import AuditLog
@@ -258,3 +260,12 @@ def test_an_auth_db_from_before_versioning_is_migrated(tmp_path: Path) -> None:
         ("accounts", MIGRATIONS[-1].version)
     ]
     accounts.db.close()
+
+
+def test_a_host_with_another_totp_key_refuses_to_start(pg_dsn: str) -> None:
+    Accounts(pg_dsn, KEY).db.close()
+    with pytest.raises(ConfigError, match="same service keys") as refused:
+        Accounts(pg_dsn, new_key())
+    password = urlsplit(pg_dsn).password
+    assert password and password not in str(refused.value)  # the URL is masked
+    Accounts(pg_dsn, KEY).db.close()  # the right key still opens it

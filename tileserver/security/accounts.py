@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tileserver.errors import TileserverError
+from tileserver.errors import ConfigError, TileserverError
 from tileserver.security.crypto import Sealer
 from tileserver.security.database import (
     Database,
@@ -89,6 +89,14 @@ INSERT INTO generation (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 CREATE TABLE IF NOT EXISTS suspensions (
     principal TEXT PRIMARY KEY, reason TEXT NOT NULL, alert_id TEXT NOT NULL,
     created REAL NOT NULL)
+""",
+    ),
+    # A keyed digest of the key that seals TOTP secrets and tags user names, written by the
+    # first server: one with another key refuses to start (Accounts._check_key).
+    Migration(
+        3,
+        """
+CREATE TABLE IF NOT EXISTS key_checks (purpose TEXT PRIMARY KEY, digest TEXT NOT NULL)
 """,
     ),
 ]
@@ -170,6 +178,28 @@ class Accounts:
         self._tag_key = hmac.new(totp_key, label, hashlib.sha256).digest()
         self._pruned = 0.0
         migrate(self.db, "accounts", MIGRATIONS)
+        self._check_key()
+
+    def _check_key(self) -> None:
+        """Servers sharing a database must share the TOTP service key, or a login enrolled
+        through one host fails on the others and each host throttles names on its own."""
+        mark = hmac.new(self._tag_key, b"tileserver-key-check/v1", hashlib.sha256).hexdigest()
+        query = "SELECT digest FROM key_checks WHERE purpose = 'totp'"
+        rows = self._read(query)
+        if not rows:
+            with self._db(bump=False) as db:
+                db.execute(
+                    "INSERT INTO key_checks (purpose, digest) VALUES ('totp', ?)"
+                    " ON CONFLICT (purpose) DO NOTHING",
+                    (mark,),
+                )
+                rows = db.execute(query).fetchall()
+        if not hmac.compare_digest(str(rows[0][0]), mark):
+            raise ConfigError(
+                f"{self.db.describe()} was set up with another TOTP service key than this"
+                " host's (TILESERVER_HOME/keys/service/totp.key): every server sharing a"
+                " database needs the same service keys"
+            )
 
     @contextmanager
     def _db(self, *, bump: bool = True) -> Iterator[Transaction]:
