@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_render_flood.py [--baseline REV] [--quiet-seconds 15]
-        [--flood-seconds 30] [--size 20000x15000] [--no-write]
+    .venv/bin/python benchmarks/bench_render_flood.py [--baseline REV] [--rounds 2]
+        [--quiet-seconds 15] [--flood-seconds 30] [--size 20000x15000] [--no-write]
 
 Issue 14, finding 3: full-slide 8192-px PNGs took 4-14 s each, four at once starved every
 other user (a thumbnail took 9.8 s) and took the server to 1.4 GiB. For this tree (and for
@@ -11,7 +11,8 @@ other user (a thumbnail took 9.8 s) and took the server to 1.4 GiB. For this tre
 same venv from a neutral directory), ``tileserver serve`` runs over HTTPS with
 authentication, one process, caches off (``--cache-mb 0``: every request renders), on the
 store of ``bench_server.py``'s synthetic slide. Two bearer tokens: a viewer's and a
-flooder's. Each server gets, in the same run:
+flooder's. Each server gets ``--rounds`` rounds of, in the same run (then a wait until
+the server is idle again, as abandoned renders run on):
 
 1. quiet: the viewer alone for ``--quiet-seconds``: a pass-through DeepZoom tile every
    25 ms, an IIIF tile that must be rendered (WebP, scale factor 2) every 50 ms and a
@@ -21,7 +22,8 @@ flooder's. Each server gets, in the same run:
    full-slide regions at ``max=8192``, retrying a 429 or 503 after at most 0.25 s
    (ignoring a longer Retry-After, as a hostile client would).
 
-Reported: the viewer's p50/p95 per stream in each phase and the flood/quiet p95 ratio,
+Reported: the viewer's p50/p95 per stream in each phase (all rounds pooled) and the
+flood/quiet p95 ratio (pooled, and per round),
 the flooder's answers by status, and the server's peak RSS (sampled every 100 ms) per
 phase. Target: the viewer's p95 under the flood within 3x its quiet p95. Writes
 ``benchmarks/results/render_flood.json`` and the ``render-flood`` section of RESULTS.md.
@@ -62,7 +64,7 @@ OUT = HERE / "results" / "render_flood.json"
 START_TIMEOUT = 90.0
 TARGET_RATIO = 3.0
 FLOOD_CONCURRENCY = 4
-SEED = 14
+SETTLE_LIMIT = 120.0  # seconds to wait for the server to be idle between rounds
 
 
 def log(msg: str) -> None:
@@ -204,12 +206,14 @@ async def flooder(
             await asyncio.sleep(0.25)  # shorter than any Retry-After the server gives
 
 
-def viewer_urls(base: str, slide_id: str, width: int, height: int) -> dict[str, Iterator[str]]:
+def viewer_urls(
+    base: str, slide_id: str, width: int, height: int, seed: int
+) -> dict[str, Iterator[str]]:
     """A pathologist panning: tiles in reading order from a random start, each next to the
     one before (random access would look like a crawler to the detector), at full
     resolution (pass-through) and at scale factor 2 as WebP (rendered); thumbnails of
     random sizes (each a render, caches being off)."""
-    rng = random.Random(SEED)
+    rng = random.Random(seed)
     tile = 240  # the store's chunk edge
 
     def pan(cols: int, rows: int) -> Iterator[tuple[int, int]]:
@@ -263,6 +267,14 @@ def summary(latencies: list[float]) -> dict[str, float | int | None]:
     }
 
 
+@dataclass
+class PhaseRun:
+    streams: dict[str, Stream]
+    flood: Counter[str]
+    rss_peak: int
+    cpu_s: float
+
+
 async def phase(
     server: Server,
     slide_id: str,
@@ -270,11 +282,12 @@ async def phase(
     viewer_token: str,
     flood_token: str | None,
     seconds: float,
-) -> dict[str, Any]:
+    seed: int,
+) -> PhaseRun:
     width, height = size
     intervals = {"tile (pass-through)": 0.025, "tile (rendered)": 0.05, "thumbnail": 0.25}
     streams = {name: Stream(name, interval) for name, interval in intervals.items()}
-    urls = viewer_urls(server.base, slide_id, width, height)
+    urls = viewer_urls(server.base, slide_id, width, height, seed)
     seen: Counter[str] = Counter()
 
     def options(token: str) -> ClientOptions:
@@ -296,16 +309,38 @@ async def phase(
                     await asyncio.gather(*tasks, *floods)
             else:
                 await asyncio.gather(*tasks)
+    return PhaseRun(streams, seen, rss.peak, cpu_seconds(server.pid) - cpu_before)
+
+
+def settle(pid: int, limit: float = SETTLE_LIMIT) -> float:
+    """Seconds until the server is idle again (under 0.3 s of CPU a second, twice running):
+    renders the flood abandoned keep running after their clients have gone."""
+    started, quiet_seconds = time.monotonic(), 0
+    while quiet_seconds < 2 and time.monotonic() - started < limit:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        quiet_seconds = quiet_seconds + 1 if cpu_seconds(pid) - before < 0.3 else 0
+    return round(time.monotonic() - started, 1)
+
+
+def combine(runs: list[PhaseRun]) -> dict[str, Any]:
+    names = runs[0].streams
+    latencies = {n: [x for r in runs for x in r.streams[n].latencies] for n in names}
+    failures = {n: sum((r.streams[n].failures for r in runs), Counter()) for n in names}
     return {
-        "seconds": seconds,
-        "viewer": {
-            name: summary(s.latencies) | {"failures": dict(s.failures)}
-            for name, s in streams.items()
-        },
-        "flood": dict(seen),
-        "rss_peak_mib": round(rss.peak / 2**20),
-        "server_cpu_s": round(cpu_seconds(server.pid) - cpu_before, 1),
+        "viewer": {n: summary(latencies[n]) | {"failures": dict(failures[n])} for n in names},
+        "flood": dict(sum((r.flood for r in runs), Counter())),
+        "rss_peak_mib": round(max(r.rss_peak for r in runs) / 2**20),
+        "server_cpu_s": round(sum(r.cpu_s for r in runs), 1),
     }
+
+
+def p95_ratios(quiet: dict[str, Any], flood: dict[str, Any]) -> dict[str, float | None]:
+    ratios = {}
+    for name in quiet["viewer"]:
+        q, f = quiet["viewer"][name]["p95_ms"], flood["viewer"][name]["p95_ms"]
+        ratios[name] = round(f / q, 2) if q and f else None
+    return ratios
 
 
 def measure(
@@ -318,21 +353,42 @@ def measure(
     pythonpath: str | None,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """``args.rounds`` rounds of quiet then flood (then waiting for the server to be idle),
+    so the machine's changing load falls on both phases alike."""
+    quiet: list[PhaseRun] = []
+    flood: list[PhaseRun] = []
+    rounds = []
     with serve(stores, home, slide_id, tokens["viewer"], pythonpath) as server:
-        log(f"{label}: quiet for {args.quiet_seconds:g} s")
-        quiet = asyncio.run(
-            phase(server, slide_id, size, tokens["viewer"], None, args.quiet_seconds)
-        )
-        log(f"{label}: flood for {args.flood_seconds:g} s")
-        flood = asyncio.run(
-            phase(server, slide_id, size, tokens["viewer"], tokens["flood"], args.flood_seconds)
-        )
-    ratios = {}
-    for name in quiet["viewer"]:
-        q, f = quiet["viewer"][name]["p95_ms"], flood["viewer"][name]["p95_ms"]
-        ratios[name] = round(f / q, 2) if q and f else None
-    log(f"{label}: p95 flood/quiet {ratios}, flood answers {flood['flood']}")
-    return {"quiet": quiet, "flood": flood, "p95_ratio": ratios}
+        for n in range(args.rounds):
+            log(f"{label}: round {n + 1}: quiet for {args.quiet_seconds:g} s")
+            viewer_token = tokens["viewer"]
+            quiet.append(
+                asyncio.run(
+                    phase(server, slide_id, size, viewer_token, None, args.quiet_seconds, 2 * n)
+                )
+            )
+            log(f"{label}: round {n + 1}: flood for {args.flood_seconds:g} s")
+            flood.append(
+                asyncio.run(
+                    phase(
+                        server,
+                        slide_id,
+                        size,
+                        viewer_token,
+                        tokens["flood"],
+                        args.flood_seconds,
+                        2 * n + 1,
+                    )
+                )
+            )
+            waited = settle(server.pid)
+            ratios = p95_ratios(combine(quiet[-1:]), combine(flood[-1:]))
+            log(f"{label}: round {n + 1}: p95 flood/quiet {ratios}; idle after {waited} s")
+            rounds.append({"p95_ratio": ratios, "settle_s": waited})
+    result: dict[str, Any] = {"quiet": combine(quiet), "flood": combine(flood), "rounds": rounds}
+    result["p95_ratio"] = p95_ratios(result["quiet"], result["flood"])
+    log(f"{label}: p95 flood/quiet {result['p95_ratio']}, flood answers {result['flood']['flood']}")
+    return result
 
 
 def export(rev: str, into: Path) -> None:
@@ -384,6 +440,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"{run['flood']['rss_peak_mib']} | {run['quiet']['server_cpu_s']} / "
             f"{run['flood']['server_cpu_s']} |"
         )
+    lines += ["", "p95 flood / quiet per round:"]
+    for label, run in results["servers"].items():
+        per_round = "; ".join(
+            ", ".join(f"{name} {ratio}" for name, ratio in r["p95_ratio"].items())
+            for r in run["rounds"]
+        )
+        lines.append(f"- {label}: {per_round}")
     ours = results["servers"]["this tree"]["p95_ratio"]
     worst = max((r for r in ours.values() if r is not None), default=None)
     verdict = "met" if worst is not None and worst <= TARGET_RATIO else "NOT met"
@@ -401,6 +464,7 @@ def main() -> int:
     p.add_argument("--baseline", help="also measure this git revision, in the same run")
     p.add_argument("--quiet-seconds", type=float, default=15.0)
     p.add_argument("--flood-seconds", type=float, default=30.0)
+    p.add_argument("--rounds", type=int, default=2, help="quiet + flood rounds per server")
     p.add_argument("--no-write", action="store_true", help="leave RESULTS.md alone")
     args = p.parse_args()
     slide = ensure_slide(args.size)
