@@ -255,7 +255,7 @@ def test_a_revoked_token_is_refused_by_every_server_at_once(site: Site) -> None:
         assert site.front.get(tile, bearer).status == 401
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: each is one request
 class Outcome:
     started: float
     ended: float
@@ -264,6 +264,9 @@ class Outcome:
 
 
 def test_a_killed_server_costs_only_its_in_flight_requests(site: Site) -> None:
+    """SIGKILL under concurrent load: a request may fail only if it was under way between the
+    signal and the moment the process was reaped (its sockets closed); every request started
+    after that succeeds, the balancer retrying refused connections on the survivors."""
     victim = site.nodes[0]
     headers = site.alice.headers()
     tiles = [t for s in site.slides for t in level_tiles(site.front, s, headers)]
@@ -307,6 +310,7 @@ def test_a_killed_server_costs_only_its_in_flight_requests(site: Site) -> None:
 
 
 def test_the_audit_streams_of_every_server_verify_together(site: Site) -> None:
+    killed = sum(node.process.poll() == -signal.SIGKILL for node in site.nodes)
     for node in site.nodes:
         stop(node.process)  # graceful: open slide views are written to the trail
     verified = run_cli(site.env, "audit", "verify")
@@ -319,10 +323,10 @@ def test_the_audit_streams_of_every_server_verify_together(site: Site) -> None:
     assert {r["stream"] for r in trail} <= intact
     started = [r for r in trail if r["event_type"] == APPLICATION_START]
     stopped = [r for r in trail if r["event_type"] == APPLICATION_STOP]
-    # Each server wrote its own stream, the killed one too, though it never wrote its stop.
+    # Each server wrote its own stream, a killed one too, though it never wrote its stop.
     assert len({r["stream"] for r in started}) == len(started) == len(site.nodes)
-    assert len(stopped) == len(site.nodes) - 1
-    assert {r["stream"] for r in stopped} < {r["stream"] for r in started}
+    assert len(stopped) == len(site.nodes) - killed
+    assert {r["stream"] for r in stopped} <= {r["stream"] for r in started}
     views = [r for r in trail if r["event_id"] == INSTANCES_ACCESSED and r["user"] == "alice"]
     assert {r["object"] for r in views} == set(site.slides)
     assert len({r["stream"] for r in views}) >= 2  # the pan reached several servers' streams
