@@ -3,7 +3,7 @@ PostgreSQL, through a role that can only INSERT and SELECT.
 
 Tables (made by ``init_database``, run once by an operator as the tables' owner):
 
-    audit_streams(stream PK, host, pid, started)     one row per writing process
+    audit_streams(stream PK, host, pid, started)     one row per process that wrote a record
     audit_records(stream, seq, line, PK(stream, seq)) the stream's records, as audit.py writes
                                                        them to a file (one canonical JSON line)
 
@@ -63,7 +63,10 @@ MAX_SPOOL_BYTES = 64 << 20  # about 150,000 records: hours of a busy server's au
 RETRY_SECONDS = 1.0  # between attempts to drain the spool while the database is away
 SWEEP_SECONDS = 60.0  # between looks for spools that other processes here died with
 PAGE = 1000  # records read per query
-STREAM_ID = re.compile(r"[A-Za-z0-9._-]{1,160}")
+STREAM_ID = re.compile(
+    r"(?P<host>[A-Za-z0-9._-]{1,64})-(?P<started>\d{8}T\d{6}Z)-(?P<pid>\d{1,10})-[0-9a-f]{8}"
+)
+_STARTED = "%Y%m%dT%H%M%SZ"
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _TABLES = ("audit_streams", "audit_records")
 
@@ -120,8 +123,22 @@ def genesis(key: bytes, stream: str) -> str:
 
 def new_stream_id(now: float) -> str:
     host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
-    started = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+    started = datetime.fromtimestamp(now, UTC).strftime(_STARTED)
     return f"{host}-{started}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def register_stream(db: Database, stream: str) -> None:
+    """Enter a stream in ``audit_streams`` as its ID describes it, before its first record
+    is stored (registering again is a no-op: a drain may repeat it)."""
+    parts = STREAM_ID.fullmatch(stream)
+    if parts is None:
+        raise AuditError(f"not an audit stream ID: {stream[:80]!r}")
+    started = datetime.strptime(parts["started"], _STARTED).replace(tzinfo=UTC)
+    db.read(
+        "INSERT INTO audit_streams (stream, host, pid, started) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (stream) DO NOTHING RETURNING stream",
+        (stream, parts["host"], int(parts["pid"]), started),
+    )
 
 
 def _check_role(role: str) -> str:
@@ -238,17 +255,13 @@ class PostgresSink:
         self._lock = threading.Lock()  # the chain head and the spool file
         self._drain_lock = threading.Lock()  # one drain at a time
         self._spooling = False
+        self._registered = False  # at the first record: a process that writes none leaves none
         self._drained = 0  # bytes of our spool already in the database
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.db = connect(url, max_size=2)
         try:
             check_writer(self.db)
-            with self.db.transaction(serial=None) as tx:
-                tx.execute(
-                    "INSERT INTO audit_streams (stream, host, pid) VALUES (?, ?, ?)",
-                    (self.stream, socket.gethostname()[:255], os.getpid()),
-                )
             self._spool_dir = _private_dir(spool_dir)
             self._spool_path, self._spool_fd = _locked_spool(self._spool_dir, self.stream)
         except BaseException:
@@ -274,6 +287,7 @@ class PostgresSink:
             began = False
             if not self._spooling:
                 try:
+                    self._register()
                     insert_line(self.db, self.stream, self._seq, line)
                 except DatabaseUnavailable as exc:
                     logger.error(
@@ -302,6 +316,11 @@ class PostgresSink:
                 self._seq, self._head = self._seq + 1, spooled["mac"]
                 self._wake.set()
         return record
+
+    def _register(self) -> None:
+        if not self._registered:
+            register_stream(self.db, self.stream)
+            self._registered = True
 
     def _spool(self, line: str) -> None:
         data = (line + "\n").encode("ascii")
@@ -357,6 +376,7 @@ class PostgresSink:
                 return True
             size = os.fstat(self._spool_fd).st_size
         try:
+            self._register()
             count = _insert_spooled(self.db, self.stream, self._spool_path, self._drained, size)
         except DatabaseUnavailable:
             return False
@@ -386,6 +406,7 @@ class PostgresSink:
                     continue  # its process lives, or another sink drains it now
                 stream = path.name.removesuffix(".jsonl")
                 try:
+                    register_stream(self.db, stream)
                     _insert_spooled(self.db, stream, path, 0, os.fstat(fd).st_size)
                 except DatabaseUnavailable:
                     left = False
@@ -441,7 +462,7 @@ def _orphans(directory: Path, own: Path) -> list[Path]:
     return sorted(
         path
         for path in directory.glob("*.jsonl")
-        if path != own and STREAM_ID.fullmatch(path.name.removesuffix(".jsonl"))
+        if path != own and STREAM_ID.fullmatch(path.name.removesuffix(".jsonl")) is not None
     )
 
 
