@@ -196,6 +196,8 @@ def test_a_role_that_could_rewrite_the_trail_is_refused(
         opened(pg_dsn)  # the superuser
     with pytest.raises(AuditError, match="no audit tables"):
         opened(urlunsplit(urlsplit(writer_url)._replace(path="/postgres")))
+    with pytest.raises(AuditError, match="cannot create tables here and roles"):
+        init_database(writer_url, role="another_writer")  # init-db needs the owner
 
 
 def test_tampering_deleting_and_truncating_are_named_by_stream_and_seq(

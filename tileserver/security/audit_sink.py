@@ -159,6 +159,15 @@ def init_database(admin_url: str, role: str = WRITER_ROLE) -> tuple[list[str], s
     ]
     db = connect(admin_url, max_size=1)
     try:
+        (may_create,) = db.read(
+            "SELECT has_schema_privilege(current_schema(), 'CREATE')"
+            " AND (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user)"
+        )
+        if not may_create[0]:
+            raise AuditError(
+                f"{db.describe()}: this role cannot create tables here and roles: run "
+                "init-db as the database's owner with CREATEROLE, or a superuser"
+            )
         with db.transaction(serial="audit-init") as tx:
             for statement in _SCHEMA:
                 tx.execute(statement)
