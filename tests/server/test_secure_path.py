@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -108,3 +111,29 @@ def test_the_cli_refuses_no_rate_limit_with_one_line(tmp_path: Path) -> None:
     bad = cli(tmp_path / "home", "serve", str(tmp_path), "--rate-limit-tokens", "lots")
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
     assert "--rate-limit-tokens is N or N/BURST" in bad.stderr
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_sessions_are_resumed(home: Path, stores: Stores, version: ssl.TLSVersion) -> None:
+    """A client coming back skips the full handshake (session tickets), on TLS 1.2 and 1.3."""
+    expected = "TLSv1.2" if version is ssl.TLSVersion.TLSv1_2 else "TLSv1.3"
+    with run_server(stores.directory, home, secure=True) as server:
+        context = ssl.create_default_context(cafile=home / "tls" / "cert.pem")
+        context.maximum_version = version
+        address = urlsplit(server.base)
+        assert address.hostname is not None and address.port is not None
+        session, reused = None, []
+        for _ in range(3):
+            with (
+                socket.create_connection((address.hostname, address.port), timeout=30) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls,
+            ):
+                tls.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                reply = b""
+                while chunk := tls.recv(65536):  # tickets arrive after the handshake (1.3)
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.1 200")
+                assert tls.version() == expected
+                reused.append(tls.session_reused)
+                session = tls.session
+    assert reused == [False, True, True]
