@@ -11,6 +11,9 @@
   baseline sends) and served by aiohttp's ``web.static``: the floor for a Python server.
 * ``nginx``: the same directory behind ``/usr/sbin/nginx`` when it is installed (information
   only; never installed by us).
+* ``lighttpd``: any directory of files behind Debian's ``/usr/sbin/lighttpd`` over HTTPS
+  (``scripts/setup-services.sh`` installs it): the static floor that a secure deployment of
+  ours is held to (benchmarks/bench_secure_path.py).
 
 Each context manager starts its server (``python -m tileserver.bench.comparators``), waits
 until ``/slide.dzi`` answers 200 and yields a ``Server``; leaving the block stops it.
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -40,6 +44,8 @@ from aiohttp import web
 SLIDE = "slide"
 TILE_SIZE, OVERLAP, QUALITY, FORMAT = 254, 1, 75, "jpeg"
 NGINX = Path("/usr/sbin/nginx")
+LIGHTTPD = Path("/usr/sbin/lighttpd")
+LIGHTTPD_TLS = Path("/usr/lib/lighttpd/mod_openssl.so")
 _COMPLETE = ".complete"
 
 
@@ -156,8 +162,11 @@ def _child(argv: Sequence[str] | None = None) -> int:
 
 
 # -- the parent side ----------------------------------------------------------------------
-def _answers(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=2) as resp:
             return bool(resp.status == 200)
@@ -175,9 +184,13 @@ def _running(
     log: Path,
     path: str = f"/{SLIDE}.dzi",
     env: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[Server]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: lighttpd's master signals its whole process group on exit.
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + timeout
         url = None
@@ -189,8 +202,9 @@ def _running(
                 )
             port = port_of()
             if port:
-                url = f"http://{host if ':' not in host else f'[{host}]'}:{port}{path}"
-                if _answers(url):
+                scheme = "https" if tls is not None else "http"
+                url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}{path}"
+                if _answers(url, tls):
                     break
             time.sleep(0.05)
         else:
@@ -312,6 +326,52 @@ def nginx_server(
         cmd = [str(NGINX), "-p", tmp, "-c", str(conf)]
         with _running("nginx", cmd, lambda: port, host, timeout, Path(tmp) / "log") as server:
             yield server
+
+
+def lighttpd_available() -> bool:
+    return LIGHTTPD.exists() and LIGHTTPD_TLS.exists()
+
+
+@contextmanager
+def lighttpd_server(
+    root: Path,
+    path: str,
+    cert: Path,
+    key: Path,
+    *,
+    workers: int = 2,
+    host: str = "127.0.0.1",
+    timeout: float = 30,
+) -> Iterator[Server]:
+    """``root`` behind lighttpd over HTTPS with ``cert``/``key``: TLS 1.2+, ECDHE with AEAD,
+    P-256 (the policy of our server, security/tls.py), HTTP/1.1 as ours, ``workers``
+    processes; ready once ``path`` answers 200."""
+    if not lighttpd_available():
+        raise FileNotFoundError(
+            f"{LIGHTTPD} with {LIGHTTPD_TLS.name} is not installed: run scripts/setup-services.sh"
+        )
+    port = _free_port(host)
+    with tempfile.TemporaryDirectory(prefix="bench-lighttpd-") as tmp:
+        conf = Path(tmp) / "lighttpd.conf"
+        conf.write_text(
+            f'server.document-root = "{Path(root).resolve()}"\n'
+            f'server.bind = "{host}"\nserver.port = {port}\n'
+            'server.modules = ("mod_openssl")\n'
+            f"server.max-worker = {workers}\n"
+            "server.max-keep-alive-requests = 65535\nserver.max-keep-alive-idle = 10\n"
+            'server.feature-flags += ("server.h2proto" => "disable")\n'
+            f'server.errorlog = "{tmp}/error.log"\n'
+            'mimetype.assign = (".jpeg" => "image/jpeg", ".jpg" => "image/jpeg", '
+            '".dzi" => "application/xml", ".json" => "application/json")\n'
+            f'ssl.engine = "enable"\nssl.pemfile = "{cert}"\nssl.privkey = "{key}"\n'
+            'ssl.openssl.ssl-conf-cmd = ("MinProtocol" => "TLSv1.2", '
+            '"CipherString" => "ECDHE+AESGCM:ECDHE+CHACHA20", "Groups" => "P-256")\n'
+        )
+        cmd = [str(LIGHTTPD), "-D", "-f", str(conf)]
+        context = ssl.create_default_context(cafile=str(cert))
+        log = Path(tmp) / "log"
+        with _running("lighttpd", cmd, lambda: port, host, timeout, log, path, tls=context) as s:
+            yield s
 
 
 if __name__ == "__main__":
