@@ -27,13 +27,13 @@ from tileserver.errors import TileserverError
 from tileserver.security.alerts import (
     AlertOptions,
     Responder,
+    SyslogLine,
     Throttles,
     Webhook,
     parse_hours,
     parse_responses,
     read_alert_key,
     stderr_line,
-    syslog_line,
 )
 from tileserver.security.audit import (
     GENESIS,
@@ -254,7 +254,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             else (KeyRing(home).service_key("alerts"))
         )
         webhook = Webhook(options.url, signing, options.ca)
-    lines = (stderr_line, *((syslog_line(options.syslog),) if options.syslog else ()))
+    lines = (stderr_line, *((SyslogLine(options.syslog),) if options.syslog else ()))
     responder = Responder(None, None, Throttles(), lines, webhook)
     detector = Detector(options.thresholds)
     chain = ChainWatch(key)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from tileserver.security.alerts import (
     SIGNATURE_HEADER,
     AlertOptions,
     Responder,
+    SyslogLine,
     Throttles,
     Webhook,
     build_monitor,
@@ -179,3 +181,16 @@ def test_serve_flags_parse_or_say_why() -> None:
     for bad in ("enumeration", "nosuch=alert", "enumeration=ban"):
         with pytest.raises(ConfigError, match="detect-response"):
             parse_responses([bad])
+
+
+def test_syslog_line_reaches_a_loopback_syslog_receiver() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(10)
+        port = receiver.getsockname()[1]
+        responder = Responder(None, None, Throttles(), lines=(SyslogLine(f"127.0.0.1:{port}"),))
+        responder.handle(alert("alert"))
+        responder.close()
+        datagram = receiver.recv(4096).decode()
+    # <PRI>: facility auth (4) * 8 + critical (2) = 34
+    assert datagram.startswith("<34>tileserver: ALERT bulk_crawl 0123456789abcdef")

@@ -19,6 +19,7 @@ import pytest
 from sample_data.synthetic import write_svs
 from tests.cli import cli
 from tests.server.conftest import Server, run_server
+from tests.server.test_auth_hardening import connect, send
 from tests.webhook import Receiver, webhook_receiver
 from tileserver.bench.client import ClientOptions
 from tileserver.bench.load import LoadSettings, measure_cell
@@ -139,3 +140,43 @@ def test_a_crawling_token_is_suspended_alerted_and_cleared(site: Site, receiver:
     assert changes[-1]["detail"]["target"] == "token:crawler"
     again = cli(site.home, "alerts", "clear", alert["detail"]["alert_id"])
     assert again.returncode == 1 and again.stderr.startswith("tileserver: error: no suspension")
+
+
+def test_credential_stuffing_from_one_address_is_throttled(site: Site) -> None:
+    """Leaked name/password pairs tried from one address: alerted, and that address (only)
+    slowed to a trickle with 429s; the alert names the address, never a tried password."""
+    attacker, bystander = "127.0.3.1", "127.0.3.2"
+    tried = [f"pw-{n:04d}-{'x' * 12}" for n in range(60)]
+    conn = connect(site.server, attacker)
+    try:
+        statuses = [
+            send(conn, "/auth/login", {"username": f"user{n}", "password": pw, "code": "000000"})
+            for n, pw in enumerate(tried)
+        ]
+    finally:
+        conn.close()
+    assert {r.status for r in statuses} <= {401, 429}
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        rules = [r["detail"] for r in audit_records(site) if r["event_id"] == SECURITY_ALERT]
+        stuffing = [d for d in rules if d["rule"] == "credential_stuffing"]
+        if stuffing:
+            break
+        time.sleep(0.5)
+    assert stuffing and stuffing[0]["key"] == f"addr:{attacker}"
+    assert stuffing[0]["response"] == "throttle" and stuffing[0]["address"] == attacker
+    text = (site.home / "audit" / "audit.jsonl").read_text()
+    assert not [pw for pw in tried if pw in text]
+    conn = connect(site.server, attacker)
+    try:
+        health = [send(conn, "/health", method="GET") for _ in range(10)]
+    finally:
+        conn.close()
+    throttled = [r for r in health if r.status == 429]
+    assert throttled and throttled[0].json()["error"] == "throttled after a security alert"
+    assert int(throttled[0].headers["retry-after"]) >= 1
+    conn = connect(site.server, bystander)
+    try:
+        assert all(send(conn, "/health", method="GET").status == 200 for _ in range(10))
+    finally:
+        conn.close()

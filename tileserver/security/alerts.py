@@ -195,22 +195,27 @@ class Webhook:
             self.send(body)
 
 
-def syslog_line(address: str) -> Callable[[str], None]:
-    """A function writing one line to syslog at ``address`` (a socket path, or host:port
-    for UDP), facility auth, priority critical."""
-    host, _, port = address.rpartition(":")
-    target: str | tuple[str, int] = (host, int(port)) if host and port.isdigit() else address
-    handler = logging.handlers.SysLogHandler(
-        target, facility=logging.handlers.SysLogHandler.LOG_AUTH
-    )
-    handler.setFormatter(logging.Formatter("tileserver: %(message)s"))
+class SyslogLine:
+    """Writes one line to syslog at ``address`` (a socket path, or host:port for UDP),
+    facility auth, priority critical."""
 
-    def emit(line: str) -> None:
-        handler.emit(
-            logging.LogRecord("tileserver.alerts", logging.CRITICAL, "", 0, line, (), None)
-        )
+    def __init__(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        target: str | tuple[str, int] = (host, int(port)) if host and port.isdigit() else address
+        try:
+            self._handler = logging.handlers.SysLogHandler(
+                target, facility=logging.handlers.SysLogHandler.LOG_AUTH
+            )
+        except OSError as exc:
+            raise ConfigError(f"--alert-syslog {address[:60]}: {exc.strerror}") from exc
+        self._handler.setFormatter(logging.Formatter("tileserver: %(message)s"))
 
-    return emit
+    def __call__(self, line: str) -> None:
+        record = logging.LogRecord("tileserver.alerts", logging.CRITICAL, "", 0, line, (), None)
+        self._handler.emit(record)
+
+    def close(self) -> None:
+        self._handler.close()
 
 
 def stderr_line(line: str) -> None:
@@ -294,6 +299,9 @@ class Responder:
             self._thread = None
         if self.webhook is not None:
             self.webhook.close()
+        for emit in self.lines:
+            if isinstance(emit, SyslogLine):
+                emit.close()
 
     def handle(self, alert: Alert) -> None:
         """Everything one alert does; each part is tried even if another fails."""
@@ -458,7 +466,7 @@ def build_monitor(
     if options.url is not None:
         key = read_alert_key(options.key_file) if options.key_file else signing_key
         webhook = Webhook(options.url, key, options.ca)
-    lines = (stderr_line, *((syslog_line(options.syslog),) if options.syslog else ()))
+    lines = (stderr_line, *((SyslogLine(options.syslog),) if options.syslog else ()))
     # Slide -> collection for the hours rule: a local read is cheap; over a network it would
     # hold up the event loop, so with PostgreSQL that rule sees only configured collections.
     collection_of = None if accounts is None or accounts.remote else accounts.collection_of
