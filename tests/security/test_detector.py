@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import heapq
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 
 import pytest
@@ -41,7 +41,6 @@ from tileserver.security.detector import (
     Event,
     Thresholds,
     events_from_record,
-    replay,
 )
 
 # A 80k x 60k slide (about a 20x20 mm section at 0.25 um/px) in 256-pixel DeepZoom tiles.
@@ -123,6 +122,11 @@ def lis(minutes: float, start: float = MONDAY_9AM) -> Iterator[Event]:
 def normal_traffic(minutes: float) -> list[Event]:
     streams = [sorted(pathologist(n, minutes), key=lambda e: e.time) for n in range(8)]
     return list(heapq.merge(*streams, lis(minutes), key=lambda e: e.time))
+
+
+def replay(detector: Detector, events: Iterable[Event]) -> list[Alert]:
+    """Every alert a stream of events raises, in order."""
+    return [alert for event in events for alert in detector.observe(event)]
 
 
 def first(alerts: list[Alert], rule: str) -> Alert:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tileserver.errors import ConfigError, TileserverError
+from tileserver.errors import ConfigError
 from tileserver.security.accounts import Accounts
 from tileserver.security.audit import (
     INSTANCES_ACCESSED,
@@ -76,10 +76,6 @@ MAX_THROTTLED = 4096
 # Refused credentials that are guesses; not an expired session (a tab left open overnight)
 # nor no credentials at all (a browser before its login).
 GUESSES = frozenset({BAD_TOKEN, BAD_CERTIFICATE, BAD_SIGNED_URL})
-
-
-class AlertError(TileserverError):
-    """An alert could not be delivered or cleared as asked."""
 
 
 def sign(key: bytes, body: bytes) -> str:

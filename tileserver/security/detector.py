@@ -25,10 +25,9 @@ docs/detection.md.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -38,6 +37,7 @@ from tileserver.security.audit import (
     SECURITY_ALERT,
     USER_AUTHENTICATION,
 )
+from tileserver.security.refusals import address_key as refused_address
 
 # Event kinds.
 TILE = "tile"  # one tile served
@@ -188,10 +188,6 @@ class _Counts:
             self._sums[key] -= buckets.popleft()[1]
         return int(self._sums[key])
 
-    def forget(self, key: str) -> None:
-        self._keys.pop(key, None)
-        self._sums.pop(key, None)
-
 
 class _RecentTiles:
     """Per principal: tiles fetched in the last ``span`` seconds, to tell a pan (each tile
@@ -242,9 +238,6 @@ class _RecentTiles:
         order.append((tile, now))
         return alone
 
-    def forget(self, key: str) -> None:
-        self._keys.pop(key, None)
-
 
 @dataclass
 class _Client:
@@ -256,18 +249,8 @@ class _Client:
 
 
 def address_key(source_ip: str | None) -> str:
-    """What one client controls: an IPv4 address or an IPv6 /64."""
-    if not source_ip:
-        return "unknown"
-    try:
-        address = ipaddress.ip_address(source_ip)
-    except ValueError:
-        return source_ip[:64]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((int(address), 64), strict=False))
-    return str(address)
+    """What one client controls: an IPv4 address or an IPv6 /64 (as refusals count them)."""
+    return refused_address(source_ip) if source_ip else "unknown"
 
 
 class Detector:
@@ -615,8 +598,3 @@ def events_from_record(record: Mapping[str, Any], *, live: bool) -> list[Event]:
             )
         ]
     return [Event(now, ACCESS, **common)]
-
-
-def replay(detector: Detector, events: Iterable[Event]) -> list[Alert]:
-    """Every alert a stream of events raises, in order (tests, and ``audit watch``)."""
-    return [alert for event in events for alert in detector.observe(event)]
