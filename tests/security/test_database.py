@@ -188,3 +188,14 @@ def test_urls_are_masked_and_passwords_found() -> None:
     assert not has_password("/srv/tileserver/auth.db")
     with pytest.raises(ConfigError, match="malformed"):
         has_password("postgresql://alice@db.example:notaport/tiles?nonsense=1")
+
+
+def test_libpq_options_in_the_url_pass_through_and_failures_say_why(pg_dsn: str) -> None:
+    """TLS settings reach libpq as given (this test server has no TLS, so requiring it
+    fails), and the 503's message says why, never with the password."""
+    db = open_database(pg_dsn + "?sslmode=require")
+    with pytest.raises(DatabaseUnavailable, match="SSL") as refused:
+        db.read("SELECT 1")
+    password = urlsplit(pg_dsn).password
+    assert password and password not in str(refused.value)
+    db.close()

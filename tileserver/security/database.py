@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import psycopg
 import psycopg_pool
@@ -237,18 +237,21 @@ def _lock_key(name: str) -> int:
 
 
 @contextmanager
-def _pg_errors(pool: psycopg_pool.ConnectionPool[Any], where: str) -> Iterator[None]:
+def _pg_errors(db: PostgresDatabase) -> Iterator[None]:
     try:
         yield
     except psycopg.IntegrityError as exc:
         raise DatabaseConflict(f"database: {_first_line(exc)}") from None
     except psycopg_pool.PoolTimeout:
+        why = f" (last attempt: {db.failures[-1]})" if db.failures else ""
         raise DatabaseUnavailable(
-            f"database {where} unavailable: no connection within {WAIT_TIMEOUT:.0f} s"
+            f"database {db.describe()} unavailable: no connection within {WAIT_TIMEOUT:.0f} s{why}"
         ) from None
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        _drop_broken(pool)
-        raise DatabaseUnavailable(f"database {where} unavailable: {_first_line(exc)}") from None
+        _drop_broken(db.pool)
+        raise DatabaseUnavailable(
+            f"database {db.describe()} unavailable: {_first_line(exc)}"
+        ) from None
 
 
 def _drop_broken(pool: psycopg_pool.ConnectionPool[Any]) -> None:
@@ -257,6 +260,23 @@ def _drop_broken(pool: psycopg_pool.ConnectionPool[Any]) -> None:
     # The pool reconnects in the background; this request fails either way.
     with contextlib.suppress(psycopg.Error, psycopg_pool.PoolClosed):
         pool.check()
+
+
+def _recording(failures: list[str]) -> type[psycopg.Connection[Any]]:
+    """A connection class that notes why connecting failed (the pool only logs it)."""
+
+    class Recording(psycopg.Connection[Any]):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> Self:
+            try:
+                conn = super().connect(*args, **kwargs)
+            except psycopg.Error as exc:
+                failures[:] = [_first_line(exc)]
+                raise
+            failures.clear()
+            return conn
+
+    return Recording
 
 
 class PostgresDatabase:
@@ -270,8 +290,11 @@ class PostgresDatabase:
         if "connect_timeout" not in params:
             extra["connect_timeout"] = CONNECT_TIMEOUT
         self._url = url
-        self._pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        # Why the pool has no connection (refused, TLS, authentication), for the 503's log line.
+        self.failures: list[str] = []
+        self.pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             make_conninfo(url, **extra),
+            connection_class=_recording(self.failures),
             kwargs={"autocommit": True},
             min_size=1,
             max_size=max(1, max_size),
@@ -280,14 +303,14 @@ class PostgresDatabase:
             name="tileserver",
             open=False,
         )
-        self._pool.open(wait=False)
+        self.pool.open(wait=False)
 
     def describe(self) -> str:
         return mask(self._url)
 
     def read(self, sql: str, args: Args = ()) -> list[Row]:
         query = _pg_sql(sql)
-        with _pg_errors(self._pool, self.describe()):
+        with _pg_errors(self):
             try:
                 return self._read(query, args)
             except psycopg_pool.PoolTimeout:
@@ -295,23 +318,23 @@ class PostgresDatabase:
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 # A read is safe to repeat: a connection that died while idle (the server
                 # restarted) costs one retry on a fresh connection, not a 503.
-                _drop_broken(self._pool)
+                _drop_broken(self.pool)
                 return self._read(query, args)
 
     def execute(self, sql: str, args: Args = ()) -> list[Row]:
-        with _pg_errors(self._pool, self.describe()):
+        with _pg_errors(self):
             return self._read(_pg_sql(sql), args)  # autocommit; not retried: it writes
 
     def _read(self, query: str, args: Args) -> list[Row]:
-        with self._pool.connection() as conn:
+        with self.pool.connection() as conn:
             rows: list[Row] = conn.execute(query, tuple(args)).fetchall()
             return rows
 
     @contextmanager
     def transaction(self, serial: str | None = "tileserver") -> Iterator[Transaction]:
         with (
-            _pg_errors(self._pool, self.describe()),
-            self._pool.connection() as conn,
+            _pg_errors(self),
+            self.pool.connection() as conn,
             conn.transaction(),
         ):
             tx = _PgTransaction(conn)
@@ -320,7 +343,7 @@ class PostgresDatabase:
             yield tx
 
     def close(self) -> None:
-        self._pool.close()
+        self.pool.close()
 
 
 class _PgTransaction:
