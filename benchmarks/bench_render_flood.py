@@ -36,6 +36,7 @@ import asyncio
 import os
 import random
 import shlex
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_server import convert_once, ensure_slide, git_state, parse_size
-from https_ours import CLI, bench_token, cpu_seconds
+from https_ours import CLI, COLLECTION, bench_token, cpu_seconds
 
 from tileserver.bench import report
 from tileserver.bench.client import ClientOptions, TileClient
@@ -399,6 +400,30 @@ def export(rev: str, into: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
 
 
+def baseline_home(home: Path, into: Path, slide_id: str, pythonpath: str) -> dict[str, str]:
+    """A TILESERVER_HOME for the baseline under ``into``: a copy of the key ring and the
+    certificate, and an auth database of its own (an older revision refuses the newer
+    schema), with the two tokens made by the baseline's own CLI."""
+    into.mkdir(mode=0o700)
+    for part in ("keys", "tls"):
+        shutil.copytree(home / part, into / part)
+    env = {**os.environ, "TILESERVER_HOME": str(into), "PYTHONPATH": pythonpath}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [*CLI, *args], env=env, cwd=into, capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    cli("slides", "assign", COLLECTION, slide_id)
+    return {
+        role: cli(
+            "tokens", "create", f"flood-bench-{role}", "--scope", scope, "--collection", COLLECTION
+        )
+        for role, scope in (("viewer", "tiles,thumbnails"), ("flood", "tiles,thumbnails,regions"))
+    }
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "## Render flood: another user's tiles and thumbnails (`benchmarks/bench_render_flood.py`)",
@@ -480,7 +505,11 @@ def main() -> int:
     )
     if args.baseline:
         with tempfile.TemporaryDirectory() as tmp:
-            export(args.baseline, Path(tmp))
+            source = Path(tmp) / "src"
+            source.mkdir()
+            export(args.baseline, source)
+            old_home = Path(tmp) / "home"
+            old_tokens = baseline_home(home, old_home, slide_id, str(source))
             rev = subprocess.run(
                 ["git", "rev-parse", "--short", args.baseline],
                 cwd=ROOT,
@@ -489,7 +518,14 @@ def main() -> int:
                 check=True,
             ).stdout.strip()
             servers[f"baseline {rev}"] = measure(
-                f"baseline {rev}", stores, home, slide_id, args.size, tokens, tmp, args
+                f"baseline {rev}",
+                stores,
+                old_home,
+                slide_id,
+                args.size,
+                old_tokens,
+                str(source),
+                args,
             )
     results = {
         "command": shlex.join(
