@@ -308,11 +308,11 @@ async def _caller(
     return found
 
 
-def principal_key(principal: Principal, source_ip: str) -> str:
+def principal_key(principal: Principal, request: web.Request) -> str:
     """How the detector names a caller: ``kind:name``; a signed URL by its client address
     (whoever holds one is not a known principal)."""
     if principal is SIGNED_URL:
-        return f"url:{address_key(source_ip)}"
+        return f"url:{address_key(client_ip(request))}"
     return f"{principal.kind}:{principal.name}"
 
 
@@ -341,7 +341,7 @@ async def _check_suspended(
     request: web.Request, monitor: Monitor, authenticator: Authenticator, principal: Principal
 ) -> None:
     """403 for a principal a detector alert suspended (and throttling by principal)."""
-    key = principal_key(principal, client_ip(request))
+    key = principal_key(principal, request)
     if monitor.throttling():
         await _check_throttle(request, monitor, key)
     generation = _generation(request, authenticator)
@@ -463,15 +463,19 @@ def view_tile(request: web.Request, slide_id: str, level: int) -> None:
     it to the detector at once (with its column and row, where the route has them)."""
     security = request.app[SECURITY]
     principal = request.get(PRINCIPAL)
-    if principal is not None and security.monitor is not None:
+    if principal is None:
+        return
+    source = client_ip(request)
+    if security.monitor is not None:
         m = request.match_info
-        source = client_ip(request)
-        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        peer = None  # machines' certificates: a token used with a new one is an alert
+        if principal.kind == "token" and request.transport is not None:
+            peer = request.transport.get_extra_info("peercert")
         security.monitor.observe(
             Event(
                 time.time(),
                 TILE,
-                principal_key(principal, source),
+                principal_key(principal, request),
                 source,
                 slide_id,
                 level,
@@ -481,13 +485,13 @@ def view_tile(request: web.Request, slide_id: str, level: int) -> None:
                 session=principal.session,
             )
         )
-    if security.views is None or principal is None:
+    if security.views is None:
         return
     security.views.record_tile(
         request.get(SESSION) or f"{principal.kind}:{principal.name}",
         principal.name,
         principal.role,
-        client_ip(request),
+        source,
         slide_id,
         level,
         time.time(),
