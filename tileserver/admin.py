@@ -80,7 +80,10 @@ def _users(args: argparse.Namespace, accounts: Accounts, audit: AuditLog) -> int
         if token is None:
             raise TileserverError("this server already has users; use `tileserver users add`")
         record("issued bootstrap setup link", "-")
-        print("one-time setup link for the first administrator (valid 24 h, single use):")
+        print(
+            "one-time setup link for the first administrator (valid 24 h, single use;"
+            " any earlier one no longer works):"
+        )
         print(f"{_base(args)}/login?setup={token}")
         return 0
     if action == "add":
