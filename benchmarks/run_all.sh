@@ -14,5 +14,6 @@ $py benchmarks/bench_formats.py --size 20000x15000 --traces pan,random --concurr
     --caches 0 --rounds 7 --max-requests 3000 --max-seconds 30 --pan-centres 4
 $py benchmarks/bench_s3.py --size 20000x15000 --convert-size 40000x30000 --convert-repeats 3 \
     --rounds 5 --thumbnails 15 --max-requests 3000
+$py benchmarks/bench_detection.py --size 20000x15000 --rounds 6
 .venv/bin/pytest benchmarks/bench_kernels.py benchmarks/bench_hot_paths.py --benchmark-only -q \
     -p no:cacheprovider --benchmark-json benchmarks/results/micro.json
