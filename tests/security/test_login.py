@@ -129,7 +129,7 @@ def test_session_timeouts(setup: tuple[Authenticator, Clock, bytes, AuditLog]) -
 def test_totp_secret_is_sealed_at_rest(
     tmp_path: Path, setup: tuple[Authenticator, Clock, bytes, AuditLog]
 ) -> None:
-    auth, _, secret, _ = setup
+    _, _, secret, _ = setup
     path = tmp_path / "auth.db"
     db = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))  # with the WAL
     assert secret not in db and totp.b32(secret).encode() not in db
