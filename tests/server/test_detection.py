@@ -20,11 +20,13 @@ from sample_data.synthetic import write_svs
 from tests.cli import cli
 from tests.server.conftest import Server, run_server
 from tests.server.test_auth_hardening import connect, send
+from tests.server.test_security import PASSWORD_A, enrol, last_line_token
 from tests.webhook import Receiver, webhook_receiver
 from tileserver.bench.client import ClientOptions
 from tileserver.bench.load import LoadSettings, measure_cell
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
+from tileserver.security.accounts import Accounts
 from tileserver.security.audit import SECURITY_ALERT, SECURITY_CONFIGURATION, records
 from tileserver.security.detector import record_time
 from tileserver.security.keys import KeyRing
@@ -180,3 +182,22 @@ def test_credential_stuffing_from_one_address_is_throttled(site: Site) -> None:
         assert all(send(conn, "/health", method="GET").status == 200 for _ in range(10))
     finally:
         conn.close()
+
+
+def test_a_suspended_user_is_refused_in_every_session(site: Site) -> None:
+    """A suspension names the person, so each of their sessions is refused, at once, until
+    it is cleared."""
+    boot = cli(site.home, "users", "bootstrap", "--url", site.server.base)
+    assert boot.returncode == 0, boot.stderr
+    alice = enrol(site.server, last_line_token(boot.stdout, "setup"), "alice", PASSWORD_A)
+    assert cli(site.home, "users", "grant", "alice", "case-a").returncode == 0
+    tile = f"/deepzoom/{site.slide}_files/14/3_3.jpeg"
+    assert site.server.get(tile, alice.headers()).status == 200
+    accounts = Accounts(site.home / "auth.db", KeyRing(site.home).service_key("totp"))
+    accounts.suspend("user:alice", "label_bulk", "b2")
+    reply = site.server.get(tile, alice.headers())
+    assert reply.status == 403 and reply.json()["error"] == "suspended pending review"
+    assert site.server.get("/api/slides", alice.headers()).status == 403
+    cleared = cli(site.home, "alerts", "clear", "--principal", "user:alice")
+    assert cleared.returncode == 0, cleared.stderr
+    assert site.server.get(tile, alice.headers()).status == 200
