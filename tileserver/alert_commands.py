@@ -30,6 +30,7 @@ from tileserver.security.alerts import (
     SyslogLine,
     Throttles,
     Webhook,
+    check_alert_url,
     parse_hours,
     parse_responses,
     read_alert_key,
@@ -104,6 +105,8 @@ def detection_options(args: argparse.Namespace) -> AlertOptions | None:
         return None
     if args.alert_url is None and (args.alert_ca or args.alert_key):
         raise TileserverError("--alert-ca and --alert-key need --alert-url")
+    if args.alert_url is not None:
+        check_alert_url(args.alert_url)  # now, not in each worker process
     thresholds = Thresholds(
         usual_hours=parse_hours(getattr(args, "usual_hours", [])),
         utc_offset=float(time.localtime().tm_gmtoff),

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from tileserver.errors import ConfigError
 from tileserver.security.accounts import Accounts
@@ -101,6 +101,20 @@ def alert_body(alert: Alert) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
+def check_alert_url(url: str) -> SplitResult:
+    """The parts of an operator's webhook URL, or ConfigError: HTTPS, a host, no credentials."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (a bad port raises here)
+    except ValueError:
+        raise ConfigError(f"--alert-url has a bad port: {url[:60]!r}") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"--alert-url must be an https:// URL, not {url[:60]!r}")
+    if parts.username or parts.password:
+        raise ConfigError("--alert-url must not carry a user name or password")
+    return parts
+
+
 class Webhook:
     """POSTs alerts to one HTTPS URL from a background thread, with bounded retries."""
 
@@ -114,18 +128,14 @@ class Webhook:
         timeout: float = TIMEOUT,
         backoff: float = BACKOFF,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ConfigError(f"--alert-url must be an https:// URL, not {url[:60]!r}")
-        if parts.username or parts.password:
-            raise ConfigError("--alert-url must not carry a user name or password")
+        parts = check_alert_url(url)
         if len(key) < MIN_KEY_BYTES:
             raise ConfigError(f"the alert signing key must be at least {MIN_KEY_BYTES} bytes")
         try:
             self._context = ssl.create_default_context(cafile=cafile)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load --alert-ca {cafile}: {exc}") from exc
-        self._host, self._port = parts.hostname, parts.port or 443
+        self._host, self._port = str(parts.hostname), parts.port or 443
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._key = key
         self._attempts, self._timeout, self._backoff = attempts, timeout, backoff
