@@ -105,8 +105,12 @@ def detection_options(args: argparse.Namespace) -> AlertOptions | None:
         return None
     if args.alert_url is None and (args.alert_ca or args.alert_key):
         raise TileserverError("--alert-ca and --alert-key need --alert-url")
-    if args.alert_url is not None:
-        check_alert_url(args.alert_url)  # now, not in each worker process
+    if args.alert_url is not None:  # checked now, not in each worker process
+        check_alert_url(args.alert_url)
+        if args.alert_ca is not None and not args.alert_ca.is_file():
+            raise TileserverError(f"--alert-ca {args.alert_ca}: no such file")
+        if args.alert_key is not None:
+            read_alert_key(args.alert_key)
     thresholds = Thresholds(
         usual_hours=parse_hours(getattr(args, "usual_hours", [])),
         utc_offset=float(time.localtime().tm_gmtoff),
