@@ -5,10 +5,10 @@ TLS passes through (``mode tcp``): HAProxy never holds a key or sees a request, 
 verifies the tile server's own certificate end to end, and the servers keep doing what they
 already do for TLS, sessions and client certificates (mutual TLS would not survive a
 terminating proxy). The price: balancing is per connection, not per request, and a server sees
-the balancer's address as the client's (the login rate limit is then per balancer, not per
-person; PROXY protocol support in the server would lift that).
+the balancer's address as the client's (per-address login limits and detection rules then
+count the balancer, not a person; PROXY protocol support in the server would lift that).
 
-Health checks speak HTTPS to ``/health`` and verify the server's certificate when given its CA;
+Health checks speak HTTPS to ``/health`` and verify the server's certificate against a CA;
 ``retries`` with ``option redispatch 1`` send a connection that a dead server refuses to
 another server, and ``observe layer4`` marks a server down on the first refused connection
 instead of waiting for the next check. Statistics come from the admin socket (``show stat``).
@@ -104,13 +104,12 @@ def haproxy_binary() -> str:
 
 
 def config(
-    host: str, port: int, admin_socket: Path, backends: Sequence[Backend], ca_file: Path | None,
+    host: str, port: int, admin_socket: Path, backends: Sequence[Backend], ca_file: Path,
     balance: str,
 ) -> str:
-    # Without a CA the health check cannot verify the server; tests always pass one.
-    verify = f"verify required ca-file {ca_file} verifyhost localhost" if ca_file else "verify none"
     checks = [
-        "check check-ssl", verify, "inter 500ms fall 2 rise 1",
+        "check check-ssl", f"verify required ca-file {ca_file} verifyhost localhost",
+        "inter 500ms fall 2 rise 1",
         "observe layer4 error-limit 1 on-error mark-down",
     ]
     servers = "\n".join(f"    server {b.name} {b.host}:{b.port}" for b in backends)
@@ -147,12 +146,13 @@ def haproxy(
     workdir: Path,
     backends: Sequence[Backend],
     *,
-    ca_file: Path | None = None,
+    ca_file: Path,
     balance: str = "roundrobin",
     host: str = "127.0.0.1",
 ) -> Iterator[HaProxy]:
     """Run HAProxy in front of ``backends`` until the block ends; ready once every backend
-    passed its health check."""
+    passed its health check. ``ca_file`` verifies the backends' certificates (for the name
+    "localhost") in those checks."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     admin_socket = workdir / "haproxy.sock"
