@@ -35,7 +35,7 @@ from tileserver.security.checkpoints import (
 from tileserver.security.database import connect
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ENROL_TTL, LINK_TTL
-from tileserver.security.signed_urls import UrlKeys
+from tileserver.security.signed_urls import signing_keys
 from tileserver.slide_ids import is_slide_id
 
 ADMIN = "cli-admin"
@@ -184,14 +184,14 @@ def _tokens(args: argparse.Namespace, accounts: Accounts, audit: AuditLog) -> in
 
 def cmd_urls(args: argparse.Namespace) -> int:
     """Signing keys of signed URLs: list, rotate (new key signs), retire (its URLs stop)."""
-    keys = UrlKeys(KeyRing(args.settings.home))
-    if args.urls_command == "list":
-        kids = keys.kids()
-        for kid in kids:
-            print(f"url key {kid}{' (signs)' if kid == kids[-1] else ''}")
-        return 0
-    _, audit = _open(args.settings)
+    accounts, audit = _open(args.settings)
+    keys = signing_keys(accounts, KeyRing(args.settings.home))  # the database's, if shared
     try:
+        if args.urls_command == "list":
+            kids = keys.kids()
+            for kid in kids:
+                print(f"url key {kid}{' (signs)' if kid == kids[-1] else ''}")
+            return 0
         if args.urls_command == "rotate":
             kid = keys.rotate()
             detail = {"change": "url signing key rotated", "target": kid}
@@ -434,6 +434,7 @@ def add_commands(sub: Any) -> None:
     ul.add_parser("rotate", help="a new key signs from now on; older ones still verify")
     ul.add_parser("retire", help="destroy a key: URLs it signed are refused").add_argument("kid")
     for command in ul.choices.values():
+        add_database_option(command)  # signing keys live in the state database when shared
         add_audit_database_option(command)
     urls.set_defaults(func=cmd_urls)
 

@@ -9,7 +9,7 @@ import multiprocessing.synchronize
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -27,6 +27,7 @@ from tileserver.security.authz_cache import Lookup
 from tileserver.security.crypto import new_key
 from tileserver.security.database import DatabaseConflict, open_database
 from tileserver.security.login import BACKOFF_AFTER, Authenticator, backoff_delay
+from tileserver.security.signed_urls import SharedUrlKeys, SignatureRejected, check
 
 __all__ = [
     "test_concurrent_attempts_are_each_counted",
@@ -269,3 +270,29 @@ def test_a_host_with_another_totp_key_refuses_to_start(pg_dsn: str) -> None:
     password = urlsplit(pg_dsn).password
     assert password and password not in str(refused.value)  # the URL is masked
     Accounts(pg_dsn, KEY).db.close()  # the right key still opens it
+
+
+def test_url_signing_keys_in_the_database_are_shared_and_sealed(pg_dsn: str) -> None:
+    a, b = (SharedUrlKeys(Accounts(pg_dsn, KEY, now=lambda: NOW)) for _ in range(2))
+    assert a.kids() == []  # listing makes no key
+    a.refresh()  # the first key, made on first use
+    exp = int(NOW) + 600
+    pairs = list(parse_qsl(a.sign(SLIDE_A, "tiles", exp)))
+    b.refresh()
+    check(pairs, SLIDE_A, "tiles", NOW, b.key_of)  # signed on one host, valid on another
+    key = b.key_of("1")
+    sealed = a.accounts.db.read("SELECT sealed FROM url_keys")
+    assert key is not None and all(key not in bytes(row[0]) for row in sealed)
+
+    assert b.rotate() == "2"
+    a.refresh()
+    assert a.current()[0] == "2" and b.kids() == ["1", "2"]
+    check(pairs, SLIDE_A, "tiles", NOW, a.key_of)  # older keys still verify
+    a.retire("1")
+    b.refresh()
+    with pytest.raises(SignatureRejected, match="retired"):
+        check(pairs, SLIDE_A, "tiles", NOW, b.key_of)
+    with pytest.raises(SignatureRejected):
+        b.retire("1")
+    for keys in (a, b):
+        keys.accounts.db.close()

@@ -114,3 +114,27 @@ def test_two_servers_on_one_database_share_their_rate_limits(
             for i in range(40)
         ]
         assert logins.count(401) == 30 and logins.count(429) == 10  # one burst per address
+
+
+def test_a_link_shared_through_one_server_opens_on_another_until_retired(
+    stores: Stores, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = _cli(stores.home, pg_dsn, "tokens", "create", "lis3", "--scope", "tiles")
+    assert made.returncode == 0, made.stderr
+    bearer = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    assigned = _cli(stores.home, pg_dsn, "slides", "assign", "CASE-DB", stores.synthetic)
+    assert assigned.returncode == 0, assigned.stderr
+    monkeypatch.setenv("TILESERVER_DATABASE", pg_dsn)
+    with (
+        run_server(stores.directory, stores.home, secure=True) as a,
+        run_server(stores.directory, stores.home, secure=True) as b,
+    ):
+        shared = a.post(f"/api/slides/{stores.synthetic}/share?scope=tiles", {}, bearer)
+        assert shared.status == 200, shared.body
+        link = shared.json()["dzi"]
+        assert b.get(link).status == 200  # the key is in the database, not in a's files
+        listed = _cli(stores.home, pg_dsn, "urls", "list")
+        assert listed.stdout.split() == ["url", "key", "1", "(signs)"], listed.stderr
+        retired = _cli(stores.home, pg_dsn, "urls", "retire", "1")
+        assert retired.returncode == 0, retired.stderr
+        assert a.get(link).status == 403 and b.get(link).status == 403  # at the next request

@@ -99,11 +99,23 @@ CREATE TABLE IF NOT EXISTS suspensions (
 CREATE TABLE IF NOT EXISTS key_checks (purpose TEXT PRIMARY KEY, digest TEXT NOT NULL)
 """,
     ),
+    # Keys that sign shareable URLs, for servers sharing PostgreSQL (signed_urls.SharedUrlKeys),
+    # sealed under a key derived from the TOTP service key every such server holds.
+    Migration(
+        4,
+        """
+CREATE TABLE IF NOT EXISTS url_keys (kid INTEGER PRIMARY KEY, sealed BLOB NOT NULL)
+""",
+    ),
 ]
 
 
 class AccountError(TileserverError, ValueError):
     """An account operation that cannot be done (unknown user, bad role, ...)."""
+
+
+def _url_aad(kid: object) -> bytes:
+    return f"tileserver-url-key/v1\x00{kid}".encode()
 
 
 def digest(secret: str) -> str:
@@ -176,6 +188,8 @@ class Accounts:
         # Its own key for user-name tags, derived with a label so it is never the sealing key.
         label = b"tileserver-login-name-tag/v1"
         self._tag_key = hmac.new(totp_key, label, hashlib.sha256).digest()
+        url_label = b"tileserver-url-key-seal/v1"
+        self._url_sealer = Sealer(hmac.new(totp_key, url_label, hashlib.sha256).digest())
         self._pruned = 0.0
         migrate(self.db, "accounts", MIGRATIONS)
         self._check_key()
@@ -533,6 +547,37 @@ class Accounts:
     def tokens(self) -> list[tuple[str, str, str | None, float | None]]:
         rows = self._read("SELECT name, scopes, collections, expires FROM tokens ORDER BY name")
         return [(str(n), str(s), c, e) for n, s, c, e in rows]
+
+    # -- signing keys of signed URLs (servers sharing a database) ---------------------------
+    def url_keys(self) -> dict[str, bytes]:
+        """Key ID -> key, every key that still verifies."""
+        rows = self._read("SELECT kid, sealed FROM url_keys ORDER BY kid")
+        return {
+            str(kid): self._url_sealer.open(sealed, _url_aad(kid), "url key")
+            for kid, sealed in rows
+        }
+
+    def add_url_key(self, *, only_if_none: bool = False) -> str:
+        """A new signing key (the highest ID signs); with ``only_if_none``, the first one,
+        made once however many servers ask at once."""
+        with self._db() as db:
+            row = db.execute("SELECT max(kid) FROM url_keys").fetchone()
+            newest = None if row is None or row[0] is None else int(row[0])
+            if only_if_none and newest is not None:
+                return str(newest)
+            kid = 1 if newest is None else newest + 1
+            sealed = self._url_sealer.seal(secrets.token_bytes(32), _url_aad(kid))
+            db.execute("INSERT INTO url_keys (kid, sealed) VALUES (?, ?)", (kid, sealed))
+        return str(kid)
+
+    def retire_url_key(self, kid: str) -> None:
+        """Destroy a signing key: URLs it signed are refused from the next request."""
+        with self._db() as db:
+            if (
+                not kid.isdecimal()
+                or not db.execute("DELETE FROM url_keys WHERE kid = ?", (int(kid),)).rowcount
+            ):
+                raise AccountError(f"no url key {kid[:12]!r}")
 
     # -- suspensions (detector responses) -------------------------------------------------------
     def suspend(self, principal: str, reason: str, alert_id: str) -> None:

@@ -52,7 +52,7 @@ from tileserver.security.refusals import (
     RefusalAudit,
     address_key,
 )
-from tileserver.security.signed_urls import UrlKeys, check, is_signed
+from tileserver.security.signed_urls import SharedUrlKeys, UrlKeys, check, is_signed
 
 SESSION_COOKIE = "__Host-tileserver"
 PLAIN_SESSION_COOKIE = "tileserver"  # without TLS: browsers refuse __Host- over plain HTTP
@@ -105,7 +105,7 @@ class Security:
     views: SlideViewAggregator | None
     tls: bool
     loopback: bool  # bound to loopback only: one-time login links are allowed
-    url_keys: UrlKeys | None = None  # signed URLs (None: refused like any unknown caller)
+    url_keys: UrlKeys | SharedUrlKeys | None = None  # None: refused like unknown callers
     # Requests per second per principal, sustained, and the burst (a viewer bursts); 0: off
     # (refused with authentication on, run.check_safe).
     rate: float = 2000.0
@@ -201,6 +201,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ):
         principal = SIGNED_URL
         request[SIGNED] = list(request.query.items())
+        if security.url_keys.shared:  # keys in PostgreSQL: as they are now, off the loop
+            await asyncio.get_running_loop().run_in_executor(None, security.url_keys.refresh)
     if principal is None:
         if is_public(request.path):
             return await _public(request, handler, monitor)

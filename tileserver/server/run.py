@@ -30,7 +30,7 @@ from tileserver.security.audit_sink import open_audit_log
 from tileserver.security.budgets import SharedBudgets
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ADDRESS_RATE, LINK_TTL, Authenticator
-from tileserver.security.signed_urls import UrlKeys
+from tileserver.security.signed_urls import signing_keys
 from tileserver.security.tls import ensure_certificate, server_context
 from tileserver.server.app import create_app
 from tileserver.server.auth import Security
@@ -187,7 +187,7 @@ def build_security(options: ServeOptions) -> Security:
         views,
         options.tls,
         is_loopback(options.host),
-        url_keys=UrlKeys(keyring),
+        url_keys=signing_keys(accounts, keyring),
         rate=rate,
         burst=burst,
         token_rate=token_rate,

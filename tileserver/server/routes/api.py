@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -127,6 +128,8 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         url_keys = request.app[SECURITY].url_keys
         if url_keys is None:
             raise web.HTTPNotFound(reason="signed URLs need authentication to be on")
+        if url_keys.shared:  # keys in PostgreSQL: the newest, read off the loop
+            await asyncio.get_running_loop().run_in_executor(None, url_keys.refresh)
         exp = int(time.time()) + minutes * 60
         query = url_keys.sign(slide_id, scope, exp)
         await audit(
