@@ -219,7 +219,8 @@ def _convert_on_cluster(args: argparse.Namespace) -> int:
                 bar.write(f"Dask dashboard: {dashboard}", file=sys.stderr)
 
         # Workers of a local cluster share this key ring; remote ones use their own
-        # TILESERVER_HOME (the same keys, on a shared volume or, later, a KMS).
+        # TILESERVER_HOME with the same key-encryption key (a copied KEK file, or the same
+        # token); with --keys store the data keys travel in the stores (decision 0004).
         home = str(args.settings.home) if args.scheduler.startswith("local:") else None
         outcomes = convert_on_cluster(args.scheduler, slides, flags, home, done, started)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("converted", "skipped", "failed")}
