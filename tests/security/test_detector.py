@@ -437,6 +437,15 @@ def test_refusal_records_become_events() -> None:
         )
         == []
     )
+    # A summary mixing anonymous requests with bad tokens: only the bad tokens are weighed,
+    # even when anonymous requests are the commonest reason.
+    mixed = {"aggregated": True, "refused": 50, "no_credentials": 40, "bad_token": 10}
+    (event,) = events_from_record(
+        _record(USER_AUTHENTICATION, 4, {**mixed, "reason": "no_credentials"}), live=False
+    )
+    assert event.weight == 10
+    anonymous = {"aggregated": True, "refused": 7, "no_credentials": 7, "reason": "no_credentials"}
+    assert events_from_record(_record(USER_AUTHENTICATION, 4, anonymous), live=False) == []
     refused = _record(
         INSTANCES_ACCESSED,
         4,

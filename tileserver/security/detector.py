@@ -554,7 +554,14 @@ def events_from_record(record: Mapping[str, Any], *, live: bool) -> list[Event]:
     if event_id == USER_AUTHENTICATION and outcome != 0:
         user = record.get("user")
         users = _strings(detail.get("users")) + ((user,) if isinstance(user, str) else ())
-        if detail.get("reason") == "no_credentials":  # browsers before login: not an attack
+        # Requests without credentials (browsers before login) are not an attack; a summary
+        # may mix them with other reasons, so only its other counts are weighed.
+        if aggregated:
+            anonymous = detail.get("no_credentials", 0)
+            count -= anonymous if isinstance(anonymous, int) else 0
+            if count <= 0:
+                return []
+        elif detail.get("reason") == "no_credentials":
             return []
         return [
             Event(
