@@ -84,6 +84,10 @@ def test_openapi_document(server: Server) -> None:
         "/api/slides/{slide_id}/region",
     ]:
         assert "get" in doc["paths"][path]
+    # Clients must know that renders are budgeted and a busy server asks them to come back.
+    region = doc["paths"]["/api/slides/{slide_id}/region"]["get"]["responses"]
+    for status in ("429", "503"):
+        assert "Retry-After" in region[status]["headers"]
 
 
 def test_security_headers(server: Server, stores: Stores) -> None:

@@ -20,7 +20,21 @@ _ERROR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
-_ERRORS = {"400": _ERROR, "404": _ERROR, "500": _ERROR}
+_RETRY = {
+    "description": "too many requests or render megapixels (429), or the server is busy or its"
+    " database is unavailable (503): retry after the Retry-After seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    "content": _ERROR["content"],
+}
+_ERRORS = {
+    "400": _ERROR,
+    "401": _ERROR,
+    "403": _ERROR,
+    "404": _ERROR,
+    "429": _RETRY,
+    "500": _ERROR,
+    "503": _RETRY,
+}
 
 
 def _int(
