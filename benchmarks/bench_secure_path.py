@@ -133,7 +133,7 @@ def starters(
     @contextmanager
     def secure() -> Iterator[Running]:
         extra = (*workers, "--rate-limit-tokens", NO_LIMIT, *NO_SUSPEND)
-        with ours_https(stores, home, slide_id, token, *extra) as server:
+        with ours_https(stores, home, slide_id, token, *extra, detect=True) as server:
             yield Running(server.url, server.options, server.pid, token)
 
     @contextmanager
