@@ -229,3 +229,20 @@ def test_a_second_host_shares_the_pkcs11_token(
     expected = pixels(out, slide_id, KeyRing(a, token.uri, token.pin))
     assert (pixels(out, slide_id, KeyRing(b, token.uri, token.pin)) == expected).all()
     assert not b.exists()
+
+
+def test_converters_on_two_hosts_agree_on_one_data_key(tmp_path: Path) -> None:
+    """Two converters on one slide, on hosts with their own homes (the second starting before
+    the first has finished): the key object is created once, create-if-absent in the store,
+    and the second converter seals with that key, not one of its own."""
+    a = host_a(tmp_path)
+    b = share_kek(a, tmp_path / "host-b")
+    shutil.copyfile(a / "keys" / "current", b / "keys" / "current")
+    store = slide_store(tmp_path / "stores", "ab" * 16)
+    first = KeyRing(a, keys_in_store=True).data_key_for_writing("ab" * 16, store)
+    second = KeyRing(b, keys_in_store=True).data_key_for_writing("ab" * 16, store)
+    assert first == second
+    assert KeyRing(tmp_path / "host-c-never-used").has_data_key("ab" * 16, store)
+    for home in (a, b):  # each home records where the store copy is, for shred and rotate
+        record = json.loads((home / "keys" / "slides" / f"{'ab' * 16}.json").read_text())
+        assert record["store"] == str((tmp_path / "stores" / ("ab" * 16)).absolute())
