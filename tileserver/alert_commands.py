@@ -2,10 +2,12 @@
 list|clear``, and ``tileserver audit watch`` (the same rules over an audit file, for a host
 other than the server's).
 
-``audit watch`` reads TILESERVER_HOME/audit/audit.jsonl from the start (``--follow``: and
-then as it grows), checks every record's MAC and its link to the one before (a broken chain,
-a log cut shorter or replaced is an ``integrity`` alert), and runs the detector over the
-records, clocked by their timestamps. It only reads: its alerts go to stderr, syslog and the
+``audit watch`` reads TILESERVER_HOME/audit/audit.jsonl, or with an audit database
+(``--audit-database`` / TILESERVER_AUDIT_DATABASE) every server process's stream in
+PostgreSQL, from the start (``--follow``: and then as records arrive), checks every record's
+MAC and its link to the one before in its stream (a broken chain, a log cut shorter or
+replaced is an ``integrity`` alert), and runs the detector over the records, clocked by their
+timestamps. It only reads: its alerts go to stderr, syslog and the
 webhook, not into the trail it watches, and it suspends nobody (no access to the auth
 database is assumed). It sees what the records show: tiles only as the server's per-view
 summaries, refusals as their per-minute records (docs/detection.md says what that costs).
@@ -22,8 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tileserver.admin import ADMIN, _open
+from tileserver.admin import ADMIN, _open, add_audit_database_option
 from tileserver.errors import TileserverError
+from tileserver.security import audit_streams as streams
 from tileserver.security.alerts import (
     AlertOptions,
     Responder,
@@ -43,6 +46,8 @@ from tileserver.security.audit import (
     iso_utc,
     record_mac,
 )
+from tileserver.security.audit_sink import genesis
+from tileserver.security.database import connect
 from tileserver.security.detector import (
     INTEGRITY,
     Detector,
@@ -187,10 +192,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 class ChainWatch:
     """Checks records one by one as they arrive: MAC, seq and link to the one before."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, genesis: str = GENESIS) -> None:
         self._key = key
         self.seq = 0
-        self.prev = GENESIS
+        self.prev = genesis
 
     def check(self, record: dict[str, Any]) -> str | None:
         """What is wrong with ``record`` as the next one (None: nothing); the watch goes on
@@ -247,11 +252,49 @@ def follow_lines(path: Path, follow: bool, poll: float = POLL_SECONDS) -> Iterat
             yield "the audit log was truncated or replaced"
 
 
+def follow_streams(
+    url: str, key: bytes, follow: bool, poll: float = POLL_SECONDS
+) -> Iterator[tuple[str, bytes]]:
+    """(stream, line) of every stream in the audit database, each poll's records in time
+    order across streams; with ``follow``, forever, polling for more."""
+    db = connect(url, max_size=1)
+    seen: dict[str, int] = {}
+    try:
+        while True:
+            batch = streams.records_after(db, seen)
+            batch.sort(key=lambda item: _line_time(item[1]))
+            for stream, line in batch:
+                yield stream, (line + "\n").encode("utf-8")
+            if not batch and not follow:
+                return
+            if not batch:
+                time.sleep(poll)
+    finally:
+        db.close()
+
+
+def _line_time(line: str) -> str:
+    try:
+        return str(json.loads(line).get("ts", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _watched_lines(args: argparse.Namespace, key: bytes) -> Iterator[tuple[str, bytes | str]]:
+    """(stream, line or a cut/replaced notice) of the trail being watched."""
+    url = args.settings.audit_database
+    if url is not None:
+        yield from follow_streams(url, key, args.follow)
+        return
+    path = args.file or args.settings.home / "audit" / "audit.jsonl"
+    for line in follow_lines(path, args.follow):
+        yield "", line
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     options = detection_options(args)
     assert options is not None
     home = args.settings.home
-    path = args.file or home / "audit" / "audit.jsonl"
     key = KeyRing(home).service_key("audit")
     webhook = None
     if options.url is not None:
@@ -264,22 +307,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
     lines = (stderr_line, *((SyslogLine(options.syslog),) if options.syslog else ()))
     responder = Responder(None, None, Throttles(), lines, webhook)
     detector = Detector(options.thresholds)
-    chain = ChainWatch(key)
+    chains: dict[str, ChainWatch] = {}  # per stream ("" for the file)
     records = alerts = 0
     broken = False
     try:
-        for line in follow_lines(path, args.follow):
+        for stream, line in _watched_lines(args, key):
             events: list[Event]
             if isinstance(line, str):  # cut or replaced: say so, and check the new one afresh
                 events = [Event(time.time(), INTEGRITY, reason=line)]
-                chain = ChainWatch(key)
+                chains.pop(stream, None)
                 broken = True
             else:
                 try:
                     record = json.loads(line)
                 except ValueError:
                     record = {}
+                if stream not in chains:
+                    chains[stream] = ChainWatch(key, genesis(key, stream) if stream else GENESIS)
+                chain = chains[stream]
                 problem = chain.check(record) if isinstance(record, dict) else "not an object"
+                if problem is not None and stream:
+                    problem = f"stream {stream}: {problem}"
                 events = [] if problem else events_from_record(record, live=False)
                 if problem is not None:
                     broken = True
@@ -312,6 +360,7 @@ def add_watch_command(audit_commands: Any) -> None:
     )
     watch.add_argument("--follow", action="store_true", help="keep reading as records arrive")
     watch.add_argument("--file", type=Path, help="an audit file other than TILESERVER_HOME's")
+    add_audit_database_option(watch)
     add_detection_options(watch, serve=False)
     watch.set_defaults(func=cmd_watch)
 

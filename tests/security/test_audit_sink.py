@@ -525,3 +525,43 @@ def test_audit_database_settings_are_checked(
     wrong = cli(tmp_path, "audit", "verify")
     assert wrong.returncode == 1
     assert "TILESERVER_AUDIT_DATABASE must be a postgresql:// URL" in wrong.stderr
+
+
+def test_audit_watch_runs_the_detector_over_every_stream(
+    writer_url: str, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stuffing spread over two servers' streams is one attack to a watcher on a third host;
+    a record edited in either stream is an integrity alert naming the stream."""
+    home = tmp_path / "home"
+    key = KeyRing(home).service_key("audit")
+    sinks = [PostgresSink(writer_url, key, tmp_path / f"spool{i}") for i in range(2)]
+    try:
+        for i, sink in enumerate(sinks):
+            log = AuditLog(tmp_path / "unused.jsonl", key, sink=sink)
+            names = [f"unknown:{i}{n:015x}" for n in range(25)]
+            log.append(
+                USER_AUTHENTICATION,
+                outcome=4,
+                source_ip="198.51.100.7",
+                detail={
+                    "aggregated": True,
+                    "refused": 25,
+                    "reason": "invalid_credentials",
+                    "distinct_users": 25,
+                    "users": names,
+                },
+            )
+    finally:
+        for sink in sinks:
+            sink.close()
+    monkeypatch.setenv("TILESERVER_AUDIT_DATABASE", writer_url)
+    watched = cli(home, "audit", "watch")
+    assert watched.returncode == 0, watched.stderr
+    assert "ALERT credential_stuffing" in watched.stderr
+    assert "2 records, 1 alert(s)" in watched.stderr
+    with superuser(pg_dsn) as conn:
+        conn.execute("UPDATE audit_records SET line = replace(line, '198.51', '203.0')")
+    tampered = cli(home, "audit", "watch")
+    assert tampered.returncode == 2
+    assert "ALERT integrity" in tampered.stderr and "modified or forged" in tampered.stderr
+    assert sinks[0].stream in tampered.stderr or sinks[1].stream in tampered.stderr

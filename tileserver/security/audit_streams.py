@@ -69,6 +69,24 @@ def verify_streams(db: Database, key: bytes) -> list[StreamReport]:
     return reports
 
 
+def records_after(
+    db: Database, seen: dict[str, int], page: int = EXPORT_PAGE
+) -> list[tuple[str, str]]:
+    """(stream, line) of records past each stream's last seen seq (``seen``: stream -> seq,
+    -1 or absent for a stream not read yet; updated), every stream, at most ``page`` each."""
+    found: list[tuple[str, str]] = []
+    for stream in streams(db)[0]:
+        after = seen.get(stream, -1)
+        rows = db.read(
+            "SELECT seq, line FROM audit_records WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (stream, after, page),
+        )
+        for seq, line in rows:
+            found.append((stream, str(line)))
+            seen[stream] = int(seq)
+    return found
+
+
 def _first_broken(reports: list[StreamReport]) -> StreamReport | None:
     return next((report for report in reports if not report.result.ok), None)
 
