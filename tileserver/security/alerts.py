@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,6 +378,13 @@ class Monitor:
     def observe(self, event: Event) -> None:
         with self._lock:
             alerts = self.detector.observe(event)
+        for alert in alerts:
+            self.responder.submit(alert)
+
+    def observe_tiles(self, events: Sequence[Event]) -> None:
+        """Tiles served, a batch at a time (the server queues them: server/auth.py)."""
+        with self._lock:
+            alerts = self.detector.observe_tiles(events)
         for alert in alerts:
             self.responder.submit(alert)
 

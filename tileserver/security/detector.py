@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -307,43 +307,84 @@ class Detector:
             self._off_hours(event, alerts)
         return alerts
 
+    def observe_tiles(self, events: Sequence[Event]) -> list[Alert]:
+        """Many TILE events, in the order they happened (the server's batches): the alerts
+        ``observe`` raises for them one by one, with tile and slide counts added once per
+        principal and batch (an alert then carries the time of that principal's last tile in
+        the batch: at most a batch's span, a fraction of a second, after the crossing)."""
+        alerts: list[Alert] = []
+        counts: dict[str, list[Any]] = {}  # key: [tiles, scattered tiles, last event]
+        slides: dict[tuple[str, str], Event] = {}
+        for e in events:
+            key = e.principal or "url:" + address_key(e.source_ip)
+            entry = counts.get(key)
+            if entry is None:
+                entry = counts[key] = [0, 0, e]
+            entry[0] += e.weight
+            entry[1] += self._isolated(key, e)
+            entry[2] = e
+            if e.slide is not None:
+                slides[(key, e.slide)] = e
+            if e.principal is not None:
+                self._new_client(e, alerts)
+                self._off_hours(e, alerts)
+        for key, (tiles, scattered, last) in counts.items():
+            self._count_tiles(key, last, tiles, scattered, alerts)
+        for (key, _), last in slides.items():
+            self._count_slides(key, last, alerts)
+        return alerts
+
     # -- rules ------------------------------------------------------------------------------
     def _crawl(self, e: Event, alerts: list[Alert]) -> None:
         key = e.principal or "url:" + address_key(e.source_ip)
+        self._count_tiles(key, e, e.weight, self._isolated(key, e), alerts)
+        if e.slide is not None:
+            self._count_slides(key, e, alerts)
+
+    def _isolated(self, key: str, e: Event) -> int:
+        """1 when the tile is next to none fetched in the window (random access), else 0."""
+        if e.slide is None or e.level is None or e.col is None or e.row is None:
+            return 0
+        return int(self._recent.isolated(key, e.time, e.slide, e.level, e.col, e.row))
+
+    def _count_tiles(
+        self, key: str, e: Event, tiles: int, scattered: int, alerts: list[Alert]
+    ) -> None:
         t = self.t
-        tiles = self._tiles.add(key, e.time, e.weight)
-        if tiles > t.crawl_tiles:
+        total = self._tiles.add(key, e.time, tiles)
+        if total > t.crawl_tiles:
             self._raise(
                 alerts,
                 "bulk_crawl",
                 key,
                 e,
-                f"{key} fetched {tiles} tiles in {t.window:.0f} s (threshold {t.crawl_tiles})",
+                f"{key} fetched {total} tiles in {t.window:.0f} s (threshold {t.crawl_tiles})",
             )
-        if e.slide is not None and None not in (e.level, e.col, e.row):
-            assert e.level is not None and e.col is not None and e.row is not None
-            if self._recent.isolated(key, e.time, e.slide, e.level, e.col, e.row):
-                scattered = self._scattered.add(key, e.time)
-                if scattered > t.crawl_scattered:
-                    self._raise(
-                        alerts,
-                        "bulk_crawl",
-                        key,
-                        e,
-                        f"{key} fetched {scattered} scattered tiles in {t.window:.0f} s "
-                        f"(random access, threshold {t.crawl_scattered})",
-                    )
-        if e.slide is not None:
-            slides = self._slides.add(key, e.time, e.slide)
-            if slides > t.crawl_slides:
+        if scattered:
+            total = self._scattered.add(key, e.time, scattered)
+            if total > t.crawl_scattered:
                 self._raise(
                     alerts,
                     "bulk_crawl",
                     key,
                     e,
-                    f"{key} fetched tiles of {slides} slides in "
-                    f"{t.slides_window / 60:.0f} min (threshold {t.crawl_slides})",
+                    f"{key} fetched {total} scattered tiles in {t.window:.0f} s "
+                    f"(random access, threshold {t.crawl_scattered})",
                 )
+
+    def _count_slides(self, key: str, e: Event, alerts: list[Alert]) -> None:
+        assert e.slide is not None
+        t = self.t
+        slides = self._slides.add(key, e.time, e.slide)
+        if slides > t.crawl_slides:
+            self._raise(
+                alerts,
+                "bulk_crawl",
+                key,
+                e,
+                f"{key} fetched tiles of {slides} slides in "
+                f"{t.slides_window / 60:.0f} min (threshold {t.crawl_slides})",
+            )
 
     def _enumeration(self, e: Event, alerts: list[Alert]) -> None:
         key = e.principal or "addr:" + address_key(e.source_ip)

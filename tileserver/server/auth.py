@@ -86,6 +86,11 @@ SIGNED_PREFIXES = ("/deepzoom/", "/iiif/", "/api/slides/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Served tiles reach the detector in batches, off each request's path: at most this long
+# after the first tile queued (alerts are due within the minute), or at this many tiles.
+TILE_BATCH_SECONDS = 0.2
+MAX_TILE_BATCH = 1024
+
 # Everything, everywhere: for loopback benchmarks run with --no-auth only.
 LOCAL_ANONYMOUS = Principal("user", "local-anonymous", "admin", frozenset(SCOPES), None)
 
@@ -117,6 +122,7 @@ class Security:
     # None: a bucket per principal in this process.
     budgets: SharedBudgets | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _tiles: list[Event] = field(default_factory=list)  # served, not yet seen by the monitor
 
     @property
     def accounts(self) -> Accounts | None:
@@ -147,14 +153,31 @@ class Security:
             return None
         return (1 - bucket.tokens) / rate
 
+    def saw_tile(self, event: Event) -> None:
+        """Queue a served tile for the detector (on the event loop). The tile that starts a
+        batch sets the timer that hands the batch over, so none waits longer than
+        ``TILE_BATCH_SECONDS``; a full batch goes at once."""
+        tiles = self._tiles
+        tiles.append(event)
+        if len(tiles) == 1:
+            asyncio.get_running_loop().call_later(TILE_BATCH_SECONDS, self.detect_tiles)
+        elif len(tiles) >= MAX_TILE_BATCH:
+            self.detect_tiles()
+
+    def detect_tiles(self) -> None:
+        """Hand the queued tiles to the detector (a timer set earlier may find none)."""
+        tiles, self._tiles = self._tiles, []
+        if tiles and self.monitor is not None:
+            self.monitor.observe_tiles(tiles)
+
 
 SECURITY = web.AppKey("security", Security)
 
 
 def client_ip(request: web.Request) -> str:
-    # The TCP peer, never X-Forwarded-For: no proxy is trusted by default.
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else "unknown"
+    # The TCP peer (aiohttp reads it once per connection), never X-Forwarded-For: no proxy
+    # is trusted by default, and nothing here clones a request with another ``remote``.
+    return request.remote or "unknown"
 
 
 def session_cookie(tls: bool) -> str:
@@ -461,21 +484,22 @@ async def audit(request: web.Request, event_id: int, **fields: object) -> None:
 
 
 def view_tile(request: web.Request, slide_id: str, level: int) -> None:
-    """Count a tile towards the (session, slide) view record, written in batches, and show
-    it to the detector at once (with its column and row, where the route has them)."""
+    """Count a tile towards the (session, slide) view record, written in batches, and queue
+    it for the detector (with its column and row, where the route has them)."""
     security = request.app[SECURITY]
     principal = request.get(PRINCIPAL)
     if principal is None:
         return
     source = client_ip(request)
+    now = time.time()
     if security.monitor is not None:
         m = request.match_info
         peer = None  # machines' certificates: a token used with a new one is an alert
         if principal.kind == "token" and request.transport is not None:
             peer = request.transport.get_extra_info("peercert")
-        security.monitor.observe(
+        security.saw_tile(
             Event(
-                time.time(),
+                now,
                 TILE,
                 principal_key(principal, request),
                 source,
@@ -496,5 +520,5 @@ def view_tile(request: web.Request, slide_id: str, level: int) -> None:
         source,
         slide_id,
         level,
-        time.time(),
+        now,
     )
