@@ -150,16 +150,26 @@ def _first_line(exc: BaseException) -> str:
 _SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR")
 
 
+def _sqlite_error(exc: sqlite3.Error) -> Exception | None:
+    """Our error for SQLite's, or None to let SQLite's through."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return DatabaseConflict(f"database: {exc}")
+    if isinstance(exc, sqlite3.OperationalError) and str(
+        getattr(exc, "sqlite_errorname", "")
+    ).startswith(_SQLITE_UNAVAILABLE):
+        return DatabaseUnavailable(f"database: {exc}")
+    return None
+
+
 @contextmanager
 def _sqlite_errors() -> Iterator[None]:
     try:
         yield
-    except sqlite3.IntegrityError as exc:
-        raise DatabaseConflict(f"database: {exc}") from None
-    except sqlite3.OperationalError as exc:
-        if str(getattr(exc, "sqlite_errorname", "")).startswith(_SQLITE_UNAVAILABLE):
-            raise DatabaseUnavailable(f"database: {exc}") from None
-        raise
+    except sqlite3.Error as exc:
+        ours = _sqlite_error(exc)
+        if ours is None:
+            raise
+        raise ours from None
 
 
 class SqliteDatabase:
@@ -189,8 +199,15 @@ class SqliteDatabase:
         return conn
 
     def read(self, sql: str, args: Args = ()) -> list[Row]:
-        with _sqlite_errors():
+        # Not _sqlite_errors(): this runs on every request (the change counter, on the event
+        # loop), and the context manager cost more than the read itself (~6.5 against ~4 us).
+        try:
             return self._connection().execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as exc:
+            ours = _sqlite_error(exc)
+            if ours is None:
+                raise
+            raise ours from None
 
     def execute(self, sql: str, args: Args = ()) -> list[Row]:
         return self.read(sql, args)  # autocommit: a statement is its own transaction
