@@ -8,12 +8,16 @@ session, then the slide's collection and the grant). ``cached_*``: the same answ
 warm ``AuthzCache`` (one read of the change counter, hashing the credential, dictionary
 lookups), as the auth middleware does it on the event loop. ``counter_read``: that read
 alone. ``executor_hop[hop]`` minus ``executor_hop[none]``: handing a no-op to a worker thread
-and back, the price of moving the counter read off the event loop.
+and back, the price of moving the counter read off the event loop. ``detector_tiles``:
+the detector's work for 2000 tiles of one token fetched at random (a crawl, the detector's
+dearest case), one event at a time (``observe``, as every tile paid before) against the
+server's batches of 200 (``observe_tiles``); divide by 2000 for a tile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from tileserver.security.accounts import Accounts
 from tileserver.security.audit import AuditLog
 from tileserver.security.authz_cache import Lookup
 from tileserver.security.crypto import new_key
+from tileserver.security.detector import TILE, Detector, Event
 from tileserver.security.login import Authenticator
 
 SLIDE = "a" * 32
@@ -100,3 +105,22 @@ def test_executor_hop(benchmark, work: str) -> None:  # type: ignore[no-untyped-
         benchmark(lambda: loop.run_until_complete(step()))
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("feed", ["one_by_one", "batches"])
+def test_detector_tiles(benchmark, feed: str) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(1)
+    tiles = [
+        Event(1e9 + i / 2000, TILE, "token:b", "127.0.0.1", SLIDE, 17, rng.randrange(80), y)
+        for i, y in enumerate(rng.randrange(60) for _ in range(2000))
+    ]
+
+    def run(detector: Detector) -> None:
+        if feed == "batches":
+            for start in range(0, len(tiles), 200):
+                detector.observe_tiles(tiles[start : start + 200])
+        else:
+            for tile in tiles:
+                detector.observe(tile)
+
+    benchmark.pedantic(run, setup=lambda: ((Detector(),), {}), rounds=30)
