@@ -87,19 +87,19 @@ def error_response(status: int, message: str, correlation_id: str) -> web.Respon
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    correlation_id = uuid.uuid4().hex
-    request[CORRELATION_ID] = correlation_id
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        correlation_id = _correlation_id(request)
         response = error_response(exc.status, exc.reason, correlation_id)
         for name in ("Retry-After", "Allow", "WWW-Authenticate"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
     except Exception as exc:
+        correlation_id = _correlation_id(request)
         status = status_of(exc)
         if isinstance(exc, IntegrityError):
             await _alert(request, exc)
@@ -130,6 +130,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(status, message, correlation_id)
         message = "not found" if status == 404 else str(exc)
         return error_response(status, message, correlation_id)
+
+
+def _correlation_id(request: web.Request) -> str:
+    # Made only when a request fails: a uuid4 per successful tile was measurable CPU.
+    correlation_id = uuid.uuid4().hex
+    request[CORRELATION_ID] = correlation_id
+    return correlation_id
 
 
 async def _alert(request: web.Request, exc: IntegrityError) -> None:
