@@ -37,14 +37,12 @@ import os
 import random
 import shlex
 import shutil
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_server import convert_once, ensure_slide, git_state, parse_size
-from https_ours import CLI, COLLECTION, bench_token, cpu_seconds
+from https_ours import CLI, COLLECTION, answers, bench_token, cpu_seconds, free_port
 
 from tileserver.bench import report
 from tileserver.bench.client import ClientOptions, TileClient
@@ -79,36 +77,13 @@ class Server:
     cafile: Path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _answers(url: str, token: str, cafile: Path) -> bool:
-    if not cafile.exists():
-        return False
-    context = ssl.create_default_context(cafile=str(cafile))
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-    )
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with opener.open(request, timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
 @contextmanager
 def serve(
     stores: Path, home: Path, slide_id: str, token: str, pythonpath: str | None
 ) -> Iterator[Server]:
     """``tileserver serve`` over HTTPS with authentication, caches off, on 127.0.0.1; the
     baseline's package through ``pythonpath``, run from a neutral working directory."""
-    port = _free_port()
+    port = free_port()
     cmd = [*CLI, "serve", str(stores), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--cache-mb", "0"]
     env = {**os.environ, "TILESERVER_HOME": str(home)}
@@ -121,7 +96,7 @@ def serve(
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + START_TIMEOUT
-            while not _answers(f"{base}/deepzoom/{slide_id}.dzi", token, cafile):
+            while not answers(f"{base}/deepzoom/{slide_id}.dzi", token, cafile):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     out.seek(0)
                     tail = out.read()[-2000:].decode(errors="replace")

@@ -70,13 +70,13 @@ def bench_token(
     return made.stdout.strip().splitlines()[-1]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _answers(url: str, token: str, cafile: Path) -> bool:
+def answers(url: str, token: str, cafile: Path) -> bool:
     if not cafile.exists():
         return False
     context = ssl.create_default_context(cafile=str(cafile))
@@ -98,7 +98,7 @@ def ours_https(
     """``tileserver serve STORES --port P *extra`` on 127.0.0.1 until the block ends
     (``stores``: a directory or a store URL such as ``s3://bucket/prefix``). Without
     ``detect``, ``--no-detect``: a benchmark's random trace is a crawl, and would be suspended."""
-    port = _free_port()
+    port = free_port()
     cmd = [*CLI, "serve", str(stores), "--host", "127.0.0.1", "--port", str(port), *extra]
     cmd += [] if detect else ["--no-detect"]
     env = {**os.environ, "TILESERVER_HOME": str(home)}
@@ -108,7 +108,7 @@ def ours_https(
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + START_TIMEOUT
-            while not _answers(url, token, cafile):
+            while not answers(url, token, cafile):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     tail = log.read()[-2000:].decode(errors="replace")
