@@ -20,7 +20,6 @@ import contextlib
 import csv
 import io
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -28,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.s3server import _die_with_parent, free_port
+from tests.processes import die_with_parent, free_port, log_tail, stop
 
 START_TIMEOUT = 30.0
 BACKEND = "tileservers"
@@ -90,7 +89,7 @@ class HaProxy:
         ):
             if self.process.poll() is not None:
                 code = self.process.returncode
-                raise RuntimeError(f"haproxy exited with {code}: {_tail(self.log)}")
+                raise RuntimeError(f"haproxy exited with {code}: {log_tail(self.log, 20)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} is {now} after {timeout:.0f} s, not {status}")
             time.sleep(0.05)
@@ -167,34 +166,17 @@ def haproxy(
         process = subprocess.Popen(
             [binary, "-db", "-f", str(path)],  # -db: in the foreground, a child of ours
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
     balancer = HaProxy(host, port, admin_socket, process, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while not admin_socket.exists():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"haproxy did not start ({process.poll()}): {_tail(log)}")
+                raise RuntimeError(f"haproxy did not start ({process.poll()}): {log_tail(log, 20)}")
             time.sleep(0.02)
         for backend in backends:
             balancer.wait_status(backend.name, "UP", deadline - time.monotonic())
         yield balancer
     finally:
-        _stop(process)
-
-
-def _tail(log: Path) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-    return "(no log)"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)  # hard stop: a test balancer has nothing to drain
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
+        stop(process)  # hard stop: a test balancer has nothing to drain

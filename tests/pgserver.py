@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.s3server import free_port
+from tests.processes import die_with_parent, free_port, log_tail, stop
 
 START_TIMEOUT = 60.0
 SUPERUSER = "tileserver_test"
@@ -80,13 +80,6 @@ def _chown_for_owner(path: Path) -> None:
         os.chown(path, owner.pw_uid, owner.pw_gid)
 
 
-def _die_with_parent() -> None:
-    # Set after the user switch: changing credentials clears the parent-death signal.
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 @contextlib.contextmanager
 def postgresql() -> Iterator[PgServer]:
     """Run a fresh PostgreSQL cluster until the block ends, then stop it and delete it."""
@@ -123,7 +116,7 @@ def postgresql() -> Iterator[PgServer]:
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=directory, start_new_session=True, preexec_fn=_die_with_parent,
+                cwd=directory, start_new_session=True, preexec_fn=die_with_parent,
                 **_as_owner(),  # type: ignore[call-overload]
             )
         server = PgServer("127.0.0.1", port, password, directory)
@@ -131,7 +124,7 @@ def postgresql() -> Iterator[PgServer]:
             _wait_ready(server, process, log)
             yield server
         finally:
-            _stop(process)
+            stop(process, signal.SIGINT, grace=10)  # "fast" shutdown: roll back, disconnect
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -143,7 +136,7 @@ def _wait_ready(server: PgServer, process: subprocess.Popen[bytes], log: Path) -
     last = "no answer"
     while time.monotonic() - started < START_TIMEOUT:
         if process.poll() is not None:
-            raise RuntimeError(f"postgres exited with {process.returncode}: {_tail(log)}")
+            raise RuntimeError(f"postgres exited with {process.returncode}: {log_tail(log, 20)}")
         try:
             with psycopg.connect(server.dsn(), connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
@@ -151,21 +144,6 @@ def _wait_ready(server: PgServer, process: subprocess.Popen[bytes], log: Path) -
         except psycopg.OperationalError as exc:
             last = str(exc).strip()
             time.sleep(0.1)
-    raise RuntimeError(f"PostgreSQL not ready after {START_TIMEOUT:.0f} s ({last}): {_tail(log)}")
-
-
-def _tail(log: Path) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-    return "(no log)"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)  # "fast" shutdown: roll back, disconnect, exit
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+    raise RuntimeError(
+        f"PostgreSQL not ready after {START_TIMEOUT:.0f} s ({last}): {log_tail(log, 20)}"
+    )

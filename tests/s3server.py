@@ -10,7 +10,6 @@ bucket creation is off, so a missing bucket stays missing.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import hashlib
 import hmac
@@ -20,8 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,16 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from tests.processes import die_with_parent, free_port, log_tail, stop
+
 REGION = "us-east-1"
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 START_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the kernel's choice, so parallel runs do not clash)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def weed_binary() -> str:
@@ -144,12 +135,6 @@ def _identity(name: str, actions: list[str]) -> tuple[dict[str, object], str, st
     return {"name": name, "credentials": creds, "actions": actions}, access, secret
 
 
-def _log_tail(log: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    return "(no log)"
-
-
 @contextlib.contextmanager
 def seaweedfs(workdir: Path) -> Iterator[S3Server]:
     """Run SeaweedFS (master, volume, filer, S3 gateway in one process) until the block
@@ -201,7 +186,7 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=workdir, env=env, start_new_session=True, preexec_fn=_die_with_parent,
+            cwd=workdir, env=env, start_new_session=True, preexec_fn=die_with_parent,
         )
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", admin_key, admin_secret, ro_key, ro_secret)
     try:
@@ -209,16 +194,12 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
         server.start_seconds = time.monotonic() - started
         yield server
     finally:
-        _stop(process)
+        # weed 4.48's filer never finishes its graceful stop; the data is throwaway.
+        stop(process, grace=1)
         # weed puts its gRPC Unix sockets in /tmp whatever the flags say; remove ours.
         for role, port in grpc.items():
             with contextlib.suppress(OSError):
                 os.unlink(f"/tmp/seaweedfs-{role}-grpc-{port}.sock")
-
-
-def _die_with_parent() -> None:
-    # A killed test run must not leave a server behind.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path, t0: float) -> None:
@@ -228,7 +209,7 @@ def _wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path, t
     step = ("GET", "/")  # ListBuckets: the gateway, the filer and the identities are up
     while time.monotonic() - t0 < START_TIMEOUT:
         if process.poll() is not None:
-            raise RuntimeError(f"weed exited with status {process.returncode}:\n{_log_tail(log)}")
+            raise RuntimeError(f"weed exited with status {process.returncode}:\n{log_tail(log)}")
         try:
             status, body = signed_request(
                 server.endpoint, server.access_key, server.secret_key, *step
@@ -245,17 +226,5 @@ def _wait_ready(server: S3Server, process: subprocess.Popen[bytes], log: Path, t
             time.sleep(0.05)
     raise RuntimeError(
         f"SeaweedFS S3 at {server.endpoint} not ready after {START_TIMEOUT:.0f} s "
-        f"(last: {last}); log tail:\n{_log_tail(log)}"
+        f"(last: {last}); log tail:\n{log_tail(log)}"
     )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        # weed 4.48's filer never finishes its graceful stop; the data is throwaway.
-        process.wait(timeout=1)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)

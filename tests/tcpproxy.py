@@ -13,7 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from tests.s3server import free_port
+from tests.processes import free_port
 
 
 class TcpProxy:

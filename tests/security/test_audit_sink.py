@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from tests.cli import cli
-from tests.s3server import free_port
+from tests.processes import free_port
 from tests.tcpproxy import tcp_proxy
 from tileserver.security.audit import (
     APPLICATION_ACTIVITY,

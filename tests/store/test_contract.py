@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port
 from tests.s3proxy import FaultyProxy, faulty_proxy
-from tests.s3server import S3Server, free_port
+from tests.s3server import S3Server
 from tests.store.contract import StoreContract, Subject
 from tileserver.errors import StoreError, StoreUnavailable
 from tileserver.files import TMP_PREFIX
