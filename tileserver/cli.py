@@ -24,6 +24,7 @@ from tileserver.config import Settings
 from tileserver.errors import TileserverError
 from tileserver.geometry import Region
 from tileserver.sources import BACKENDS, SlideSource, open_slide
+from tileserver.sources.remote import is_slide_url, local_copy, slide_name
 
 EXIT_ERROR = 1
 
@@ -153,10 +154,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.scheduler:
         return _convert_on_cluster(args)
 
-    def convert_one(path: Path) -> ConvertResult | str:
-        # Runs in the slide's child process, progress bar included (the parent stays free
-        # of threads, so forking the next child is safe).
-        with tqdm(desc=path.name, unit="tile", disable=args.quiet, leave=False) as bar:
+    def convert_one(slide: str) -> ConvertResult | str:
+        # Runs in the slide's child process, progress bar and any download included (the
+        # parent stays free of threads, an S3 client's among them, so forking is safe).
+        with (
+            local_copy(slide) as path,
+            tqdm(desc=path.name, unit="tile", disable=args.quiet, leave=False) as bar,
+        ):
 
             def progress(n: int, total: int) -> None:
                 bar.total = total
@@ -165,9 +169,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
             return convert_file(path, args.out, options, keyring, args.backend, progress)
 
     failed = 0
-    for path in args.slides:
+    for slide in args.slides:
+        name = slide_name(slide)
         try:
-            result = run_limited(partial(convert_one, path), limits, path.name)
+            result = run_limited(partial(convert_one, slide), limits, name)
         except TileserverError as exc:
             failed += 1
             print(f"tileserver: error: {exc}", file=sys.stderr)
@@ -178,11 +183,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
             assign_collection(args.settings, slide_id, args.collection)
         if isinstance(result, str):
-            print(f"{path.name}: already converted as {result}")
+            print(f"{name}: already converted as {result}")
             continue
         chunks = result.chunks
         print(
-            f"{path.name}: {result.slide_id}  {result.l0_pixels / 1e6:.0f} Mpx in "
+            f"{name}: {result.slide_id}  {result.l0_pixels / 1e6:.0f} Mpx in "
             f"{result.seconds:.1f} s = {result.megapixels_per_second:.1f} Mpx/s  "
             f"(chunks: {chunks['copied']} copied, {chunks['written']} encoded, "
             f"{chunks['background']} background, {chunks['kept']} kept from an earlier run)"
@@ -204,7 +209,7 @@ def _convert_on_cluster(args: argparse.Namespace) -> int:
     flags += ["--keep-associated"] * args.keep_associated + ["--no-encrypt"] * args.no_encrypt
     flags += ["--keys", args.keys]
     flags += ["--collection", args.collection] if args.collection else []
-    slides = [str(path.resolve()) for path in args.slides]
+    slides = [s if is_slide_url(s) else str(Path(s).resolve()) for s in args.slides]
     with tqdm(total=len(slides), desc="slides", unit="slide", disable=args.quiet) as bar:
 
         def done(outcome: Outcome) -> None:
@@ -362,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         help="build a store per slide (exit status: number of slides that failed)",
     )
-    convert.add_argument("slides", type=Path, nargs="+")
+    convert.add_argument(
+        "slides", nargs="+", help="slide files, or s3:// URLs of single-file slides"
+    )
     convert.add_argument(
         "--out", required=True, help="where the stores go: a directory, file:// or s3:// URL"
     )
