@@ -52,3 +52,16 @@ def test_convert_reads_slides_from_s3(
     again = cli(home, "convert", "--quiet", url, "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert f"synthetic.svs: already converted as {slide_id}" in again.stdout
+
+
+def test_cluster_workers_fetch_their_own_slides_from_s3(
+    s3_env: str, synthetic_svs: Path, keyring: object, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    open_location(s3_env).put("synthetic.svs", synthetic_svs.read_bytes())
+    out = f"{s3_env}/stores"
+    url = f"{s3_env}/synthetic.svs"
+    done = cli(home, "convert", "--quiet", url, "--out", out, "--scheduler", "local:1")
+    assert done.returncode == 0, done.stderr
+    assert "1 converted, 0 skipped (already complete), 0 failed" in done.stderr
+    assert len(complete_stores(out)) == 1
