@@ -317,11 +317,7 @@ async def _caller(
     route also what it may do with that slide, so ``authorize`` answers from the cache."""
     authz = authenticator.authz
     loop = asyncio.get_running_loop()
-    if authenticator.accounts.remote:  # PostgreSQL: a network round trip, never on the loop
-        generation = await loop.run_in_executor(None, authz.generation)
-    else:  # SQLite: one indexed read of a local file, ~8 us (benchmarks/bench_hot_paths.py)
-        generation = authz.generation()
-    request[GENERATION] = generation
+    generation = await _read_generation(request, authenticator)
     found = authenticator.cached_principal(session, bearer, certificate, generation)
     if found is Lookup.MISS:
         found = await loop.run_in_executor(
@@ -369,7 +365,7 @@ async def _check_suspended(
     key = principal_key(principal, request)
     if monitor.throttling():
         await _check_throttle(request, monitor, key)
-    generation = _generation(request, authenticator)
+    generation = await _read_generation(request, authenticator)
     suspended = monitor.suspended(key, generation)
     if suspended is None:  # the suspension list changed: read it again, off the loop
         await asyncio.get_running_loop().run_in_executor(None, monitor.refresh, generation)
@@ -445,6 +441,22 @@ def authorize(request: web.Request, slide_id: str, scope: str) -> Principal:
         request[REFUSED] = _refusal(request, NOT_GRANTED, principal, slide_id)
         raise SlideNotFound("no such slide")
     return principal
+
+
+async def _read_generation(request: web.Request, authenticator: Authenticator) -> int:
+    """The change counter, read once per request (a signed URL's first read is the
+    suspension check's) and kept on the request for the cached answers."""
+    known: int | None = request.get(GENERATION)
+    if known is not None:
+        return known
+    generation: int
+    if authenticator.accounts.remote:  # PostgreSQL: a network round trip, never on the loop
+        loop = asyncio.get_running_loop()
+        generation = await loop.run_in_executor(None, authenticator.authz.generation)
+    else:  # SQLite: one indexed read of a local file, ~5 us (benchmarks/bench_authz.py)
+        generation = authenticator.authz.generation()
+    request[GENERATION] = generation
+    return generation
 
 
 def _generation(request: web.Request, authenticator: Authenticator) -> int:
