@@ -24,7 +24,8 @@ from tileserver.config import Settings
 from tileserver.errors import TileserverError
 from tileserver.geometry import Region
 from tileserver.sources import BACKENDS, SlideSource, open_slide
-from tileserver.sources.remote import is_slide_url, local_copy, slide_name
+from tileserver.sources.remote import local_copy, slide_name
+from tileserver.store.location import is_remote
 
 EXIT_ERROR = 1
 
@@ -209,7 +210,7 @@ def _convert_on_cluster(args: argparse.Namespace) -> int:
     flags += ["--keep-associated"] * args.keep_associated + ["--no-encrypt"] * args.no_encrypt
     flags += ["--keys", args.keys]
     flags += ["--collection", args.collection] if args.collection else []
-    slides = [s if is_slide_url(s) else str(Path(s).resolve()) for s in args.slides]
+    slides = [s if is_remote(s) else str(Path(s).resolve()) for s in args.slides]
     with tqdm(total=len(slides), desc="slides", unit="slide", disable=args.quiet) as bar:
 
         def done(outcome: Outcome) -> None:

@@ -19,20 +19,16 @@ PIECE = 64 << 20  # bytes per ranged read
 MULTI_FILE = (".mrxs", ".vms", ".vmu", ".dcm")
 
 
-def is_slide_url(slide: str) -> bool:
-    return is_remote(slide)
-
-
 def slide_name(slide: str) -> str:
     """The file name of a slide path or URL, for messages."""
-    return PurePosixPath(slide.split("?", 1)[0]).name if is_slide_url(slide) else Path(slide).name
+    return PurePosixPath(slide.split("?", 1)[0]).name if is_remote(slide) else Path(slide).name
 
 
 @contextmanager
 def local_copy(slide: str, directory: Path | None = None) -> Iterator[Path]:
     """A local path to read ``slide`` from: the path itself, or for a URL a private
     temporary copy (under ``directory``, else $TMPDIR) deleted when the block ends."""
-    if not is_slide_url(slide):
+    if not is_remote(slide):
         yield Path(slide)
         return
     name = slide_name(slide)
