@@ -14,6 +14,7 @@ from tileserver.library import SlideLibrary
 from tileserver.security.audit import APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP
 from tileserver.security.refusals import WINDOW, RefusalAudit
 from tileserver.server.auth import SECURITY, Security, auth_middleware
+from tileserver.server.cors import cors_headers, cors_middleware
 from tileserver.server.errors import error_middleware
 from tileserver.server.routes import api, auth, deepzoom, iiif, viewer
 from tileserver.service import ServiceSettings, SlideService
@@ -70,7 +71,7 @@ def create_app(
     """The application; ``public_url`` (``scheme://host[:port]``, checked by run.check_safe)
     is where clients reach it, for absolute URLs in documents (IIIF ids)."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[cors_middleware(public_url), error_middleware, auth_middleware],
         client_max_size=64 * 1024,  # the API takes small forms only
         handler_args={"max_field_size": 8190, "max_line_size": 8190, "max_headers": 64},
     )
@@ -112,6 +113,7 @@ def create_app(
         service.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(cors_headers)  # /iiif/, /dicomweb/: CORS, CORP cross-origin
     app.on_response_prepare.append(_headers)
     app.add_routes([web.get("/health", _health)])
     app.add_routes(auth.routes())

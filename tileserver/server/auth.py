@@ -53,6 +53,7 @@ from tileserver.security.refusals import (
     address_key,
 )
 from tileserver.security.signed_urls import SharedUrlKeys, UrlKeys, check, is_signed
+from tileserver.server.cors import CROSS_ORIGIN
 
 SESSION_COOKIE = "__Host-tileserver"
 PLAIN_SESSION_COOKIE = "tileserver"  # without TLS: browsers refuse __Host- over plain HTTP
@@ -63,6 +64,7 @@ PUBLIC = frozenset(
         "/auth/login",
         "/auth/enrol",
         "/auth/enrol/confirm",
+        "/auth/enrol/link",
         "/auth/link",
         "/login",
         "/favicon.ico",
@@ -203,6 +205,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         await _check_rate(request, security, LOCAL_ANONYMOUS)
         return await handler(request)
     session = request.cookies.get(session_cookie(security.tls))
+    if request.get(CROSS_ORIGIN):  # another site's page: tokens and signed URLs only (cors.py)
+        session = None
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth.lower().startswith("bearer ") else None
     try:
