@@ -157,9 +157,17 @@ def starters(
     return {"secure": secure, "tls-open": tls_open, "open": open_, "lighttpd": lighttpd}
 
 
-def run_wrk(base: str, paths_file: Path, token: str | None, args: argparse.Namespace) -> Any:
-    """One wrk run against ``base``: its RESULT line as a dict."""
+def run_wrk(
+    base: str,
+    paths_file: Path,
+    token: str | None,
+    args: argparse.Namespace,
+    headers: Sequence[str] = (),
+) -> Any:
+    """One wrk run against ``base`` (``headers``: extra "Name: value" request headers): its
+    RESULT line as a dict."""
     cmd = ["wrk", "-t", str(args.wrk_threads), "-c", str(args.connections)]
+    cmd += [arg for header in headers for arg in ("-H", header)]
     cmd += ["-d", f"{args.wrk_seconds}s", "--timeout", "10s", "-s", str(LUA), base]
     cmd += ["--", str(paths_file)]
     env = {k: v for k, v in os.environ.items() if k != "BENCH_TOKEN"}
