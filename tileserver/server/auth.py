@@ -84,7 +84,7 @@ SIGNED: web.RequestKey[list[tuple[str, str]]] = web.RequestKey("signed", list)
 # Whoever holds a signed URL: it opens tiles or regions of one slide (checked in authorize),
 # and only under these prefixes; every other route refuses it.
 SIGNED_URL = Principal("url", "signed-url", "viewer", frozenset({"tiles", "regions"}), None)
-SIGNED_PREFIXES = ("/deepzoom/", "/iiif/", "/api/slides/")
+SIGNED_PREFIXES = ("/deepzoom/", "/iiif/", "/api/slides/", "/dicomweb/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -499,9 +499,15 @@ async def audit(request: web.Request, event_id: int, **fields: object) -> None:
     )
 
 
-def view_tile(request: web.Request, slide_id: str, level: int) -> None:
+def view_tile(
+    request: web.Request,
+    slide_id: str,
+    level: int,
+    col: int | None = None,
+    row: int | None = None,
+) -> None:
     """Count a tile towards the (session, slide) view record, written in batches, and queue
-    it for the detector (with its column and row, where the route has them)."""
+    it for the detector (with its column and row: given, or from the route's path)."""
     security = request.app[SECURITY]
     principal = request.get(PRINCIPAL)
     if principal is None:
@@ -521,8 +527,8 @@ def view_tile(request: web.Request, slide_id: str, level: int) -> None:
                 source,
                 slide_id,
                 level,
-                int(m["col"]) if "col" in m else None,
-                int(m["row"]) if "row" in m else None,
+                col if col is not None else int(m["col"]) if "col" in m else None,
+                row if row is not None else int(m["row"]) if "row" in m else None,
                 certificate=str(peer["serialNumber"]) if peer and "serialNumber" in peer else None,
                 session=principal.session,
             )
