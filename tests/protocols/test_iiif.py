@@ -12,9 +12,15 @@ from hypothesis import strategies as st
 from tileserver.errors import TileserverError
 from tileserver.geometry import Region, Size
 from tileserver.protocols.iiif import (
+    EXTRA_FEATURES,
+    EXTRA_FORMATS,
+    EXTRA_QUALITIES,
+    JSON_LD,
+    PROFILE_LINK,
     IIIFError,
     ImageRequest,
     info_json,
+    info_media_type,
     parse_request,
     passthrough_chunk,
 )
@@ -407,7 +413,7 @@ def test_info_json() -> None:
         "sizes": [{"width": 188, "height": 125}, {"width": 375, "height": 250}],
         "extraQualities": ["color", "gray", "bitonal"],
         "extraFormats": ["webp"],
-        "extraFeatures": ["mirroring", "sizeUpscaling"],
+        "extraFeatures": ["mirroring", "sizeUpscaling", "profileLinkHeader"],
     }
     json.dumps(doc)
 
@@ -419,7 +425,7 @@ def test_info_json_extra_features_and_validation() -> None:
         return info_json("x", Size(100, 100), **args)  # type: ignore[arg-type]
 
     features = build(extra_features=["canonicalLinkHeader", "mirroring"])["extraFeatures"]
-    assert features == ["mirroring", "sizeUpscaling", "canonicalLinkHeader"]
+    assert features == ["mirroring", "sizeUpscaling", "profileLinkHeader", "canonicalLinkHeader"]
     for bad in (
         {"scale_factors": []},
         {"scale_factors": [1, 1]},
@@ -471,3 +477,86 @@ def test_passthrough_of_a_full_chunk_clipped_at_level_0() -> None:
     assert request.l0_region == Region(0, 0, 1021, 1024)
     assert request.out_size == Size(256, 256)
     assert passthrough_chunk(request, l0_size, 256, 3) == (2, 0, 0)
+
+
+# Compliance (the compliance document, sections 3-4) ---------------------------------------
+
+# Every feature level 2 requires, and each extra one info.json claims, with a request that
+# uses it on the spec's 300x200 image and what it must give.
+LEVEL2_FEATURES = {
+    "full": ({"region": "full"}, Region(0, 0, 300, 200), Size(300, 200)),
+    "regionByPx": ({"region": "125,15,120,140"}, Region(125, 15, 120, 140), Size(120, 140)),
+    "regionByPct": ({"region": "pct:41.6,7.5,40,70"}, Region(125, 15, 120, 140), Size(120, 140)),
+    "regionSquare": ({"region": "square"}, Region(50, 0, 200, 200), Size(200, 200)),
+    "max": ({"size": "max"}, Region(0, 0, 300, 200), Size(300, 200)),
+    "sizeByW": ({"size": "150,"}, Region(0, 0, 300, 200), Size(150, 100)),
+    "sizeByH": ({"size": ",150"}, Region(0, 0, 300, 200), Size(225, 150)),
+    "sizeByPct": ({"size": "pct:50"}, Region(0, 0, 300, 200), Size(150, 100)),
+    "sizeByConfinedWh": ({"size": "!225,100"}, Region(0, 0, 300, 200), Size(150, 100)),
+    "sizeByWh": ({"size": "225,100"}, Region(0, 0, 300, 200), Size(225, 100)),
+    "sizeUpscaling": ({"size": "^!360,360"}, Region(0, 0, 300, 200), Size(360, 240)),
+    "rotationBy90s": ({"rotation": "270"}, Region(0, 0, 300, 200), Size(300, 200)),
+    "mirroring": ({"rotation": "!90"}, Region(0, 0, 300, 200), Size(300, 200)),
+}
+
+
+@pytest.mark.parametrize("feature", LEVEL2_FEATURES)
+def test_every_level_2_feature_and_claimed_extra_is_served(feature: str) -> None:
+    params, region, out = LEVEL2_FEATURES[feature]
+    request = parse(**params)  # type: ignore[arg-type]
+    assert (request.l0_region, request.out_size) == (region, out)
+
+
+def test_claims_match_what_is_served() -> None:
+    # Image features claimed beyond level 2 are the ones the table above serves; the HTTP
+    # one is the profile Link header (routes), which points at the level-2 document.
+    assert {f for f in EXTRA_FEATURES if f != "profileLinkHeader"} <= set(LEVEL2_FEATURES)
+    assert PROFILE_LINK == '<http://iiif.io/api/image/3/level2.json>;rel="profile"'
+    for quality in ("default", *EXTRA_QUALITIES):  # color and gray are required at level 2
+        assert parse(quality=quality).quality == quality
+    for fmt in ("jpg", "png", *EXTRA_FORMATS):
+        assert parse(fmt=fmt).format == fmt
+    assert {"color", "gray"} <= set(EXTRA_QUALITIES)
+    assert parse(rotation="!180").mirror and parse(rotation="!180").rotation == 180
+
+
+@pytest.mark.parametrize("l0_size", [Size(300, 200), Size(1021, 1024), Size(4097, 3001)])
+def test_every_tile_and_size_info_json_advertises_is_served(l0_size: Size) -> None:
+    # "must support requests for the sizes implicit in tiles" and "for the sizes listed":
+    # every tile of every scale factor, in the w,h and w, forms clients use.
+    tile, factors = 256, [1, 2, 4, 8, 16]
+    for factor in factors:
+        span = tile * factor
+        for x in range(0, l0_size.width, span):
+            for y in range(0, l0_size.height, span):
+                w, h = min(span, l0_size.width - x), min(span, l0_size.height - y)
+                out = Size(-(-w // factor), -(-h // factor))
+                region = f"{x},{y},{w},{h}"
+                exact = parse(region=region, size=f"{out.width},{out.height}", l0_size=l0_size)
+                assert exact.out_size == out
+                assert parse(region=region, size=f"{out.width},", l0_size=l0_size).out_size.width
+    for factor in factors:  # the sizes list: each level of the full image
+        out = Size(-(-l0_size.width // factor), -(-l0_size.height // factor))
+        assert parse(size=f"{out.width},{out.height}", l0_size=l0_size).out_size == out
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, JSON_LD),  # spec 5.1: no Accept header, JSON-LD
+        ("", JSON_LD),
+        ("application/ld+json", JSON_LD),
+        (f"{JSON_LD}", JSON_LD),
+        ("application/ld+json;q=0.9, application/json;q=0.9", JSON_LD),
+        ("application/json, application/ld+json;q=0.5", "application/json"),
+        ("APPLICATION/LD+JSON", JSON_LD),
+        ("application/ld+json;q=0", "application/json"),
+        ("application/ld+json;q=nan", "application/json"),
+        ("*/*", "application/json"),  # browsers and OpenSeadragon
+        ("application/json", "application/json"),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", "application/json"),
+    ],
+)
+def test_info_media_type_negotiates_json_ld(accept: str | None, expected: str) -> None:
+    assert info_media_type(accept) == expected
+    assert JSON_LD == 'application/ld+json;profile="http://iiif.io/api/image/3/context.json"'

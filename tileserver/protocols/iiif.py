@@ -5,6 +5,13 @@ level 2 we support mirroring (``!n``), upscaling (``^``, up to ``max_upscale`` t
 region), the ``bitonal`` quality and the ``webp`` format; arbitrary rotation is refused.
 Arithmetic is exact (``Fraction``) and rounds half up, so a request always maps to the same
 pixels on every platform.
+
+Status codes follow the sections that name one: an unsupported rotation, quality or format,
+a size over the caps and a region outside the image are 400 (spec 4.1-4.5, though the table
+in 7.3 suggests 404 or 501 for some); upscaling is supported, so the 501 of 4.2 never
+arises. HTTP features beyond level 2: the profile ``Link`` header (``PROFILE_LINK``, sent by
+the routes on info.json and images). Not claimed: ``canonicalLinkHeader`` (it would cost a
+second parse of every tile request) and ``rotationArbitrary``.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from tileserver.geometry import Region, Size, aligned_chunk
 
 CONTEXT = "http://iiif.io/api/image/3/context.json"
 PROTOCOL = "http://iiif.io/api/image"
+LEVEL2_PROFILE = "http://iiif.io/api/image/3/level2.json"  # the profile document (spec 6)
+PROFILE_LINK = f'<{LEVEL2_PROFILE}>;rel="profile"'
+JSON_LD = f'application/ld+json;profile="{CONTEXT}"'
 QUALITIES = ("default", "color", "gray", "bitonal")
 FORMATS = ("jpg", "png", "webp")
 # Level 2 requires only jpg and png; every quality except ``default`` must be listed.
 EXTRA_FORMATS = ("webp",)
 EXTRA_QUALITIES = ("color", "gray", "bitonal")
-EXTRA_FEATURES = ("mirroring", "sizeUpscaling")
+EXTRA_FEATURES = ("mirroring", "sizeUpscaling", "profileLinkHeader")
 
 Parameter = Literal["region", "size", "rotation", "quality", "format"]
 
@@ -320,6 +330,31 @@ def info_json(
         "extraFormats": list(EXTRA_FORMATS),
         "extraFeatures": [*EXTRA_FEATURES, *(f for f in extra_features if f not in EXTRA_FEATURES)],
     }
+
+
+def info_media_type(accept: str | None) -> str:
+    """info.json's Content-Type for a request's ``Accept`` header (spec 5.1): JSON-LD with the
+    context as its profile when there is no header or it ranks ``application/ld+json`` at
+    least as high as ``application/json``; plain JSON otherwise (a browser's ``*/*``)."""
+    if accept is None or not accept.strip():
+        return JSON_LD
+    ranks = {"application/ld+json": 0.0, "application/json": 0.0}
+    for item in accept.split(",")[:32]:  # more is not a real client
+        media, *params = (part.strip() for part in item.split(";"))
+        if media.lower() not in ranks:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if 0.0 < q <= 1.0:
+            ranks[media.lower()] = max(ranks[media.lower()], q)
+    ld, plain = ranks["application/ld+json"], ranks["application/json"]
+    return JSON_LD if ld > 0 and ld >= plain else "application/json"
 
 
 def passthrough_chunk(

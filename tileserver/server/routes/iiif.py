@@ -8,9 +8,14 @@ A signed link of scope ``tiles`` opens info.json and image requests that are exa
 of the grid info.json advertises (any quality, rotation or format: a tile's worth of pixels);
 any other region or size is a render it does not open (403). Signed ``regions`` links are for
 ``/api/slides/{id}/region`` and open nothing here.
+
+info.json is JSON-LD when asked for (``iiif.info_media_type``), and it and every image carry
+the level-2 profile ``Link`` header. CORS for these routes is server/cors.py's.
 """
 
 from __future__ import annotations
+
+import json
 
 from aiohttp import web
 
@@ -21,7 +26,6 @@ from tileserver.server.http import if_none_match, image_response, render_key
 from tileserver.service import SlideService
 
 SLIDE = "{slide_id:[0-9a-f]{32}}"
-CONTEXT = "http://iiif.io/api/image/3/context.json"
 
 
 def is_one_tile(request: iiif.ImageRequest, l0_size: Size, tile: int, levels: int) -> bool:
@@ -55,12 +59,14 @@ def routes(service: SlideService, public_url: str | None = None) -> list[web.Rou
     async def info(request: web.Request) -> web.Response:
         authorize(request, request.match_info["slide_id"], "tiles")
         doc = await service.iiif_info(request.match_info["slide_id"], base_id(request))
-        wants_ld = "application/ld+json" in request.headers.get("Accept", "")
-        content_type = "application/ld+json" if wants_ld else "application/json"
-        return web.json_response(
-            doc,
-            content_type=content_type,
-            headers={"Cache-Control": "private, no-cache", "Link": f'<{CONTEXT}>; rel="profile"'},
+        return web.Response(
+            body=json.dumps(doc).encode(),
+            headers={
+                "Content-Type": iiif.info_media_type(request.headers.get("Accept")),
+                "Cache-Control": "private, no-cache",
+                "Link": iiif.PROFILE_LINK,
+                "Vary": "Accept",
+            },
         )
 
     async def image(request: web.Request) -> web.Response:
@@ -72,7 +78,9 @@ def routes(service: SlideService, public_url: str | None = None) -> list[web.Rou
         who = render_key(request)
         encoded = await service.iiif_image(m["slide_id"], params, if_none_match(request), who)
         view_tile(request, m["slide_id"], -1)
-        return image_response(encoded)
+        response = image_response(encoded)
+        response.headers["Link"] = iiif.PROFILE_LINK
+        return response
 
     async def _only_tiles(
         request: web.Request, slide_id: str, params: tuple[str, str, str, str, str]
