@@ -37,8 +37,9 @@ from tileserver.security.crypto import Sealer
 from tileserver.security.database import Database, Row, Transaction, migrate, open_database
 
 ROLES = ("admin", "pathologist", "viewer")
-SCOPES = ("metadata", "thumbnails", "tiles", "regions", "labels")
-USER_SCOPES = frozenset({"metadata", "thumbnails", "tiles", "regions"})  # labels need a grant
+SCOPES = ("metadata", "thumbnails", "tiles", "regions", "labels", "annotations")
+# People get these with a view grant (labels need their own); tokens only what they name.
+USER_SCOPES = frozenset({"metadata", "thumbnails", "tiles", "regions", "annotations"})
 
 # Throttle rows of names that are not accounts are forgotten after a day without attempts.
 UNKNOWN_NAME_MEMORY = 24 * 3600.0

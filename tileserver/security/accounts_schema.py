@@ -61,4 +61,22 @@ CREATE TABLE IF NOT EXISTS key_checks (purpose TEXT PRIMARY KEY, digest TEXT NOT
 CREATE TABLE IF NOT EXISTS url_keys (kid INTEGER PRIMARY KEY, sealed BLOB NOT NULL)
 """,
     ),
+    # Annotations (security/annotation_store.py): one row per annotation naming its newest
+    # version, and every version ever written, append-only (an edit adds one, a delete adds a
+    # tombstone). Bodies are sealed with a key derived from the slide's data key.
+    Migration(
+        5,
+        """
+CREATE TABLE IF NOT EXISTS annotations (
+    id TEXT PRIMARY KEY, slide_id TEXT NOT NULL, author TEXT NOT NULL,
+    version INTEGER NOT NULL, shared INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS annotations_slide ON annotations (slide_id, deleted);
+CREATE TABLE IF NOT EXISTS annotation_versions (
+    annotation_id TEXT NOT NULL, version INTEGER NOT NULL, slide_id TEXT NOT NULL,
+    author TEXT NOT NULL, shared INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    created REAL NOT NULL, sealed BLOB,
+    PRIMARY KEY (annotation_id, version))
+""",
+    ),
 ]

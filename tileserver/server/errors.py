@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from tileserver.annotations import AnnotationError, AnnotationTooLarge
 from tileserver.errors import (
     IntegrityError,
     KeyUnavailable,
@@ -25,9 +26,16 @@ from tileserver.errors import (
     TileserverError,
 )
 from tileserver.protocols.deepzoom import TileNotFound
+from tileserver.protocols.dicomweb import FrameNotFound, NotAcceptable, QueryError
 from tileserver.protocols.iiif import IIIFError
 from tileserver.render.admission import RenderBusy
 from tileserver.render.budget import BudgetExceeded
+from tileserver.security.annotation_store import (
+    AnnotationForbidden,
+    AnnotationNotFound,
+    AnnotationStale,
+    AnnotationsUnavailable,
+)
 from tileserver.security.database import RETRY_AFTER, DatabaseConflict, DatabaseUnavailable
 from tileserver.security.signed_urls import SignatureRejected
 
@@ -44,9 +52,18 @@ STATUS: list[tuple[type[BaseException], int]] = [
     (SlideNotFound, 404),
     (TileNotFound, 404),
     (IIIFError, 400),
+    (QueryError, 400),
+    (FrameNotFound, 404),
+    (NotAcceptable, 406),
     (SignatureRejected, 403),
     (DatabaseUnavailable, 503),
     (DatabaseConflict, 409),
+    (AnnotationTooLarge, 413),
+    (AnnotationError, 400),
+    (AnnotationNotFound, 404),
+    (AnnotationForbidden, 403),
+    (AnnotationStale, 412),
+    (AnnotationsUnavailable, 409),
     (BudgetExceeded, 429),
     (RenderBusy, 503),
     (RegionError, 400),
