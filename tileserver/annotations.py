@@ -323,13 +323,14 @@ def _check_shape(shape: str, coords: Any) -> None:
 
 
 def is_rectangle(corners: Sequence[Sequence[float]]) -> bool:
-    """Four corners, in order, with sides of positive length meeting at right angles (to a
-    tolerance: corners are kept to a thousandth of a pixel)."""
+    """Four corners, in order, with sides of positive length meeting at right angles, to
+    the tolerance rounding corners to a thousandth of a pixel needs (each side's components
+    move by up to 0.001, the dot product by up to 0.001 * sqrt(2) * (|u| + |v|))."""
     for i in range(4):
         (ax, ay), (bx, by), (cx, cy) = corners[i - 1], corners[i], corners[(i + 1) % 4]
         ux, uy, vx, vy = bx - ax, by - ay, cx - bx, cy - by
         lu, lv = math.hypot(ux, uy), math.hypot(vx, vy)
-        if lu == 0 or lv == 0 or abs(ux * vx + uy * vy) > 1e-3 * (lu + lv) + 1e-9 * lu * lv:
+        if lu == 0 or lv == 0 or abs(ux * vx + uy * vy) > 2e-3 * (lu + lv) + 1e-9 * lu * lv:
             return False
     return True
 
