@@ -4,10 +4,12 @@ and simplejpeg in the package (the store's own chunk codec lives in store/chunks
 from __future__ import annotations
 
 import io
+import struct
+from functools import cache
 
 import numpy as np
 import simplejpeg
-from PIL import Image
+from PIL import Image, ImageCms
 
 from tileserver.geometry import Size
 from tileserver.sources.base import MAX_DECODE_PIXELS
@@ -104,3 +106,14 @@ def rotate(pixels: np.ndarray, degrees: int, mirror: bool) -> np.ndarray:
     if degrees % 360:
         pixels = np.rot90(pixels, k=-(degrees // 90))
     return np.ascontiguousarray(pixels)
+
+
+@cache
+def srgb_icc_profile() -> bytes:
+    """An sRGB ICC profile (LittleCMS's, through Pillow): what a colour image's pixels mean
+    when the source gave no profile (DICOM WSI requires one for colour images). The header's
+    creation date is fixed so the bytes are the same in every process (ETags, digests)."""
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
+    profile[84:100] = bytes(16)  # a profile ID (MD5) would cover the date: zero is "none"
+    return bytes(profile)
