@@ -106,8 +106,9 @@ class AnnotationStore:
         now = self.now()
         records = []
         with self.db.transaction(serial=None) as tx:
-            for annotation in annotations:
-                aid = new_annotation_id()
+            # Listed by (created, id): sorted IDs keep an import's order under one timestamp.
+            ids = sorted(new_annotation_id() for _ in annotations)
+            for aid, annotation in zip(ids, annotations, strict=True):
                 record = Record(
                     aid, slide_id, author, 1, annotation.shared, False, now, now, annotation
                 )
