@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tileserver.annotations import (
     MAX_BODY_BYTES,
     MAX_FEATURES,
+    MAX_RINGS,
     MAX_TEXT,
     MAX_VERTICES,
     Annotation,
@@ -152,18 +153,21 @@ def test_bad_input_is_refused_with_a_message(doc: Any, needle: str) -> None:
     assert needle in str(caught.value), str(caught.value)
 
 
-def test_limits_are_too_large_errors() -> None:
+def test_limits_name_themselves_and_only_the_body_limit_is_too_large() -> None:
     many = [[float(i % 3000), 1.0] for i in range(MAX_VERTICES + 1)]
-    with pytest.raises(AnnotationTooLarge, match="vertices"):
-        parse_feature(feat("LineString", many), FRAME)
-    point = feat("Point", [1, 1])
-    with pytest.raises(AnnotationTooLarge, match="features"):
-        parse_import({"type": "FeatureCollection", "features": [point] * (MAX_FEATURES + 1)}, FRAME)
+    point, line = feat("Point", [1, 1]), feat("LineString", [[1.0, 1.0]] * 9_000)
+    over = [
+        (feat("LineString", many), "10000 vertices"),
+        (feat("Polygon", rect(0, 0, 1, 1) * (MAX_RINGS + 1)), "64 rings"),
+        ({"type": "FeatureCollection", "features": [point] * (MAX_FEATURES + 1)}, "features"),
+        ({"type": "FeatureCollection", "features": [line] * 12}, "vertices per request"),
+    ]
+    for doc, needle in over:
+        with pytest.raises(AnnotationError, match=needle) as caught:
+            parse_import(doc, FRAME)
+        assert not isinstance(caught.value, AnnotationTooLarge)  # a 400, not a 413
     with pytest.raises(AnnotationTooLarge, match="bytes"):
         parse_json(b" " * (MAX_BODY_BYTES + 1))
-    line = feat("LineString", [[1.0, 1.0]] * 9_000)
-    with pytest.raises(AnnotationTooLarge, match="per request"):
-        parse_import({"type": "FeatureCollection", "features": [line] * 12}, FRAME)
 
 
 def test_json_that_is_not_json_is_refused() -> None:

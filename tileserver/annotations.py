@@ -77,7 +77,8 @@ class AnnotationError(TileserverError, ValueError):
 
 
 class AnnotationTooLarge(AnnotationError):
-    """A body, geometry or import over its size limit (the message names the limit)."""
+    """A body over MAX_BODY_BYTES (HTTP 413); a geometry or import over its limits is an
+    AnnotationError (400) naming the limit."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def parse_import(doc: Any, frame: SlideFrame) -> list[Annotation]:
     if not features:
         raise AnnotationError("FeatureCollection has no features")
     if len(features) > MAX_FEATURES:
-        raise AnnotationTooLarge(f"at most {MAX_FEATURES} features per request")
+        raise AnnotationError(f"at most {MAX_FEATURES} features per request")
     parsed, total = [], 0
     for i, feature in enumerate(features):
         try:
@@ -154,7 +155,7 @@ def parse_import(doc: Any, frame: SlideFrame) -> list[Annotation]:
             raise type(exc)(f"features[{i}]: {exc}") from None
         total += count_positions(annotation.geometry)
         if total > MAX_IMPORT_VERTICES:
-            raise AnnotationTooLarge(f"at most {MAX_IMPORT_VERTICES} vertices per request")
+            raise AnnotationError(f"at most {MAX_IMPORT_VERTICES} vertices per request")
         parsed.append(annotation)
     return parsed
 
@@ -269,7 +270,7 @@ def _geometry(doc: Any, frame: SlideFrame) -> dict[str, Any]:
     if not isinstance(coords, list) or not coords:
         raise AnnotationError("a Polygon's coordinates are a list of rings")
     if len(coords) > MAX_RINGS:
-        raise AnnotationTooLarge(f"a Polygon has at most {MAX_RINGS} rings")
+        raise AnnotationError(f"a Polygon has at most {MAX_RINGS} rings")
     rings, left = [], MAX_VERTICES
     for ring in coords:
         points = _positions(ring, frame, "a Polygon ring", left)
@@ -286,7 +287,7 @@ def _positions(coords: Any, frame: SlideFrame, what: str, limit: int) -> list[li
     if not isinstance(coords, list):
         raise AnnotationError(f"{what}'s coordinates must be a list of positions")
     if len(coords) > limit:
-        raise AnnotationTooLarge(f"a geometry has at most {MAX_VERTICES} vertices")
+        raise AnnotationError(f"a geometry has at most {MAX_VERTICES} vertices")
     return [_position(p, frame) for p in coords]
 
 
