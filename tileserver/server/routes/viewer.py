@@ -6,9 +6,11 @@ session cookie. ``/login`` and ``/static/`` are public (no patient data); ``/`` 
 ``/view/{id}`` go through the auth middleware like every other route, so a browser without a
 session is sent to ``/login?next=...`` and back.
 
-OpenSeadragon is not part of the repository: ``scripts/setup-browser.sh`` installs it from the
-npm registry (pinned by ``package-lock.json``) into ``node_modules``, and it is served from
-there under ``/static/vendor/openseadragon/``. Without it the viewer says how to install it.
+Browser libraries are not part of the repository: ``scripts/setup-browser.sh`` installs them
+from the npm registry (pinned by ``package-lock.json``) into ``node_modules``, and each is
+served from there under ``/static/vendor/<package>/`` (``VENDORS``): OpenSeadragon for the
+viewer, dicom-microscopy-viewer and dicomweb-client for the DICOMweb compatibility page. A
+package that is not installed is a 404 saying how to install it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -26,11 +29,59 @@ logger = logging.getLogger(__name__)
 
 SLIDE = "{slide_id:[0-9a-f]{32}}"
 STATIC = Path(__file__).resolve().parent.parent / "static"
-VENDOR_PREFIX = "vendor/openseadragon/"
-OSD_SUBDIR = Path("node_modules", "openseadragon", "build", "openseadragon")
-OSD_MISSING = (
-    "OpenSeadragon is not installed: run scripts/setup-browser.sh (npm ci) in the tileserver "
-    "checkout, or set TILESERVER_OPENSEADRAGON to its build/openseadragon directory"
+VENDOR_PREFIX = "vendor/"
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """An npm package's directory served under ``/static/vendor/<name>/``."""
+
+    name: str
+    directory: Path  # relative to the checkout (or the working directory)
+    marker: str  # a file under ``directory`` that shows the package is installed
+    override: str = ""  # an environment variable that names the directory instead
+    workers: frozenset[str] = frozenset()  # files run as Web Workers (served with WORKER_CSP)
+
+    @property
+    def missing(self) -> str:
+        where = f", or set {self.override} to its directory" if self.override else ""
+        return (
+            f"{self.name} is not installed: run scripts/setup-browser.sh (npm ci) in the "
+            f"tileserver checkout{where}"
+        )
+
+
+OPENSEADRAGON = Vendor(
+    "openseadragon",
+    Path("node_modules", "openseadragon", "build", "openseadragon"),
+    "openseadragon.min.js",
+    "TILESERVER_OPENSEADRAGON",
+)
+# The whole dist directory: the page loads dynamic-import/dicomMicroscopyViewer.min.js, which
+# starts dynamic-import/dataLoader.worker.min.js, which fetches the *.wasm decoders beside it.
+DICOM_MICROSCOPY_VIEWER = Vendor(
+    "dicom-microscopy-viewer",
+    Path("node_modules", "dicom-microscopy-viewer", "dist"),
+    "dynamic-import/dicomMicroscopyViewer.min.js",
+    workers=frozenset({"dynamic-import/dataLoader.worker.min.js"}),
+)
+DICOMWEB_CLIENT = Vendor(
+    "dicomweb-client", Path("node_modules", "dicomweb-client", "build"), "dicomweb-client.js"
+)
+VENDORS = {v.name: v for v in (OPENSEADRAGON, DICOM_MICROSCOPY_VIEWER, DICOMWEB_CLIENT)}
+OSD_MISSING = OPENSEADRAGON.missing
+
+# dicom-microscopy-viewer decodes frames in a Web Worker with WebAssembly codecs (libjpeg-turbo,
+# OpenJPEG, CharLS, an ICC transform) built with Emscripten's embind, which compiles its glue
+# with `new Function` (measured in Chromium: without 'unsafe-eval' every frame fails to decode).
+# A worker runs under the CSP of its own script's response, so only that script gets this
+# policy: app.py's, plus 'unsafe-eval' and 'wasm-unsafe-eval'. The worker has no DOM and sees
+# only frame bytes posted to it; the page that starts it, and every other response, keep
+# app.py's strict policy (tests/viewer/test_dicom_microscopy_viewer.py checks both).
+WORKER_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+    "script-src 'self' 'unsafe-eval' 'wasm-unsafe-eval'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 UNSORTED = "Unassigned"
 # Our longest static path is far shorter; longer names are 404 before the file system sees
@@ -45,22 +96,29 @@ _TYPES = {
     ".svg": "image/svg+xml",
     ".png": "image/png",
     ".ico": "image/x-icon",
+    ".wasm": "application/wasm",  # WebAssembly.instantiateStreaming insists on it
 }
 PAGE_HEADERS = {"Cache-Control": "no-cache"}
 
 
-def openseadragon_dir() -> Path | None:
-    """Where the OpenSeadragon build is: $TILESERVER_OPENSEADRAGON if set, else ``node_modules``
-    in the checkout this package runs from, else in the working directory; None if absent."""
-    override = os.environ.get("TILESERVER_OPENSEADRAGON")
+def vendor_dir(vendor: Vendor) -> Path | None:
+    """Where ``vendor``'s served directory is: its override variable's value if set, else under
+    the checkout this package runs from, else under the working directory; None if absent."""
+    override = os.environ.get(vendor.override) if vendor.override else None
     if override:
         candidates = [Path(override)]
     else:
-        candidates = [Path(__file__).resolve().parents[3] / OSD_SUBDIR, Path.cwd() / OSD_SUBDIR]
+        checkout = Path(__file__).resolve().parents[3]
+        candidates = [checkout / vendor.directory, Path.cwd() / vendor.directory]
     for candidate in candidates:
-        if (candidate / "openseadragon.min.js").is_file():
+        if (candidate / vendor.marker).is_file():
             return candidate.resolve()
     return None
+
+
+def openseadragon_dir() -> Path | None:
+    """Where the OpenSeadragon build is ($TILESERVER_OPENSEADRAGON or node_modules), or None."""
+    return vendor_dir(OPENSEADRAGON)
 
 
 def _file_under(base: Path, relative: str) -> Path | None:
@@ -90,10 +148,22 @@ def _file_response(path: Path, headers: dict[str, str] | None = None) -> web.Fil
 
 
 def routes() -> list[web.RouteDef]:
-    osd = openseadragon_dir()
-    if osd is None:
+    found = {name: vendor_dir(vendor) for name, vendor in VENDORS.items()}
+    if found[OPENSEADRAGON.name] is None:
         logger.warning("%s; the slide viewer will not work", OSD_MISSING)
     static_root = STATIC.resolve()
+
+    def vendor_file(relative: str) -> tuple[Path | None, dict[str, str]]:
+        """The file ``vendor/<package>/<path>`` names, and the headers it is served with."""
+        name, _, rest = relative[len(VENDOR_PREFIX) :].partition("/")
+        vendor = VENDORS.get(name)
+        if vendor is None:
+            return None, {}
+        directory = found[name] or vendor_dir(vendor)  # installed after the server started
+        if directory is None:
+            raise web.HTTPNotFound(reason=vendor.missing)
+        headers = {"Content-Security-Policy": WORKER_CSP} if rest in vendor.workers else {}
+        return _file_under(directory, rest), headers
 
     def page(name: str) -> web.FileResponse:
         return _file_response(static_root / name)
@@ -109,16 +179,14 @@ def routes() -> list[web.RouteDef]:
 
     async def static(request: web.Request) -> web.StreamResponse:
         relative = request.match_info["path"]
+        headers: dict[str, str] = {}
         if relative.startswith(VENDOR_PREFIX):
-            vendor = osd or openseadragon_dir()  # installed after the server started
-            if vendor is None:
-                raise web.HTTPNotFound(reason=OSD_MISSING)
-            path = _file_under(vendor, relative[len(VENDOR_PREFIX) :])
+            path, headers = vendor_file(relative)
         else:
             path = _file_under(static_root, relative)
         if path is None:
             raise web.HTTPNotFound(reason="not found")
-        return _file_response(path)
+        return _file_response(path, headers)
 
     async def cases(request: web.Request) -> web.Response:
         """The caller's worklist order: cases (collections) and their slide IDs.
