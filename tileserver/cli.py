@@ -278,6 +278,16 @@ def _check_render_limits(args: argparse.Namespace) -> None:
         raise TileserverError(f"--render-memory must be {least}..{1 << 20} MiB")
 
 
+def _dicom_uid_root(root: str) -> str:
+    from tileserver.protocols.dicom import derive_uids
+
+    try:
+        derive_uids("0" * 32, 1, root)
+    except ValueError as exc:
+        raise TileserverError(f"--dicom-uid-root {root[:70]!r}: {exc}") from None
+    return root
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from tileserver.server.run import ServeOptions, parse_rate, serve
     from tileserver.service import ServiceSettings
@@ -304,6 +314,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             render_memory_mib=args.render_memory,
             response_cache_bytes=args.cache_mb << 20,
             chunk_cache_items=512 if args.cache_mb else 0,
+            dicom_uid_root=_dicom_uid_root(args.dicom_uid_root),
         ),
         tls=not args.insecure_http,
         auth=not args.no_auth,
@@ -502,6 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="https://host[:port] clients reach the server at, for absolute URLs such as IIIF "
         "ids (default: the address and port a client connected to; never its Host header)",
+    )
+    serve.add_argument(
+        "--dicom-uid-root",
+        metavar="ROOT",
+        default=os.environ.get("TILESERVER_DICOM_UID_ROOT") or "2.25",
+        help="the organisation's UID root DICOMweb UIDs are derived under (env "
+        "TILESERVER_DICOM_UID_ROOT; default 2.25: UUID-derived, no registration needed)",
     )
     serve.add_argument(
         "--login-rate",

@@ -85,6 +85,8 @@ class ServiceSettings:
     large_per_principal: int = 1
     response_cache_bytes: int = 256 << 20
     chunk_cache_items: int = 512
+    # DICOMweb UIDs are derived from slide IDs under this root ("2.25": UUID-derived).
+    dicom_uid_root: str = "2.25"
 
 
 def _yield_cpu() -> None:

@@ -33,6 +33,11 @@ SAMPLE = {
     "format": "jpg",
     "name": "label",
     "path": "viewer.css",
+    "study": "2.25.1",
+    "series": "2.25.2",
+    "instance": "2.25.3",
+    "frames": "1",
+    "what": "studies",
 }
 # Routes that answer without credentials, with why.
 EXPECTED_PUBLIC = {

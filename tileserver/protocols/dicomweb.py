@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tileserver.errors import TileserverError
+from tileserver.protocols.dicom import EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_VR_LITTLE_ENDIAN
+from tileserver.protocols.dicom import JPEG_BASELINE as JPEG_BASELINE
+from tileserver.protocols.dicom import is_uid as is_uid
 
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 DICOM_JSON = "application/dicom+json"
 MAX_FRAMES = 256  # frames in one request; a viewer asks for a handful
 MAX_LIMIT = 1000  # QIDO results per page
@@ -135,15 +136,9 @@ STUDY_UID, SERIES_UID = ATTRIBUTES["StudyInstanceUID"][0], ATTRIBUTES["SeriesIns
 SOP_UID = ATTRIBUTES["SOPInstanceUID"][0]
 
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 _DATE = re.compile(r"\d{8}")
 _TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 _IGNORED = frozenset({"fuzzymatching"})  # accepted; our matching is exact either way
-
-
-def is_uid(text: str) -> bool:
-    """UID syntax (PS3.5 9.1): dotted decimal components without leading zeros, <= 64."""
-    return 0 < len(text) <= 64 and _UID.fullmatch(text) is not None
 
 
 def check_uid(text: str, what: str) -> str:

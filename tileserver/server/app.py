@@ -16,7 +16,7 @@ from tileserver.security.refusals import WINDOW, RefusalAudit
 from tileserver.server.auth import SECURITY, Security, auth_middleware
 from tileserver.server.cors import cors_headers, cors_middleware
 from tileserver.server.errors import error_middleware
-from tileserver.server.routes import annotations, api, auth, deepzoom, iiif, viewer
+from tileserver.server.routes import annotations, api, auth, deepzoom, dicomweb, iiif, viewer
 from tileserver.service import ServiceSettings, SlideService
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def create_app(
     app.add_routes(deepzoom.routes(service))
     app.add_routes(iiif.routes(service, public_url))
     app.add_routes(api.routes(service))
+    app.add_routes(dicomweb.routes(service, settings.dicom_uid_root))
     app.add_routes(annotations.routes(service))
     app.add_routes(viewer.routes())
     return app

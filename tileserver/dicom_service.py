@@ -1,0 +1,287 @@
+"""DICOMweb use cases on top of SlideService: UIDs to (slide, level), DICOM JSON records,
+and frames (a frame is a stored chunk, TILED_FULL, row by row).
+
+One study and one series per slide, one instance per stored level, UIDs derived from the
+slide ID under the configured root (protocols/dicom.py). Resolving a study UID is a
+dictionary lookup: the index holds every slide it has met, and a UID it does not know makes
+it look again (at the caller's visible slides, or the library's listing at most every
+``REFRESH_SECONDS``), so guessing UIDs costs at most a listing now and then.
+
+Frames reuse the service's response cache and pass-through: a JPEG store's frame asked for
+as JPEG is its stored bytes after decryption, exactly as a DeepZoom tile is; native frames
+(Explicit VR Little Endian) are decoded chunks, always full Rows x Columns; a JPEG frame of
+a lossless store is encoded in the render pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from tileserver.errors import SlideNotFound, TileserverError
+from tileserver.geometry import Region, Size, ceil_div
+from tileserver.library import Pyramid
+from tileserver.protocols import dicom
+from tileserver.protocols import dicomweb as dw
+from tileserver.render.encode import encode
+from tileserver.service import Encoded, NotModified, SlideService, _blank_tile, _Plan, _plan_at
+
+REFRESH_SECONDS = 2.0  # the library is listed again for an unknown UID at most this often
+PHOTOMETRIC_SCAN = 4096  # chunks looked at for a level's first stored one
+
+
+@dataclass(frozen=True)
+class SlideDicom:
+    """What DICOMweb needs of one slide at one generation."""
+
+    slide_id: str
+    generation: str
+    uids: dicom.Uids
+    facts: tuple[dicom.SlideFacts, ...]  # per level: the photometric is the level's own
+    grids: tuple[Size, ...]  # frames across and down, per level
+    syntax: str  # the transfer syntax frames are stored in (JPEG) or served natively in
+
+    def level_of(self, series: str, instance: str) -> int:
+        if series != self.uids.series or instance not in self.uids.instances:
+            raise SlideNotFound("no such instance")
+        return self.uids.instances.index(instance)
+
+    def frames(self, level: int) -> int:
+        return self.grids[level].width * self.grids[level].height
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Frames of one instance, in the order asked, as one negotiated representation."""
+
+    parts: list[bytes]
+    offer: dw.Offer
+    etag: str
+
+
+class DicomService:
+    def __init__(self, service: SlideService, uid_root: str = "2.25") -> None:
+        dicom.derive_uids("0" * 32, 1, uid_root)  # ValueError for a bad root, before serving
+        self.service = service
+        self.uid_root = uid_root
+        self._studies: dict[str, str] = {}  # study UID -> slide ID
+        self._indexed: set[str] = set()
+        self._slides: dict[str, SlideDicom] = {}
+        self._listed = 0.0
+        self._listing: asyncio.Lock | None = None
+        self._lock = threading.Lock()
+        self._json: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    # -- UIDs --------------------------------------------------------------------------------
+    def study_uid(self, slide_id: str) -> str:
+        return dicom.derive_uids(slide_id, 1, self.uid_root).study
+
+    def _index(self, slide_ids: Iterable[str]) -> None:
+        for slide_id in slide_ids:
+            if slide_id not in self._indexed:
+                self._studies[self.study_uid(slide_id)] = slide_id
+                self._indexed.add(slide_id)
+
+    async def resolve(self, study: str, visible: Collection[str] | None) -> str:
+        """The slide whose study this is. ``visible`` are the slides the caller may see
+        (None: look in the library). SlideNotFound when none is; the caller authorizes."""
+        found = self._studies.get(study)
+        if found is not None:
+            return found
+        if visible is not None:
+            self._index(visible)
+        else:
+            await self._refresh()
+        found = self._studies.get(study)
+        if found is None:
+            raise SlideNotFound("no such study")
+        return found
+
+    async def _refresh(self) -> None:
+        if self._listing is None:
+            self._listing = asyncio.Lock()
+        async with self._listing:
+            if time.monotonic() - self._listed < REFRESH_SECONDS:
+                return
+            ids = await self.service._run(self.service.library.slide_ids)
+            self._index(ids)
+            self._listed = time.monotonic()
+
+    async def slide_ids(self, visible: Collection[str] | None) -> list[str]:
+        """The slides a search looks at: the caller's visible ones that exist, sorted."""
+        ids = await self.service._run(self.service.library.slide_ids)
+        self._index(ids)
+        if visible is not None:
+            ids = [slide_id for slide_id in ids if slide_id in visible]
+        return ids
+
+    # -- slides ------------------------------------------------------------------------------
+    async def slide(self, slide_id: str) -> SlideDicom:
+        p = await self.service.pyramid(slide_id)
+        known = self._slides.get(slide_id)
+        if known is not None and known.generation == p.generation:
+            return known
+        made = await self.service._run(self._describe, p)
+        with self._lock:
+            self._slides[slide_id] = made
+        return made
+
+    def _describe(self, p: Pyramid) -> SlideDicom:
+        meta = p.metadata
+        mpp = meta.get("mpp")
+        base = dicom.SlideFacts(
+            slide_id=p.slide_id,
+            levels=tuple(p.levels),
+            tile=p.tile,
+            mpp=float(mpp[0]) if mpp else None,
+            objective_power=meta.get("objective_power"),
+            vendor=meta.get("vendor"),
+            photometric="RGB",
+            lossy=p.codec != "zstd",  # JPEG chunks, or a slide file read directly
+        )
+        grids = tuple(Size(ceil_div(s.width, p.tile), ceil_div(s.height, p.tile)) for s in p.levels)
+        facts = []
+        for level, grid in enumerate(grids):
+            photometric = self._photometric(p, level, grid) if p.codec == "jpeg" else None
+            if photometric is None:  # frames we encode (or none stored): our encoder's
+                photometric = dicom.jpeg_photometric(self._blank(p))
+            facts.append(dataclasses.replace(base, photometric=photometric))
+        syntax = dicom.JPEG_BASELINE if p.codec == "jpeg" else dicom.EXPLICIT_VR_LITTLE_ENDIAN
+        uids = dicom.derive_uids(p.slide_id, len(p.levels), self.uid_root)
+        return SlideDicom(p.slide_id, p.generation, uids, tuple(facts), grids, syntax)
+
+    @staticmethod
+    def _photometric(p: Pyramid, level: int, grid: Size) -> str | None:
+        """The photometric of a level's stored JPEGs, from the first stored chunk: copied
+        source tiles (Aperio's are often RGB JPEGs) and ours (YCbCr) differ by level."""
+        for i in range(min(grid.width * grid.height, PHOTOMETRIC_SCAN)):
+            data = p.chunk_bytes(level, i % grid.width, i // grid.width)
+            if data is not None:
+                return dicom.jpeg_photometric(data)
+        return None
+
+    def _blank(self, p: Pyramid) -> bytes:
+        return _blank_tile(p.tile, "jpeg", self.service.settings.quality)
+
+    # -- DICOM JSON --------------------------------------------------------------------------
+    def instance_json(
+        self, slide: SlideDicom, level: int, *, identified: bool, case: str | None
+    ) -> dict[str, Any]:
+        """The instance's DICOM JSON (cached per slide generation and caller kind)."""
+        key = (slide.slide_id, slide.generation, level, identified, case if identified else None)
+        found = self._json.get(key)
+        if found is None:
+            facts = slide.facts[level]
+            if identified:
+                facts = dataclasses.replace(facts, case=case)
+            found = dicom.instance_json(
+                facts, slide.uids, level, slide.syntax, identified=identified
+            )
+            with self._lock:
+                if len(self._json) > 4096:
+                    self._json.clear()
+                self._json[key] = found
+        return found
+
+    def offers(self, slide: SlideDicom) -> list[dw.Offer]:
+        """Frame representations, ours first: the stored syntax (no work), then the other."""
+        jpeg = dw.Offer("image/jpeg", dicom.JPEG_BASELINE)
+        native = dw.Offer("application/octet-stream", dicom.EXPLICIT_VR_LITTLE_ENDIAN)
+        if slide.syntax == dicom.JPEG_BASELINE:
+            # ``transfer-syntax=*`` on octet-stream (dicom-microscopy-viewer's ask) gets the
+            # stored JPEG: the offer listed before the native one.
+            stored = dw.Offer("application/octet-stream", dicom.JPEG_BASELINE)
+            return [jpeg, stored, native, dataclasses.replace(jpeg, multipart=False)]
+        return [native, jpeg, dataclasses.replace(jpeg, multipart=False)]
+
+    def available_syntaxes(self, slide: SlideDicom) -> list[str]:
+        return [slide.syntax] + [
+            s for s in (dicom.JPEG_BASELINE, dicom.EXPLICIT_VR_LITTLE_ENDIAN) if s != slide.syntax
+        ]
+
+    # -- frames ------------------------------------------------------------------------------
+    async def frames(
+        self,
+        slide: SlideDicom,
+        level: int,
+        numbers: tuple[int, ...],
+        offer: dw.Offer,
+        if_none_match: Collection[str],
+    ) -> Frames | NotModified:
+        p = await self.service.pyramid(slide.slide_id)
+        grid = slide.grids[level]
+        positions = [dw.frame_position(n, grid.width, grid.height) for n in numbers]
+        etag = self.service._etag(p, ("frames", level, numbers, offer))
+        if etag in if_none_match:
+            return NotModified(etag)
+        syntax = offer.transfer_syntax
+        if len(positions) == 1:
+            parts = [await self._frame(p, level, *positions[0], syntax)]
+        else:
+            parts = list(
+                await asyncio.gather(*(self._frame(p, level, c, r, syntax) for c, r in positions))
+            )
+        return Frames(parts, offer, etag)
+
+    async def _frame(self, p: Pyramid, level: int, col: int, row: int, syntax: str | None) -> bytes:
+        service = self.service
+        key = ("frame", level, col, row, syntax)
+        if syntax == dicom.JPEG_BASELINE and p.codec == "jpeg":
+            fetch = partial(service._passthrough, p, level, col, row, "jpeg")
+            found = await service._respond(p, key, "jpeg", (), fetch=fetch)
+        else:
+            plan = _plan_at(
+                level, Region(col * p.tile, row * p.tile, p.tile, p.tile), Size(p.tile, p.tile)
+            )
+            work = partial(self._pixels, p, level, col, row, syntax)
+            found = await service._respond(p, key, "jpeg", (), work, plan=plan)
+        assert isinstance(found, Encoded)
+        return found.data
+
+    @staticmethod
+    def _frame_plan(p: Pyramid, level: int, col: int, row: int) -> _Plan:
+        tile = p.tile
+        return _plan_at(level, Region(col * tile, row * tile, tile, tile), Size(tile, tile))
+
+    def _pixels(self, p: Pyramid, level: int, col: int, row: int, syntax: str | None) -> bytes:
+        """A frame we make (render pool): the decoded chunk, full size, as native bytes or
+        encoded as JPEG."""
+        pixels = self.service._chunk(p, level, col, row)
+        if pixels.shape[:2] != (p.tile, p.tile):  # chunks are stored padded; be sure
+            raise TileserverError(f"{p.slide_id}: chunk {col},{row} is {pixels.shape}")
+        self.service.stats["dicom_frames_made"] += 1
+        if syntax == dicom.EXPLICIT_VR_LITTLE_ENDIAN:
+            return pixels.tobytes()
+        return encode(pixels, "jpeg", self.service.settings.quality)
+
+    async def rendered_frame(
+        self,
+        slide: SlideDicom,
+        level: int,
+        col: int,
+        row: int,
+        fmt: str,
+        if_none_match: Collection[str],
+    ) -> Encoded | NotModified:
+        """A frame as a picture (full size, as the frame is): the stored JPEG when it is
+        one, else encoded in the render pool."""
+        p = await self.service.pyramid(slide.slide_id)
+        key = ("frame-rendered", level, col, row, fmt)
+        if fmt == "jpeg" and p.codec == "jpeg":
+            fetch = partial(self.service._passthrough, p, level, col, row, "jpeg")
+            return await self.service._respond(p, key, fmt, if_none_match, fetch=fetch)
+        tile = Size(p.tile, p.tile)
+        plan = _plan_at(level, Region(col * p.tile, row * p.tile, p.tile, p.tile), tile)
+
+        def work() -> bytes:
+            return encode(
+                self.service._chunk(p, level, col, row), fmt, self.service.settings.quality
+            )
+
+        return await self.service._respond(p, key, fmt, if_none_match, work, plan=plan)
