@@ -17,7 +17,7 @@
   let neighbours = { prev: null, next: null };
   let labelLoaded = false;
   let labelHidden = false;
-  const tiles = { loaded: 0, failed: 0 };
+  const tiles = { loaded: 0, failed: 0, cancelled: 0 };
 
   function message(text, kind = "error") {
     const node = $("viewer-message");
@@ -32,11 +32,17 @@
     return viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true));
   }
 
+  /** A preset is a jump, not a gesture: no animation, so no tiles of the levels on the way
+      (OpenSeadragon fetches for the current zoom while it animates). Small slides may go below
+      the whole-slide view: 1× is 1×, not clamped to a quarter of the fitted zoom. */
   function goToMagnification(power) {
-    if (!viewer || !objective) return;
-    const target = viewer.viewport.imageToViewportZoom(power / objective);
-    viewer.viewport.zoomTo(target, null, false);
-    viewer.viewport.applyConstraints();
+    if (!viewer || !objective || viewer.world.getItemCount() === 0) return;
+    const viewport = viewer.viewport;
+    const target = viewport.imageToViewportZoom(power / objective);
+    const ratio = target / viewport.getHomeZoom();
+    if (ratio < viewport.minZoomImageRatio) viewport.minZoomImageRatio = ratio * 0.999;
+    viewport.zoomTo(target, null, true);
+    viewport.applyConstraints(true);
   }
 
   function buildPresets() {
@@ -289,6 +295,98 @@
       : `${tiles.loaded} tiles`;
     node.dataset.loaded = String(tiles.loaded);
     node.dataset.failed = String(tiles.failed);
+    node.dataset.cancelled = String(tiles.cancelled);
+  }
+
+  // -- tile loading: the viewport first, stale requests cancelled ----------------------------
+  // Tiles are fetched with fetch() and an AbortController (OpenSeadragon's documented
+  // downloadTileStart/downloadTileAbort extension points), so a request for a tile that left
+  // the view, or of a level finer than the view needs, is aborted: the browser drops it from
+  // its queue (or the server drops the work), and the new view's tiles go first.
+  const inFlight = new Set(); // started jobs of the main image's tiles
+
+  function fetchTile(job) {
+    const controller = new AbortController();
+    job.userData.controller = controller;
+    if (isMainTile(job.tile)) inFlight.add(job);
+    fetch(job.src, { signal: controller.signal, credentials: "same-origin" })
+      .then(async (response) => {
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const blob = await response.blob();
+        inFlight.delete(job);
+        if (!job.jobId) return; // timed out meanwhile: OpenSeadragon has failed it already
+        if (blob.size === 0) job.fail("empty tile", null);
+        else job.finish(blob, null, "rasterBlob");
+      })
+      .catch((error) => {
+        inFlight.delete(job);
+        if (controller.signal.aborted || !job.jobId) return; // cancelled, or timed out
+        job.fail(`tile request failed: ${error.message}`, null);
+      });
+  }
+
+  function abortTile(job) {
+    inFlight.delete(job);
+    if (job.userData.controller) job.userData.controller.abort();
+  }
+
+  function isMainTile(tile) {
+    return Boolean(viewer && tile && tile.tiledImage && viewer.world.getIndexOfItem(tile.tiledImage) >= 0);
+  }
+
+  /** The finest level OpenSeadragon draws at the current or target zoom (its own rule: the
+      finest level with at least ``minPixelRatio`` screen pixels per level pixel). */
+  function finestLevel(item, current) {
+    const source = item.source;
+    const scale = item.getBounds(current).width;
+    for (let level = source.maxLevel; level > source.minLevel; level--) {
+      const ratio = viewer.viewport.deltaPixelsFromPointsNoRotate(source.getPixelRatio(level), current).x;
+      if (ratio * scale >= item.minPixelRatio) return level;
+    }
+    return source.minLevel;
+  }
+
+  /** Still wanted: inside the view now or at the end of the animation, at a level drawn there.
+      (A superset of what OpenSeadragon asks for, so nothing it wants is ever cancelled.) */
+  function stillWanted(tile) {
+    const item = tile.tiledImage;
+    if (tile.level > Math.max(finestLevel(item, true), finestLevel(item, false))) return false;
+    const now = item.getDrawArea();
+    const end = item.getLoadArea();
+    return Boolean((now && now.intersection(tile.bounds)) || (end && end.intersection(tile.bounds)));
+  }
+
+  /** Stale requests out: queued jobs leave the queue, started ones are aborted; either way the
+      tile is no longer "loading", so OpenSeadragon asks again if the view comes back to it. */
+  function cancelStale() {
+    const loader = viewer.imageLoader;
+    const queued = loader.jobQueue.filter((job) => isMainTile(job.tile) && !stillWanted(job.tile));
+    for (const job of queued) {
+      loader.jobQueue.splice(loader.jobQueue.indexOf(job), 1);
+      job.tile.loading = false;
+    }
+    for (const job of [...inFlight]) {
+      if (stillWanted(job.tile)) continue;
+      abortTile(job);
+      window.clearTimeout(job.jobId);
+      job.jobId = null; // finish() and our fail() calls now do nothing
+      job.tile.loading = false;
+      // What ImageLoader does when a job completes: free its slot, start the next queued job.
+      loader.jobsInProgress -= 1;
+      while (loader.canAcceptNewJob() && loader.jobQueue.length > 0) {
+        loader.jobQueue.shift().start();
+        loader.jobsInProgress += 1;
+      }
+      tiles.cancelled += 1;
+      showTileStatus();
+    }
+  }
+
+  /** ``#osd[data-sharp]``: the view is still and every tile of the displayed level is in. */
+  function showSharpness() {
+    const item = viewer.world.getItemAt(0);
+    const sharp = Boolean(item && !viewer.isAnimating() && item.getFullyLoaded());
+    $("osd").dataset.sharp = String(sharp);
   }
 
   function facts(info) {
@@ -322,27 +420,43 @@
       navigatorBorderColor: "#3a4048",
       navigatorDisplayRegionColor: "#4fb3ff",
       maxZoomPixelRatio: 2,
-      minZoomImageRatio: 0.25, // presets may go below the whole-slide view on small slides
+      minZoomImageRatio: 0.25,
       visibilityRatio: 0.4,
       animationTime: 0.45,
       springStiffness: 9,
       blendTime: 0.05,
       zoomPerScroll: 1.4,
-      immediateRender: false,
+      // Loading tuned for a tile server (measured: benchmarks/bench_viewer.py; why: docs/viewer.md).
+      maxTilesPerFrame: 8, // 1 by default: one tile started per animation frame
+      imageLoaderLimit: 0, // the browser's per-host limit queues them; stale ones are cancelled
+      immediateRender: true, // the displayed level first, not every coarser level on the way
+      // A level is fetched once drawn at >= 0.51 screen px per pixel (OpenSeadragon: 0.5), so a
+      // preset on a pyramid level (1:1) does not also fetch the next finer level (0.5:1).
+      minPixelRatio: 0.51,
       timeout: 30000,
       preserveImageSizeOnResize: true,
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, flickEnabled: false },
     });
     // Our own shortcuts handle every key; OpenSeadragon's would act twice.
     viewer.addHandler("canvas-key", (event) => { event.preventDefaultAction = true; });
+    viewer.world.addHandler("add-item", (event) => {
+      // One source object serves the image and the overview map: patch it once.
+      const source = event.item.source;
+      source.downloadTileStart = fetchTile;
+      source.downloadTileAbort = abortTile;
+    });
     viewer.addHandler("open", () => {
       document.body.dataset.open = "true";
       const item = viewer.world.getItemAt(0);
       item.addHandler("fully-loaded-change", (event) => {
         document.body.dataset.fullyLoaded = String(event.fullyLoaded);
+        showSharpness();
       });
       updateReadouts();
     });
+    viewer.addHandler("viewport-change", cancelStale); // after OpenSeadragon chose this frame's tiles
+    viewer.addHandler("animation-start", showSharpness);
+    viewer.addHandler("animation-finish", showSharpness);
     viewer.addHandler("open-failed", async () => {
       if (await TS.checkSession()) message("The slide could not be opened.");
     });
