@@ -59,6 +59,128 @@ def _num(name: str, description: str) -> dict[str, Any]:
     }
 
 
+# -- annotations (server/routes/annotations.py) ---------------------------------------------
+_AID = {
+    "name": "annotation_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+_GEOJSON = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/Annotation"}},
+    "application/geo+json": {"schema": {"$ref": "#/components/schemas/Annotation"}},
+}
+_COLLECTION = {"application/json": {"schema": {"$ref": "#/components/schemas/Annotations"}}}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "description": "the ETag (version) the change is based on; 412 when another came since",
+    "schema": {"type": "string"},
+}
+_WRITE_ERRORS = {
+    **_ERRORS,
+    "409": _ERROR,  # the slide is not encrypted: nothing to seal its annotations with
+    "413": _ERROR,
+    "415": _ERROR,
+}
+_ANNOTATION_SCHEMAS: dict[str, Any] = {
+    "Annotation": {
+        "type": "object",
+        "description": "A GeoJSON Feature in level-0 pixel coordinates (origin top left, y"
+        " down): Point, LineString or Polygon; properties label (plain text, no < or >),"
+        " color (#rrggbb), shape (point, polyline, polygon, rectangle, ellipse), shared."
+        " QuPath's name, color [r, g, b], classification and objectType are accepted too;"
+        " measurements, author, own, version, created and updated are the server's.",
+        "required": ["type", "geometry"],
+        "properties": {
+            "type": {"type": "string", "enum": ["Feature"]},
+            "id": {"type": "string"},
+            "geometry": {"type": "object"},
+            "properties": {"type": "object", "nullable": True},
+        },
+    },
+    "Annotations": {
+        "type": "object",
+        "description": "A GeoJSON FeatureCollection of annotations (at most 1000 features and"
+        " 100000 vertices per import; a body of at most 2 MiB)",
+        "required": ["type", "features"],
+        "properties": {
+            "type": {"type": "string", "enum": ["FeatureCollection"]},
+            "features": {"type": "array", "items": {"$ref": "#/components/schemas/Annotation"}},
+        },
+    },
+}
+
+
+def _annotation_paths() -> dict[str, Any]:
+    one = {"description": "the annotation (ETag: its version)", "content": _GEOJSON}
+    return {
+        "/api/slides/{slide_id}/annotations": {
+            "get": {
+                "summary": "Annotations the caller may see: their own and the shared ones"
+                " (scope annotations)",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {"description": "annotations", "content": _COLLECTION},
+                    **_ERRORS,
+                },
+            },
+            "post": {
+                "summary": "Create one annotation (a Feature) or import a FeatureCollection"
+                " (QuPath's GeoJSON): private unless properties.shared is true",
+                "parameters": [_ID],
+                "requestBody": {"required": True, "content": {**_GEOJSON, **_COLLECTION}},
+                "responses": {
+                    "201": {"description": "created", "content": _GEOJSON},
+                    **_WRITE_ERRORS,
+                },
+            },
+        },
+        "/api/slides/{slide_id}/annotations.geojson": {
+            "get": {
+                "summary": "Export what the caller sees as GeoJSON in level-0 pixels, as"
+                " QuPath imports it (objectType, name, color [r, g, b])",
+                "parameters": [_ID],
+                "responses": {
+                    "200": {
+                        "description": "FeatureCollection",
+                        "content": {"application/geo+json": {}},
+                    },
+                    **_ERRORS,
+                },
+            },
+        },
+        "/api/slides/{slide_id}/annotations/{annotation_id}": {
+            "get": {
+                "summary": "One annotation (404 for another's private one)",
+                "parameters": [_ID, _AID],
+                "responses": {"200": one, **_ERRORS},
+            },
+            "put": {
+                "summary": "A new version (the author only: 403 for another's shared one)",
+                "parameters": [_ID, _AID, _IF_MATCH],
+                "requestBody": {"required": True, "content": _GEOJSON},
+                "responses": {"200": one, "412": _ERROR, **_WRITE_ERRORS},
+            },
+            "delete": {
+                "summary": "Delete (a tombstone version: the history stays; the author only)",
+                "parameters": [_ID, _AID, _IF_MATCH],
+                "responses": {"204": {"description": "deleted"}, "412": _ERROR, **_ERRORS},
+            },
+        },
+        "/api/slides/{slide_id}/annotations/{annotation_id}/versions": {
+            "get": {
+                "summary": "Every version, oldest first, deletions included (the author only)",
+                "parameters": [_ID, _AID],
+                "responses": {
+                    "200": {"description": "versions", "content": {"application/json": {}}},
+                    **_ERRORS,
+                },
+            },
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
@@ -181,6 +303,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **_annotation_paths(),
             "/deepzoom/{slide_id}.dzi": {
                 "get": {
                     "summary": "DeepZoom descriptor",
@@ -243,6 +366,7 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 },
+                **_ANNOTATION_SCHEMAS,
                 "Page": {
                     "type": "object",
                     "properties": {
