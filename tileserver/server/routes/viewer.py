@@ -63,10 +63,14 @@ DICOM_MICROSCOPY_VIEWER = Vendor(
     "dicom-microscopy-viewer",
     Path("node_modules", "dicom-microscopy-viewer", "dist"),
     "dynamic-import/dicomMicroscopyViewer.min.js",
+    "TILESERVER_DICOM_MICROSCOPY_VIEWER",
     workers=frozenset({"dynamic-import/dataLoader.worker.min.js"}),
 )
 DICOMWEB_CLIENT = Vendor(
-    "dicomweb-client", Path("node_modules", "dicomweb-client", "build"), "dicomweb-client.js"
+    "dicomweb-client",
+    Path("node_modules", "dicomweb-client", "build"),
+    "dicomweb-client.js",
+    "TILESERVER_DICOMWEB_CLIENT",
 )
 VENDORS = {v.name: v for v in (OPENSEADRAGON, DICOM_MICROSCOPY_VIEWER, DICOMWEB_CLIENT)}
 OSD_MISSING = OPENSEADRAGON.missing

@@ -1,0 +1,224 @@
+"""A real DICOMweb client in a real browser: dicom-microscopy-viewer (the library inside Slim,
+pinned by package-lock.json) shows our slide from our /dicomweb root (issue 16), in headless
+Debian Chromium against the real HTTPS server. The page is static/compat/dicomweb.html; the
+user finds the series with QIDO, as a DICOMweb client would."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.server.conftest import run_server
+from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, Site, enrol_over_http, image_stats
+from tileserver.server.routes.viewer import WORKER_CSP
+
+DICOM_JSON = {"Accept": "application/dicom+json"}
+STUDY_UID, SERIES_UID, CONTAINER = "0020000D", "0020000E", "00400512"
+PAGE = "/static/compat/dicomweb.html"
+DMV = "/static/vendor/dicom-microscopy-viewer/dynamic-import/"
+WORKER = f"{DMV}dataLoader.worker.min.js"
+# The library's annotation manager inserts a <style> element for its tooltips; the page keeps
+# the strict style-src, so the browser refuses it (annotations are not used here).
+REFUSED_TOOLTIP_STYLE = "Applying inline style violates the following Content Security Policy"
+
+
+def poll(page: Any, expression: str, timeout: float = 30.0) -> Any:
+    """Until ``expression`` is truthy in the page (Playwright's wait_for_function uses eval,
+    which the page's CSP refuses)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = page.evaluate(expression)
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)
+
+
+def value(dataset: dict[str, Any], tag: str) -> Any:
+    return dataset[tag]["Value"][0]
+
+
+def tissue_colour(png: bytes) -> tuple[Any, float]:
+    """Mean RGB of the pixels that are not background (near white), and their share."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64).reshape(-1, 3)
+    tissue = rgb[rgb.mean(axis=1) < 220]
+    return tissue.mean(axis=0), len(tissue) / len(rgb)
+
+
+def logged_in(browser: Any, site: Site, person: Person) -> Any:
+    """A browser context with ``person``'s session, logged in through the API."""
+    context = browser.new_context(
+        base_url=site.server.base, ignore_https_errors=True, viewport=VIEWPORT
+    )
+    context.set_default_timeout(20_000)
+    login = context.request.post(
+        "/auth/login",
+        data={"username": person.name, "password": person.password, "code": person.fresh_code()},
+    )
+    assert login.status == 200, login.text()
+    return context
+
+
+@pytest.fixture(scope="module")
+def reader(viewer_site: Site, browser: Any) -> Iterator[Any]:
+    """A user granted case-a only (a1, a2), enrolled over HTTP; her browser context."""
+    person = Person("dmv-reader", "dicom microscopy viewer reader 1")  # test-only
+    enrol_over_http(viewer_site, person, "case-a")
+    context = logged_in(browser, viewer_site, person)
+    yield context
+    context.close()
+
+
+def find_series(context: Any, slide_id: str) -> tuple[str, str]:
+    """(study, series) of ``slide_id`` through QIDO-RS with the session, as a client would:
+    the user's studies, then each study's instances with their container (slide) ID."""
+    studies = context.request.get("/dicomweb/studies", headers=DICOM_JSON)
+    assert studies.status == 200, studies.text()
+    for study in studies.json():
+        uid = value(study, STUDY_UID)
+        instances = context.request.get(
+            f"/dicomweb/studies/{uid}/instances?includefield=ContainerIdentifier",
+            headers=DICOM_JSON,
+        )
+        assert instances.status == 200, instances.text()
+        for instance in instances.json():
+            if value(instance, CONTAINER) == slide_id:
+                return uid, value(instance, SERIES_UID)
+    raise AssertionError(f"no study of slide {slide_id} in QIDO")
+
+
+def test_qido_lists_only_the_users_slides(reader: Any, viewer_site: Site) -> None:
+    studies = reader.request.get("/dicomweb/studies", headers=DICOM_JSON)
+    assert studies.status == 200, studies.text()
+    assert len(studies.json()) == 2  # case-a's a1 and a2; case-b's b1 is not the user's
+    study, series = find_series(reader, viewer_site.a1)
+    assert (study, series) != find_series(reader, viewer_site.a2)
+
+
+def test_dicom_microscopy_viewer_shows_the_slide(reader: Any, viewer_site: Site) -> None:
+    site = viewer_site
+    study, series = find_series(reader, site.a1)
+    page = reader.new_page()
+    frames: list[tuple[int, str]] = []
+    urls: list[str] = []
+    errors: list[str] = []
+    csp: dict[str, str] = {}
+
+    def on_response(response: Any) -> None:
+        path = urlsplit(response.url).path
+        if "/frames/" in path:
+            frames.append((response.status, path))
+        if path in (PAGE, WORKER, f"{DMV}dicomMicroscopyViewer.min.js"):
+            csp[path] = response.headers.get("content-security-policy", "")
+
+    # Context-wide: the decoder worker's own requests (its .wasm codecs) are seen too.
+    reader.on("request", lambda request: urls.append(request.url))
+    page.on("response", on_response)
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{PAGE}?study={study}&series={series}")
+    poll(page, "document.body.dataset.open !== 'pending'")
+    assert page.evaluate("document.body.dataset.open") == "true", page.text_content("#message")
+    poll(page, "Number(document.body.dataset.frames) >= 4")
+    page.wait_for_timeout(1500)  # the frames the fitted view needs, decoded and drawn
+
+    assert frames and all(status == 200 for status, _ in frames), frames[:5]
+    assert page.evaluate("document.body.dataset.frameErrors") == "0"
+    shot = page.locator("#viewport").screenshot()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "dicom-microscopy-viewer.png").write_bytes(shot)
+    mean, std = image_stats(shot)
+    assert std > 20 and mean < 235, (mean, std)  # not blank
+    thumbnail = reader.request.get(f"/api/slides/{site.a1}/thumbnail?max=600&format=png")
+    assert thumbnail.status == 200, thumbnail.text()
+    (shown, shown_share), (expected, _) = tissue_colour(shot), tissue_colour(thumbnail.body())
+    assert shown_share > 0.3, shown_share
+    assert abs(shown - expected).max() < 15, (shown, expected)  # measured: within 1
+
+    # Only our origin, only the DICOMweb root and static files.
+    origin = urlsplit(site.server.base).netloc
+    fetched = [urlsplit(u) for u in urls if not u.startswith(("data:", "blob:"))]
+    outside = [u.geturl() for u in fetched if u.netloc != origin]
+    assert not outside, outside
+    paths = [u.path for u in fetched]
+    assert not [p for p in paths if not p.startswith(("/dicomweb/", "/static/"))], paths
+    assert any(p.endswith(".wasm") for p in paths), "the worker fetched no decoder"
+    # Strict CSP everywhere but the worker script, which its WebAssembly codecs need.
+    assert "unsafe-eval" not in csp[PAGE] and "script-src 'self';" in csp[PAGE], csp
+    assert csp[WORKER] == WORKER_CSP, csp
+    assert "unsafe-eval" not in csp[f"{DMV}dicomMicroscopyViewer.min.js"], csp
+    errors = [e for e in errors if not e.startswith(REFUSED_TOOLTIP_STYLE)]
+    assert not errors, errors
+
+
+def test_a_series_of_another_collection_does_not_open(
+    reader: Any, viewer_site: Site, browser: Any
+) -> None:
+    """b1 belongs to case-b: its UIDs, as a user of case-b finds them, open nothing here."""
+    person = Person("dmv-other", "dicom microscopy viewer other 2")  # test-only
+    enrol_over_http(viewer_site, person, "case-b")
+    other = logged_in(browser, viewer_site, person)
+    try:
+        study, series = find_series(other, viewer_site.b1)
+    finally:
+        other.close()
+    page = reader.new_page()
+    page.goto(f"{PAGE}?study={study}&series={series}")
+    poll(page, "document.body.dataset.open !== 'pending'")
+    assert page.evaluate("document.body.dataset.open") == "failed"
+    assert page.is_visible("#message")
+    metadata = reader.request.get(
+        f"/dicomweb/studies/{study}/series/{series}/metadata", headers=DICOM_JSON
+    )
+    assert metadata.status == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/vendor/dicom-microscopy-viewer/%2e%2e/package.json",
+        "/static/vendor/dicom-microscopy-viewer/../package.json",
+        "/static/vendor/dicom-microscopy-viewer/dynamic-import/..%2f..%2fpackage.json",
+        "/static/vendor/dicomweb-client/../package.json",
+        "/static/vendor/dicomweb-client/",
+        "/static/vendor/dicom-microscopy-viewer",
+        "/static/vendor/unknown-package/index.js",
+        "/static/vendor/dicom-microscopy-viewer//etc/passwd",
+    ],
+)
+def test_vendor_paths_stay_inside_their_package(viewer_site: Site, path: str) -> None:
+    reply = viewer_site.server.get(path)
+    assert reply.status == 404, (path, reply.status)
+    assert b'"name"' not in reply.body and b"root:" not in reply.body
+
+
+def test_vendor_files_are_served_with_their_types(viewer_site: Site) -> None:
+    server = viewer_site.server
+    script = server.get(f"{DMV}dicomMicroscopyViewer.min.js")
+    assert script.status == 200 and script.headers["content-type"].startswith("text/javascript")
+    wasm = server.get(f"{DMV}libjpegturbowasm_decode.wasm")
+    assert wasm.status == 200 and wasm.headers["content-type"] == "application/wasm"
+    assert wasm.body[:4] == b"\0asm"
+    client = server.get("/static/vendor/dicomweb-client/dicomweb-client.js")
+    assert client.status == 200 and b"DICOMwebClient" in client.body
+
+
+def test_a_missing_package_is_a_404_saying_how_to_install_it(
+    viewer_site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("TILESERVER_DICOM_MICROSCOPY_VIEWER", str(tmp_path / "absent"))
+    with run_server(viewer_site.server.directory, tmp_path / "home") as server:
+        reply = server.get(f"{DMV}dicomMicroscopyViewer.min.js")
+        assert reply.status == 404
+        assert b"dicom-microscopy-viewer is not installed" in reply.body
+        assert b"setup-browser.sh (npm ci)" in reply.body
+        # The other packages are unaffected.
+        assert server.get("/static/vendor/dicomweb-client/dicomweb-client.js").status == 200
