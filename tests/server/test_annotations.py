@@ -77,7 +77,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
             made = cli(home, "tokens", "create", name, "--scope", scopes)
             assert made.returncode == 0, made.stderr
             tokens.append(made.stdout.strip().splitlines()[-1])
-        yield Site(server, home, slide, other, plain, *people, *tokens)
+        alice, bob, carol = people
+        yield Site(server, home, slide, other, plain, alice, bob, carol, tokens[0], tokens[1])
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -95,6 +96,7 @@ def send(
 ) -> Response:
     """A request with any body and content type (Server.request sends JSON objects only)."""
     url = urlsplit(server.base)
+    assert url.hostname is not None
     context = ssl.create_default_context(cafile=server.home / "tls" / "cert.pem")
     conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=60, context=context)
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
@@ -221,7 +223,7 @@ def test_geojson_import_and_export_round_trip(site: Site) -> None:
         [1500 + 200 * math.cos(2 * math.pi * k / n), 1000 + 100 * math.sin(2 * math.pi * k / n)]
         for k in range(n)
     ]
-    collection = {
+    collection: dict[str, Any] = {
         "type": "FeatureCollection",
         "features": [
             {
