@@ -22,6 +22,7 @@ from tileserver.alert_commands import add_detection_options, detection_options
 from tileserver.bench.cli import add_commands as add_bench_commands
 from tileserver.config import Settings
 from tileserver.errors import TileserverError
+from tileserver.export import add_command as add_export_command
 from tileserver.geometry import Region
 from tileserver.sources import BACKENDS, SlideSource, open_slide
 from tileserver.sources.remote import local_copy, slide_name
@@ -582,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--shard", type=int, default=16, help="chunks per shard edge")
     migrate.add_argument("--quiet", action="store_true", help="no progress bar")
     migrate.set_defaults(func=cmd_migrate)
+    add_export_command(sub)
     add_admin_commands(sub)
     add_alert_commands(sub)
     add_bench_commands(sub)

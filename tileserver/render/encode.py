@@ -117,3 +117,18 @@ def srgb_icc_profile() -> bytes:
     profile[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
     profile[84:100] = bytes(16)  # a profile ID (MD5) would cover the date: zero is "none"
     return bytes(profile)
+
+
+def encode_jpeg_as(pixels: np.ndarray, photometric: str, quality: int = 90) -> bytes:
+    """(h, w, 3) RGB pixels as a baseline JPEG in the colour model a DICOM Photometric
+    Interpretation names: "RGB" (Adobe transform 0), "YBR_FULL_422" (YCbCr 4:2:0) or
+    "YBR_FULL" (YCbCr 4:4:4), so frames of one instance can all share one declaration."""
+    models: dict[str, dict[str, object]] = {
+        "RGB": {"keep_rgb": True, "subsampling": 0},
+        "YBR_FULL_422": {"subsampling": 2},
+        "YBR_FULL": {"subsampling": 0},
+    }
+    options = models[photometric]  # KeyError for any other
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(out, "JPEG", quality=quality, **options)
+    return out.getvalue()
