@@ -136,10 +136,10 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
     # -- QIDO-RS ------------------------------------------------------------------------------
     async def search(request: web.Request) -> web.Response:
         what = request.match_info.get("what", "studies")
-        query = dw.parse_query(request.query.items())
         principal = principal_of(request)  # a signed link: 403
         if "metadata" not in principal.scopes:
             raise web.HTTPForbidden(reason="this token may not search")
+        query = dw.parse_query(request.query.items())
         m = request.match_info
         visible_ids = await visible_slides(request)
         if "study" in m:
