@@ -22,6 +22,7 @@ from tileserver.service import ServiceSettings
 
 SAMPLE = {
     "slide_id": "0" * 32,
+    "annotation_id": "0" * 32,
     "z": "1",
     "col": "0",
     "row": "0",
