@@ -16,7 +16,8 @@ from tileserver.security.refusals import WINDOW, RefusalAudit
 from tileserver.server.auth import SECURITY, Security, auth_middleware
 from tileserver.server.cors import cors_headers, cors_middleware
 from tileserver.server.errors import error_middleware
-from tileserver.server.routes import annotations, api, auth, deepzoom, dicomweb, iiif, viewer
+from tileserver.server.routes import api, auth, deepzoom, dicomweb, iiif, viewer
+from tileserver.server.routes.annotations import routes as annotation_routes
 from tileserver.service import ServiceSettings, SlideService
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,6 @@ def create_app(
     app.add_routes(iiif.routes(service, public_url))
     app.add_routes(api.routes(service))
     app.add_routes(dicomweb.routes(service, settings.dicom_uid_root))
-    app.add_routes(annotations.routes(service))
+    app.add_routes(annotation_routes(service))  # not `annotations`: the __future__ name
     app.add_routes(viewer.routes())
     return app
