@@ -371,7 +371,16 @@ def measure_frames(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
 # -- export against convert --------------------------------------------------------------------
 def run_export(stores: Path, slide_id: str, work: Path) -> dict[str, Any]:
     out = work / "dicom"
-    cmd = [tileserver_exe(), "export", slide_id, "--dicom", str(out), "--stores", str(stores)]
+    cmd = [
+        tileserver_exe(),
+        "export",
+        slide_id,
+        "--dicom",
+        str(out),
+        "--store",
+        str(stores),
+        "--quiet",
+    ]
     seconds, rss, _ = run_child(cmd, work / "export.log")
     files = sorted(p for p in out.iterdir() if p.is_file())
     if not files:
@@ -421,7 +430,7 @@ def measure_export(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
         "slide": f"{w} x {h} synthetic SVS (`{slide.name}`)",
         "commands": {
             "convert": "tileserver convert SLIDE --out DIR --workers 2 --quiet",
-            "export": "tileserver export SLIDE_ID --dicom DIR --stores STORES",
+            "export": "tileserver export SLIDE_ID --dicom DIR --store STORES --quiet",
         },
         "runs": runs,
         "median_s": med,
@@ -451,8 +460,9 @@ def frames_markdown(f: dict[str, Any]) -> list[str]:
         f"{f['machine']['tileserver']}; {f['machine']['CPU']}, {f['machine']['cores']}). "
         f"Slide {f['slide']}. {f['chunks']} chunks: {f['runs']} runs of {BATCH} horizontally "
         "adjacent stored chunks of the two finest levels (interior only; "
-        f"{f['runs_with_background']} of {f['runs_tried']} runs drawn held a background chunk and were left out), checked "
-        "first: tile, single frame and batch part equal the stored chunk byte for byte.",
+        f"{f['runs_with_background']} of {f['runs_tried']} runs drawn held a background chunk "
+        "and were left out), checked first: tile, single frame and batch part equal the "
+        "stored chunk byte for byte.",
         "",
         "- Server: `tileserver serve --workers 2` over HTTPS, a bearer token scoped to tiles, "
         f"`--rate-limit-tokens {NO_LIMIT} --detect-response bulk_crawl=alert` (as "
