@@ -19,17 +19,22 @@ import argparse
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from tileserver.errors import SlideNotFound, StoreError, TileserverError
-from tileserver.library import SlideLibrary, StorePyramid
-from tileserver.protocols import dicom
-from tileserver.render.encode import encode_jpeg_as
 from tileserver.sources.codestreams import jpeg_declared
 from tileserver.store.layout import FILL_VALUE
 
+# pydicom and the store library load when an export runs, not whenever the CLI starts (they
+# are most of a second of every other command's start-up otherwise).
+if TYPE_CHECKING:
+    from tileserver.library import StorePyramid
+    from tileserver.protocols import dicom
+
+UID_ROOT = "2.25"  # dicom.UUID_ROOT: UUID-derived UIDs
 ADMIN = "cli-admin"  # who the audit trail names for a command-line export (as admin.py)
 # Copied frames keep their quality; the few re-encoded ones (another colour model) get this.
 REENCODE_QUALITY = 90
@@ -41,6 +46,8 @@ def level_file(level: int) -> str:
 
 def slide_facts(pyramid: StorePyramid, photometric: str, case: str | None) -> dicom.SlideFacts:
     """What the store knows, as ``dicom.SlideFacts`` (``photometric``: of the frames)."""
+    from tileserver.protocols import dicom
+
     meta = pyramid.metadata
     mpp = meta.get("mpp")
     power = meta.get("objective_power")
@@ -68,6 +75,8 @@ def _chunks(pyramid: StorePyramid, level: int) -> Iterator[bytes | None]:
 def level_photometric(pyramid: StorePyramid, level: int) -> str:
     """The colour model of a JPEG level's first stored chunk (YCbCr 4:2:0 when it has none:
     its frames are then all the white one we encode)."""
+    from tileserver.protocols import dicom
+
     for data in _chunks(pyramid, level):
         if data is not None:
             try:
@@ -85,6 +94,9 @@ def _jpeg_frames(
     pyramid: StorePyramid, level: int, photometric: str
 ) -> Iterator[tuple[bytes, bool]]:
     """(frame, copied) for every chunk of a JPEG level, row by row."""
+    from tileserver.protocols import dicom
+    from tileserver.render.encode import encode_jpeg_as
+
     tile = pyramid.tile
     white = encode_jpeg_as(_white(tile), photometric, REENCODE_QUALITY)
     grid = pyramid.reader.layout.grid(level)
@@ -131,6 +143,8 @@ def write_level(
     progress: Callable[[int], None],
 ) -> int:
     """Write one level's Part-10 file; returns how many frames were copied as stored."""
+    from tileserver.protocols import dicom
+
     jpeg = pyramid.codec == "jpeg"
     syntax = dicom.JPEG_BASELINE if jpeg else dicom.EXPLICIT_VR_LITTLE_ENDIAN
     level_facts = facts[level]
@@ -175,12 +189,14 @@ def export_dicom(
     out_dir: Path,
     *,
     identified: bool = False,
-    uid_root: str = dicom.UUID_ROOT,
+    uid_root: str = UID_ROOT,
     case: str | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, int]:
     """Write the series into ``out_dir`` (made 0700 when absent; refused when not empty).
     Returns counts: files, frames, copied (frames that are the stored chunk's bytes)."""
+    from tileserver.protocols import dicom
+
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TileserverError(f"{out_dir}: exists and is not an empty directory; not overwritten")
     try:
@@ -240,7 +256,7 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     export.add_argument(
         "--uid-root",
-        default=dicom.UUID_ROOT,
+        default=UID_ROOT,
         metavar="ROOT",
         help="the organisation's UID root (default 2.25: UUID-derived UIDs)",
     )
@@ -282,6 +298,7 @@ def _case(args: argparse.Namespace, slide_id: str) -> str | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from tileserver.library import SlideLibrary, StorePyramid
     from tileserver.security.audit import MINOR_FAILURE, SUCCESS
     from tileserver.security.keys import KeyRing
 
