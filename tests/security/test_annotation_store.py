@@ -9,6 +9,7 @@ import pytest
 
 from tileserver.annotations import Annotation
 from tileserver.errors import IntegrityError
+from tileserver.security import annotation_store
 from tileserver.security.accounts import Accounts
 from tileserver.security.annotation_store import (
     AnnotationForbidden,
@@ -172,3 +173,14 @@ def test_flipping_columns_shows_nobody_anything(store: AnnotationStore) -> None:
     )
     with pytest.raises(IntegrityError):
         store.get(SLIDE_B, other.id, BOB, KEY)
+
+
+def test_a_long_history_lists_its_newest_versions(
+    store: AnnotationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(annotation_store, "MAX_VERSIONS_LISTED", 2)
+    (first,) = store.create(SLIDE_A, ALICE, KEY, [note("v1")])
+    store.update(SLIDE_A, first.id, ALICE, KEY, note("v2"))
+    store.delete(SLIDE_A, first.id, ALICE, KEY)
+    history = store.versions(SLIDE_A, first.id, ALICE, KEY)
+    assert [(r.version, r.deleted) for r in history] == [(2, False), (3, True)]

@@ -241,14 +241,7 @@ class AnnotationStore:
 
     def get(self, slide_id: str, annotation_id: str, viewer: str, data_key: bytes) -> Record:
         """The newest version, if the viewer may see it (else AnnotationNotFound)."""
-        sealer = Sealer(annotation_key(data_key))
-        rows = self.db.read(
-            f"SELECT {_VERSION_COLUMNS} FROM annotations h JOIN annotation_versions v"
-            " ON v.annotation_id = h.id AND v.version = h.version"
-            " WHERE h.id = ? AND h.slide_id = ?",
-            (annotation_id, slide_id),
-        )
-        record = self._open(sealer, slide_id, rows[0]) if rows else None
+        record = self._head(Sealer(annotation_key(data_key)), slide_id, annotation_id)
         if record is None or record.deleted or not _may_see(record, viewer):
             raise AnnotationNotFound("no such annotation")
         return record
@@ -256,23 +249,30 @@ class AnnotationStore:
     def versions(
         self, slide_id: str, annotation_id: str, viewer: str, data_key: bytes
     ) -> list[Record]:
-        """Every version, oldest first, tombstones included: for the author only."""
+        """The versions, oldest first, tombstones included (the newest MAX_VERSIONS_LISTED):
+        for the author only."""
         sealer = Sealer(annotation_key(data_key))
+        head = self._head(sealer, slide_id, annotation_id)
+        if head is None or (head.author != viewer and (head.deleted or not head.shared)):
+            raise AnnotationNotFound("no such annotation")
+        if head.author != viewer:
+            raise AnnotationForbidden("only the author may read an annotation's history")
         rows = self.db.read(
             f"SELECT {_VERSION_COLUMNS} FROM annotation_versions v JOIN annotations h"
             " ON h.id = v.annotation_id WHERE h.id = ? AND h.slide_id = ?"
-            " ORDER BY v.version LIMIT ?",
+            " ORDER BY v.version DESC LIMIT ?",
             (annotation_id, slide_id, MAX_VERSIONS_LISTED),
         )
-        records = [self._open(sealer, slide_id, row) for row in rows]
-        if not records:
-            raise AnnotationNotFound("no such annotation")
-        newest = records[-1]
-        if newest.author != viewer:
-            if newest.deleted or not _may_see(newest, viewer):
-                raise AnnotationNotFound("no such annotation")
-            raise AnnotationForbidden("only the author may read an annotation's history")
-        return records
+        return [self._open(sealer, slide_id, row) for row in reversed(rows)]
+
+    def _head(self, sealer: Sealer, slide_id: str, annotation_id: str) -> Record | None:
+        rows = self.db.read(
+            f"SELECT {_VERSION_COLUMNS} FROM annotations h JOIN annotation_versions v"
+            " ON v.annotation_id = h.id AND v.version = h.version"
+            " WHERE h.id = ? AND h.slide_id = ?",
+            (annotation_id, slide_id),
+        )
+        return self._open(sealer, slide_id, rows[0]) if rows else None
 
     @staticmethod
     def _open(sealer: Sealer, slide_id: str, row: Row) -> Record:
