@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -116,10 +117,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             obj=slide_id,
             detail={"kind": "annotations", "count": len(records)},
         )
-        features = [api_feature(r, viewer, frame) for r in records]
-        return web.json_response(
-            {"type": "FeatureCollection", "features": features}, headers=_NO_CACHE
-        )
+        return await _json(lambda: collection([api_feature(r, viewer, frame) for r in records]))
 
     async def create(request: web.Request) -> web.Response:
         slide_id, viewer = request.match_info["slide_id"], caller(request)
@@ -141,13 +139,12 @@ def routes(service: SlideService) -> list[web.RouteDef]:
                     "version": 1,
                 },
             )
-        features = [api_feature(r, viewer, frame) for r in records]
         if doc.get("type") == "Feature":
             location = f"/api/slides/{slide_id}/annotations/{ids[0]}"
             headers = {"Location": location, "ETag": _etag(records[0]), **_NO_CACHE}
-            return web.json_response(features[0], status=201, headers=headers)
-        return web.json_response(
-            {"type": "FeatureCollection", "features": features}, status=201, headers=_NO_CACHE
+            return await _json(lambda: api_feature(records[0], viewer, frame), 201, headers)
+        return await _json(
+            lambda: collection([api_feature(r, viewer, frame) for r in records]), 201
         )
 
     async def get_one(request: web.Request) -> web.Response:
@@ -164,7 +161,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             detail={"kind": "annotation", "annotation": aid, "version": record.version},
         )
         headers = {"ETag": _etag(record), **_NO_CACHE}
-        return web.json_response(api_feature(record, viewer, frame), headers=headers)
+        return await _json(lambda: api_feature(record, viewer, frame), headers=headers)
 
     async def replace(request: web.Request) -> web.Response:
         slide_id, viewer = request.match_info["slide_id"], caller(request)
@@ -188,7 +185,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             },
         )
         headers = {"ETag": _etag(record), **_NO_CACHE}
-        return web.json_response(api_feature(record, viewer, frame), headers=headers)
+        return await _json(lambda: api_feature(record, viewer, frame), headers=headers)
 
     async def delete(request: web.Request) -> web.Response:
         slide_id, viewer = request.match_info["slide_id"], caller(request)
@@ -219,13 +216,17 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             obj=slide_id,
             detail={"kind": "annotation-history", "annotation": aid, "count": len(records)},
         )
-        items = [
-            {"version": r.version, "deleted": True, "updated": iso_utc(r.updated)}
-            if r.annotation is None
-            else api_feature(r, viewer, frame)
-            for r in records
-        ]
-        return web.json_response({"id": aid, "versions": items}, headers=_NO_CACHE)
+
+        def history() -> dict[str, Any]:
+            items = [
+                {"version": r.version, "deleted": True, "updated": iso_utc(r.updated)}
+                if r.annotation is None
+                else api_feature(r, viewer, frame)
+                for r in records
+            ]
+            return {"id": aid, "versions": items}
+
+        return await _json(history)
 
     async def export(request: web.Request) -> web.Response:
         slide_id, viewer = request.match_info["slide_id"], caller(request)
@@ -239,18 +240,17 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             obj=slide_id,
             detail={"kind": "annotations-geojson", "count": len(records)},
         )
-        features = [
-            qupath_feature(r.annotation, r.id, frame.mpp)
-            for r in records
-            if r.annotation is not None
-        ]
-        return web.json_response(
-            {"type": "FeatureCollection", "features": features},
+
+        def qupath() -> dict[str, Any]:
+            return collection(
+                [qupath_feature(r.annotation, r.id, frame.mpp) for r in records if r.annotation]
+            )
+
+        attachment = f'attachment; filename="{slide_id}-annotations.geojson"'
+        return await _json(
+            qupath,
+            headers={"Content-Disposition": attachment, **_NO_CACHE},
             content_type="application/geo+json",
-            headers={
-                "Content-Disposition": f'attachment; filename="{slide_id}-annotations.geojson"',
-                **_NO_CACHE,
-            },
         )
 
     base = f"/api/slides/{SLIDE}/annotations"
@@ -264,6 +264,22 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         web.delete(one, delete),
         web.get(f"{one}/versions", versions),
     ]
+
+
+def collection(features: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "FeatureCollection", "features": features}
+
+
+async def _json(
+    build: Callable[[], object],
+    status: int = 200,
+    headers: Mapping[str, str] = _NO_CACHE,
+    content_type: str = "application/json",
+) -> web.Response:
+    """The document built (measurements) and serialised off the event loop: a slide's
+    annotations can run to megabytes of coordinates."""
+    body = await _off_loop(lambda: json.dumps(build(), separators=(",", ":")).encode())
+    return web.Response(body=body, status=status, headers=headers, content_type=content_type)
 
 
 async def _read_body(request: web.Request) -> bytes:
