@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Collection, Iterable
@@ -24,16 +25,26 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 from tileserver.errors import SlideNotFound, TileserverError
 from tileserver.geometry import Region, Size, ceil_div
 from tileserver.library import Pyramid
 from tileserver.protocols import dicom
 from tileserver.protocols import dicomweb as dw
-from tileserver.render.encode import encode
-from tileserver.service import Encoded, NotModified, SlideService, _blank_tile, _Plan, _plan_at
+from tileserver.render.encode import encode, encode_jpeg_as
+from tileserver.service import Encoded, NotModified, SlideService, _Plan, _plan_at
+from tileserver.store.layout import FILL_VALUE
 
+ENCODED_PHOTOMETRIC = "YBR_FULL_422"  # frames we encode: YCbCr 4:2:0, as our tiles are
 REFRESH_SECONDS = 2.0  # the library is listed again for an unknown UID at most this often
 PHOTOMETRIC_SCAN = 4096  # chunks looked at for a level's first stored one
+
+
+@functools.lru_cache(maxsize=16)
+def _white_frame(edge: int, photometric: str, quality: int) -> bytes:
+    """A background frame (never stored), in the colour model of its level's frames."""
+    return encode_jpeg_as(np.full((edge, edge, 3), FILL_VALUE, np.uint8), photometric, quality)
 
 
 @dataclass(frozen=True)
@@ -149,8 +160,8 @@ class DicomService:
         facts = []
         for level, grid in enumerate(grids):
             photometric = self._photometric(p, level, grid) if p.codec == "jpeg" else None
-            if photometric is None:  # frames we encode (or none stored): our encoder's
-                photometric = dicom.jpeg_photometric(self._blank(p))
+            if photometric is None:  # frames we encode (or none stored)
+                photometric = ENCODED_PHOTOMETRIC
             facts.append(dataclasses.replace(base, photometric=photometric))
         syntax = dicom.JPEG_BASELINE if p.codec == "jpeg" else dicom.EXPLICIT_VR_LITTLE_ENDIAN
         uids = dicom.derive_uids(p.slide_id, len(p.levels), self.uid_root)
@@ -165,9 +176,6 @@ class DicomService:
             if data is not None:
                 return dicom.jpeg_photometric(data)
         return None
-
-    def _blank(self, p: Pyramid) -> bytes:
-        return _blank_tile(p.tile, "jpeg", self.service.settings.quality)
 
     # -- DICOM JSON --------------------------------------------------------------------------
     def instance_json(
@@ -222,43 +230,66 @@ class DicomService:
             return NotModified(etag)
         syntax = offer.transfer_syntax
         if len(positions) == 1:
-            parts = [await self._frame(p, level, *positions[0], syntax)]
+            parts = [await self._frame(p, slide, level, *positions[0], syntax)]
         else:
             parts = list(
-                await asyncio.gather(*(self._frame(p, level, c, r, syntax) for c, r in positions))
+                await asyncio.gather(
+                    *(self._frame(p, slide, level, c, r, syntax) for c, r in positions)
+                )
             )
         return Frames(parts, offer, etag)
 
-    async def _frame(self, p: Pyramid, level: int, col: int, row: int, syntax: str | None) -> bytes:
-        service = self.service
+    async def _frame(
+        self, p: Pyramid, slide: SlideDicom, level: int, col: int, row: int, syntax: str | None
+    ) -> bytes:
         key = ("frame", level, col, row, syntax)
         if syntax == dicom.JPEG_BASELINE and p.codec == "jpeg":
-            fetch = partial(service._passthrough, p, level, col, row, "jpeg")
-            found = await service._respond(p, key, "jpeg", (), fetch=fetch)
+            photometric = slide.facts[level].photometric
+            fetch = partial(self._stored, p, level, col, row, photometric)
+            found = await self.service._respond(p, key, "jpeg", (), fetch=fetch)
         else:
-            plan = _plan_at(
-                level, Region(col * p.tile, row * p.tile, p.tile, p.tile), Size(p.tile, p.tile)
-            )
-            work = partial(self._pixels, p, level, col, row, syntax)
-            found = await service._respond(p, key, "jpeg", (), work, plan=plan)
+            work = partial(self._pixels, p, slide, level, col, row, syntax)
+            plan = self._frame_plan(p, level, col, row)
+            found = await self.service._respond(p, key, "jpeg", (), work, plan=plan)
         assert isinstance(found, Encoded)
         return found.data
+
+    async def _stored(self, p: Pyramid, level: int, col: int, row: int, photometric: str) -> bytes:
+        """A JPEG store's frame: the stored chunk after decryption, as DeepZoom passes it
+        through. One in another colour model than its level declares (a source mixing
+        them) is re-encoded to the declared one; background is a white frame in it."""
+        self.service.stats["passthrough"] += 1
+        data = await p.chunk_bytes_async(level, col, row)
+        if data is None:
+            return _white_frame(p.tile, photometric, self.service.settings.quality)
+        if dicom.jpeg_photometric(data) == photometric:
+            return data
+        quality = self.service.settings.quality
+
+        def recode() -> bytes:
+            self.service.stats["dicom_frames_made"] += 1
+            return encode_jpeg_as(self.service._chunk(p, level, col, row), photometric, quality)
+
+        return await self.service._run(recode)
 
     @staticmethod
     def _frame_plan(p: Pyramid, level: int, col: int, row: int) -> _Plan:
         tile = p.tile
         return _plan_at(level, Region(col * tile, row * tile, tile, tile), Size(tile, tile))
 
-    def _pixels(self, p: Pyramid, level: int, col: int, row: int, syntax: str | None) -> bytes:
+    def _pixels(
+        self, p: Pyramid, slide: SlideDicom, level: int, col: int, row: int, syntax: str | None
+    ) -> bytes:
         """A frame we make (render pool): the decoded chunk, full size, as native bytes or
-        encoded as JPEG."""
+        encoded as JPEG in the colour model its level declares."""
         pixels = self.service._chunk(p, level, col, row)
         if pixels.shape[:2] != (p.tile, p.tile):  # chunks are stored padded; be sure
             raise TileserverError(f"{p.slide_id}: chunk {col},{row} is {pixels.shape}")
         self.service.stats["dicom_frames_made"] += 1
         if syntax == dicom.EXPLICIT_VR_LITTLE_ENDIAN:
             return pixels.tobytes()
-        return encode(pixels, "jpeg", self.service.settings.quality)
+        photometric = slide.facts[level].photometric
+        return encode_jpeg_as(pixels, photometric, self.service.settings.quality)
 
     async def rendered_frame(
         self,
@@ -276,12 +307,10 @@ class DicomService:
         if fmt == "jpeg" and p.codec == "jpeg":
             fetch = partial(self.service._passthrough, p, level, col, row, "jpeg")
             return await self.service._respond(p, key, fmt, if_none_match, fetch=fetch)
-        tile = Size(p.tile, p.tile)
-        plan = _plan_at(level, Region(col * p.tile, row * p.tile, p.tile, p.tile), tile)
+        plan = self._frame_plan(p, level, col, row)
+        quality = self.service.settings.quality
 
         def work() -> bytes:
-            return encode(
-                self.service._chunk(p, level, col, row), fmt, self.service.settings.quality
-            )
+            return encode(self.service._chunk(p, level, col, row), fmt, quality)
 
         return await self.service._respond(p, key, fmt, if_none_match, work, plan=plan)

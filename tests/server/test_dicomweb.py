@@ -19,14 +19,18 @@ from PIL import Image
 from tests.cli import cli
 from tests.server.conftest import Response, Server, Stores, run_server
 from tests.stores import open_reader
+from tileserver.geometry import Size
 from tileserver.protocols import dicom
 from tileserver.protocols.dicomweb import ATTRIBUTES
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
+from tileserver.render.encode import encode_jpeg_as
 from tileserver.security.keys import KeyRing
 from tileserver.slide_ids import new_slide_id
 from tileserver.sources import open_slide
+from tileserver.store.layout import StoreLayout, pyramid_sizes
 from tileserver.store.local import LocalObjects
+from tileserver.store.writer import StoreWriter
 
 JPEG = 'multipart/related; type="image/jpeg"'
 NATIVE = 'multipart/related; type="application/octet-stream"'
@@ -450,3 +454,35 @@ def test_identifying_attributes_need_the_labels_grant(site: Site) -> None:
     queries = [r for r in records if r["detail"].get("kind") == "qido"]
     assert queries and all(r["event_id"] == 110112 for r in queries)
     assert all("case-a" not in json.dumps(r["detail"]) for r in queries)  # keys, not values
+
+
+def test_frames_declare_one_colour_model_per_level(tmp_path: Path) -> None:
+    """A level mixing RGB and YCbCr JPEG chunks declares its first chunk's model; frames in
+    another model are re-encoded to it, and background frames are white in it."""
+    slide_id, tile = new_slide_id(), 32
+    layout = StoreLayout(slide_id, pyramid_sizes(Size(64, 64), tile), tile, "jpeg", 90)
+    writer = StoreWriter.create(LocalObjects(tmp_path / "stores" / slide_id), layout, {}, None)
+    colours, models = [(200, 30, 60), (20, 160, 90), (40, 60, 210)], ["RGB", "YBR_FULL", "RGB"]
+    stored = []
+    for i, (colour, model) in enumerate(zip(colours, models, strict=True)):
+        pixels = np.full((tile, tile, 3), colour, np.uint8)
+        stored.append(encode_jpeg_as(pixels, model, 95))
+        writer.write_chunk(0, i % 2, i // 2, stored[-1])  # chunk (1, 1) stays background
+    writer.end_row(0, 0)
+    writer.end_row(0, 1)
+    writer.write_chunk(1, 0, 0, encode_jpeg_as(np.full((32, 32, 3), 99, np.uint8), "YBR_FULL", 95))
+    writer.end_row(1, 0)
+    assert writer.finish({"slide_id": slide_id})
+    home = tmp_path / "home"
+    KeyRing(home).initialise()
+    u = uids_of(slide_id, 2)
+    with run_server(tmp_path / "stores", home) as srv:
+        metadata = srv.get(f"/dicomweb/studies/{u.study}/series/{u.series}/metadata").json()
+        assert [value(m, "PhotometricInterpretation") for m in metadata] == ["RGB", "YBR_FULL"]
+        frames = [
+            body for _, body in parts(srv.get(f"{u.instance(0)}/frames/1,2,3,4", {"Accept": JPEG}))
+        ]
+    assert frames[0] == stored[0] and frames[2] == stored[2]  # passed through
+    assert frames[1] != stored[1] and dicom.jpeg_photometric(frames[1]) == "RGB"
+    assert np.abs(rgb(frames[1]).reshape(-1, 3).mean(axis=0) - colours[1]).max() < 4
+    assert dicom.jpeg_photometric(frames[3]) == "RGB" and (rgb(frames[3]) >= 250).all()
