@@ -114,6 +114,11 @@ def test_preflight_is_answered_without_credentials(site: Site) -> None:
         }
         assert {"authorization", "accept", "if-none-match", "range"} <= allowed
         assert int(reply.headers["access-control-max-age"]) > 0
+    # The real requests that follow carry CORS whatever the answer (here: no credentials).
+    for path in [site.info(), "/dicomweb/studies"]:
+        reply = site.get(path, {"Origin": ELSEWHERE})
+        assert reply.status == 401, (path, reply.status)
+        cors_headers_of(reply)
 
 
 def test_a_cross_origin_bearer_token_or_signed_url_is_served(site: Site) -> None:
