@@ -42,10 +42,10 @@ MAX_RINGS = 64  # a polygon's exterior and holes
 MAX_FEATURES = 1_000  # features in one import
 MAX_IMPORT_VERTICES = 100_000  # positions in one import, all features together
 MAX_TEXT = 200  # characters of a label
-# 100,000 positions of about 20 bytes ("[12345.678,23456.789],") is 2 MB: the body limit
-# lets the largest import through, and nothing bigger is parsed (the app's own limit, 64 KiB,
-# is for forms and stays).
-MAX_BODY_BYTES = 2 * 1024 * 1024
+# 100,000 positions written as full-precision doubles, as QuPath writes them (about 40 bytes:
+# "[51234.56789012345,40123.45678901234],"), are 4 MB: the body limit lets the largest import
+# through and nothing bigger is parsed (the app's own limit, 64 KiB, is for forms and stays).
+MAX_BODY_BYTES = 4 * 1024 * 1024
 MARGIN = 0.05  # coordinates may lie this fraction of the slide's longer side outside it
 DECIMALS = 3  # coordinates are kept to a thousandth of a level-0 pixel
 DEFAULT_COLOR = "#ffcc00"
@@ -288,7 +288,23 @@ def _positions(coords: Any, frame: SlideFrame, what: str, limit: int) -> list[li
         raise AnnotationError(f"{what}'s coordinates must be a list of positions")
     if len(coords) > limit:
         raise AnnotationError(f"a geometry has at most {MAX_VERTICES} vertices")
-    return [_position(p, frame) for p in coords]
+    # The common case in one tight loop (an import has up to 100,000 positions); anything
+    # it does not take goes through _position, which says what is wrong. Only int and float
+    # pass the type test (not bool), and NaN fails every comparison.
+    margin = MARGIN * max(frame.width, frame.height)
+    x0, x1, y0, y1 = -margin, frame.width + margin, -margin, frame.height + margin
+    out = []
+    for p in coords:
+        if type(p) is list and len(p) == 2:
+            x, y = p
+            if type(x) in _NUMBER and type(y) in _NUMBER and x0 <= x <= x1 and y0 <= y <= y1:
+                out.append([round(float(x), DECIMALS), round(float(y), DECIMALS)])
+                continue
+        out.append(_position(p, frame))
+    return out
+
+
+_NUMBER = (int, float)
 
 
 def _position(value: Any, frame: SlideFrame) -> list[float]:

@@ -102,7 +102,7 @@ _ANNOTATION_SCHEMAS: dict[str, Any] = {
     "Annotations": {
         "type": "object",
         "description": "A GeoJSON FeatureCollection of annotations (at most 1000 features and"
-        " 100000 vertices per import; a body of at most 2 MiB)",
+        " 100000 vertices per import; a body of at most 4 MiB)",
         "required": ["type", "features"],
         "properties": {
             "type": {"type": "string", "enum": ["FeatureCollection"]},
