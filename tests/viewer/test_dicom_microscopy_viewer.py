@@ -18,7 +18,8 @@ from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, Site, enrol_over_
 from tileserver.server.routes.viewer import WORKER_CSP
 
 DICOM_JSON = {"Accept": "application/dicom+json"}
-STUDY_UID, SERIES_UID, CONTAINER = "0020000D", "0020000E", "00400512"
+STUDY_UID, SERIES_UID, SOP_INSTANCE = "0020000D", "0020000E", "00080018"
+CONTAINER, NUMBER_OF_FRAMES, TOTAL_COLUMNS = "00400512", "00280008", "00480006"
 PAGE = "/static/compat/dicomweb.html"
 DMV = "/static/vendor/dicom-microscopy-viewer/dynamic-import/"
 WORKER = f"{DMV}dataLoader.worker.min.js"
@@ -155,6 +156,38 @@ def test_dicom_microscopy_viewer_shows_the_slide(reader: Any, viewer_site: Site)
     assert "unsafe-eval" not in csp[PAGE] and "script-src 'self';" in csp[PAGE], csp
     assert csp[WORKER] == WORKER_CSP, csp
     assert "unsafe-eval" not in csp[f"{DMV}dicomMicroscopyViewer.min.js"], csp
+    errors = [e for e in errors if not e.startswith(REFUSED_TOOLTIP_STYLE)]
+    assert not errors, errors
+
+    # Full resolution at the bottom-right corner: the edge frames (the slide is not a whole
+    # number of tiles) decode too, which needs them at full Rows x Columns.
+    metadata = reader.request.get(
+        f"/dicomweb/studies/{study}/series/{series}/metadata", headers=DICOM_JSON
+    )
+    assert metadata.status == 200, metadata.text()
+    base = max(metadata.json(), key=lambda instance: value(instance, TOTAL_COLUMNS))
+    last_frame = value(base, NUMBER_OF_FRAMES)
+    box = page.locator("#viewport").bounding_box()
+    x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+    page.mouse.move(x + w / 2, y + h / 2)
+    for _ in range(3):  # the fitted view is ~2.3 level-0 pixels a screen pixel
+        page.mouse.wheel(0, -400)
+        page.wait_for_timeout(250)
+    for _ in range(6):  # drag the bottom-right corner into view (the view stops at the edge)
+        page.mouse.move(x + w * 0.9, y + h * 0.9)
+        page.mouse.down()
+        page.mouse.move(x + w * 0.1, y + h * 0.1, steps=8)
+        page.mouse.up()
+        page.wait_for_timeout(200)
+    page.wait_for_timeout(1500)
+    base_frames = {p for _, p in frames if f"/instances/{value(base, SOP_INSTANCE)}/" in p}
+    numbers = sorted(int(path.rsplit("/", 1)[1]) for path in base_frames)
+    assert last_frame in numbers, (last_frame, numbers)
+    assert all(status == 200 for status, _ in frames), [f for f in frames if f[0] != 200][:5]
+    assert page.evaluate("document.body.dataset.frameErrors") == "0"
+    corner = page.locator("#viewport").screenshot()
+    (ARTIFACTS / "dicom-microscopy-viewer-corner.png").write_bytes(corner)
+    assert image_stats(corner)[1] > 20
     errors = [e for e in errors if not e.startswith(REFUSED_TOOLTIP_STYLE)]
     assert not errors, errors
 
