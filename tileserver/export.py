@@ -151,8 +151,11 @@ def write_level(
     ds = dicom.instance_dataset(level_facts, uids, level, syntax, identified=identified)
     frames = dicom.frame_count(level_facts, level)
     copied = 0
+    if jpeg:
+        dicom.reserve_ratio(ds)
+    header = dicom.part10_header(ds, syntax)
     with os.fdopen(_open_new(path), "wb") as out:
-        out.write(dicom.part10_header(ds, syntax))
+        out.write(header)
         if jpeg:
             tables, first_value = dicom.offset_tables_header(frames)
             tables_at = out.tell() + first_value
@@ -170,6 +173,8 @@ def write_level(
             out.write(dicom.SEQUENCE_DELIMITER)
             out.seek(tables_at)
             out.write(dicom.offset_values(offsets, lengths))
+            out.seek(dicom.ratio_offset(header))
+            out.write(dicom.ratio_value(frames * pyramid.tile**2 * 3, sum(lengths)))
         else:
             frame_bytes = pyramid.tile * pyramid.tile * 3
             try:

@@ -39,6 +39,9 @@ from tileserver.protocols.dicom import (
     offset_tables_header,
     offset_values,
     part10_header,
+    ratio_offset,
+    ratio_value,
+    reserve_ratio,
 )
 from tileserver.store.layout import pyramid_sizes
 
@@ -403,3 +406,34 @@ def test_part10_header_refuses_pixel_data() -> None:
     ds.PixelData = b"\x00\x00"
     with pytest.raises(ValueError, match="pixel data"):
         part10_header(ds, JPEG_BASELINE)
+
+
+def test_compression_ratio() -> None:
+    f = facts(compression_ratio=12.5)
+    ds = instance_dataset(f, derive_uids(SLIDE, 5), 0, JPEG_BASELINE, identified=False)
+    assert float(ds.LossyImageCompressionRatio) == 12.5
+    unknown = instance_dataset(facts(), derive_uids(SLIDE, 5), 0, JPEG_BASELINE, identified=False)
+    assert "LossyImageCompressionRatio" not in unknown
+
+
+def test_reserved_compression_ratio_is_patched_in_place() -> None:
+    """Export knows a file's ratio only after its frames: a reserved value is overwritten."""
+    f = facts(levels=pyramid_sizes(Size(20, 10), 8), tile=8)
+    ds = instance_dataset(f, derive_uids(SLIDE, len(f.levels)), 0, JPEG_BASELINE, identified=False)
+    reserve_ratio(ds)
+    header = bytearray(part10_header(ds, JPEG_BASELINE))
+    at = ratio_offset(bytes(header))
+    value = ratio_value(6 * 8 * 8 * 3, 100)
+    header[at : at + len(value)] = value
+    back = pydicom.dcmread(io.BytesIO(bytes(header)))
+    assert float(back.LossyImageCompressionRatio) == pytest.approx(11.52)
+    assert back.SOPInstanceUID == ds.SOPInstanceUID  # nothing else moved
+    with pytest.raises(ValueError):
+        ratio_offset(
+            part10_header(
+                instance_dataset(
+                    f, derive_uids(SLIDE, len(f.levels)), 0, JPEG_BASELINE, identified=False
+                ),
+                JPEG_BASELINE,
+            )
+        )

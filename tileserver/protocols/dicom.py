@@ -92,6 +92,8 @@ class SlideFacts:
     case: str | None = None  # the slide's case/collection name: identifying (AccessionNumber)
     lossy: bool = False  # the pixels went through lossy compression (JPEG chunks, sources)
     icc_profile: bytes | None = None  # the source's; sRGB when None
+    # The level's raw size over its frames' size, when known (LossyImageCompressionRatio).
+    compression_ratio: float | None = None
 
 
 def is_uid(text: str) -> bool:
@@ -336,6 +338,8 @@ def instance_dataset(
     if jpeg or facts.lossy:
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
+        if facts.compression_ratio is not None:
+            ds.LossyImageCompressionRatio = _ds(facts.compression_ratio)
     else:
         ds.LossyImageCompression = "00"
     # Image Pixel
@@ -490,6 +494,32 @@ def part10_header(ds: Dataset, transfer_syntax: str) -> bytes:
     out = io.BytesIO()
     dcmwrite(out, copy, enforce_file_format=True)
     return out.getvalue()
+
+
+# A file's compression ratio is known once its frames are written: a fixed-width value is
+# reserved in the header and overwritten then (DS allows leading zeros and trailing spaces).
+_RATIO_WIDTH = 16
+_RATIO_RESERVED = "0" * (_RATIO_WIDTH - 1) + "1"
+_RATIO_ELEMENT = struct.pack("<HH2sH", 0x0028, 0x2112, b"DS", _RATIO_WIDTH)
+
+
+def reserve_ratio(ds: Dataset) -> None:
+    """Give a lossy ``ds`` a LossyImageCompressionRatio to overwrite with ``ratio_value``."""
+    ds.LossyImageCompressionRatio = _RATIO_RESERVED
+
+
+def ratio_offset(header: bytes) -> int:
+    """Where the reserved ratio's value is in ``part10_header``'s bytes."""
+    at = header.find(_RATIO_ELEMENT + _RATIO_RESERVED.encode())
+    if at < 0:
+        raise ValueError("no reserved compression ratio in the header")
+    return at + len(_RATIO_ELEMENT)
+
+
+def ratio_value(raw_bytes: int, compressed_bytes: int) -> bytes:
+    """The reserved ratio's 16 bytes: raw size over compressed size, e.g. ``b"12.5        "``."""
+    text = f"{raw_bytes / max(compressed_bytes, 1):.2f}"
+    return text.ljust(_RATIO_WIDTH).encode()
 
 
 def _element_header(group: int, element: int, vr: bytes, length: int) -> bytes:
