@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tileserver.annotations import (
+from tileserver.annotations import (  # _position: the careful check, as a reference
     MAX_BODY_BYTES,
     MAX_FEATURES,
     MAX_RINGS,
@@ -21,6 +21,7 @@ from tileserver.annotations import (
     AnnotationError,
     AnnotationTooLarge,
     SlideFrame,
+    _position,
     feature,
     is_rectangle,
     measurements,
@@ -258,3 +259,31 @@ def test_feature_output_carries_measurements_and_meta() -> None:
     assert out["properties"]["measurements"] == {"length_px": 50.0, "length_um": 25.0}
     assert out["properties"]["color"] == "#00ff00" and out["properties"]["version"] == 2
     assert json.loads(json.dumps(out)) == out
+
+
+values = st.one_of(
+    st.integers(-500, 4000),
+    st.floats(-500, 4000),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e300]),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@given(st.lists(st.lists(values, min_size=1, max_size=3), min_size=2, max_size=5))
+def test_the_fast_path_takes_and_refuses_what_the_careful_check_does(points: list[Any]) -> None:
+    """Positions are checked in a tight loop; each must fare as the one-by-one check says."""
+
+    def outcome(call: Any) -> Any:
+        try:
+            return call()
+        except AnnotationError as exc:
+            return str(exc)
+
+    careful = [outcome(lambda p=p: _position(p, FRAME)) for p in points]
+    refused = [c for c in careful if isinstance(c, str)]
+    fast = outcome(lambda: parse_feature(feat("LineString", points), FRAME).geometry["coordinates"])
+    assert fast == (refused[0] if refused else careful)
+    if not refused:
+        assert all(type(v) is float for position in fast for v in position)
