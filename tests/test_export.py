@@ -374,3 +374,28 @@ def test_dciodvfy_finds_no_errors(
         report = proc.stdout + proc.stderr
         assert "VLWholeSlideMicroscopyImage" in report, report
         assert "Error" not in report, report
+
+
+def test_a_failed_export_leaves_nothing(
+    home: Path, jpeg_store: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A chunk that fails authentication half-way through level 0: one line, exit 1, no
+    files and no directory left, and the audit trail records the failure."""
+    store, slide_id = jpeg_store
+    copy = tmp_path / "stores"
+    shutil.copytree(store / slide_id, copy / slide_id)
+    shard = copy / slide_id / "0" / "c.0.0.0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0x01  # inside the last chunk's seal
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "series"
+    proc = cli(home, "export", slide_id, "--store", str(copy), "--dicom", str(out), "--quiet")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and slide_id in proc.stderr, proc.stderr
+    assert not out.exists()
+    records = [
+        json.loads(line) for line in (home / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    last = [r for r in records if r["event_id"] == 110106][-1]
+    assert (last["object"], last["outcome"]) == (slide_id, 4)
+    assert last["detail"]["to"] == str(out.resolve())

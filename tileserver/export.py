@@ -19,7 +19,7 @@ import argparse
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -137,12 +137,13 @@ def write_level(
     facts: dict[int, dicom.SlideFacts],
     uids: dicom.Uids,
     level: int,
-    path: Path,
+    out: BinaryIO,
     *,
     identified: bool,
     progress: Callable[[int], None],
 ) -> int:
-    """Write one level's Part-10 file; returns how many frames were copied as stored."""
+    """Write one level's Part-10 file into ``out`` (a new, seekable file); returns how many
+    frames were copied as stored."""
     from tileserver.protocols import dicom
 
     jpeg = pyramid.codec == "jpeg"
@@ -154,38 +155,37 @@ def write_level(
     if jpeg:
         dicom.reserve_ratio(ds)
     header = dicom.part10_header(ds, syntax)
-    with os.fdopen(_open_new(path), "wb") as out:
-        out.write(header)
-        if jpeg:
-            tables, first_value = dicom.offset_tables_header(frames)
-            tables_at = out.tell() + first_value
-            out.write(tables)
-            out.write(dicom.encapsulated_pixel_header())
-            start = out.tell()
-            offsets, lengths = [], []
-            for frame, was_copied in _jpeg_frames(pyramid, level, level_facts.photometric):
-                item = dicom.fragment(frame)
-                offsets.append(out.tell() - start)
-                lengths.append(len(item) - 8)
-                out.write(item)
-                copied += was_copied
-                progress(1)
-            out.write(dicom.SEQUENCE_DELIMITER)
-            out.seek(tables_at)
-            out.write(dicom.offset_values(offsets, lengths))
-            out.seek(dicom.ratio_offset(header))
-            out.write(dicom.ratio_value(frames * pyramid.tile**2 * 3, sum(lengths)))
-        else:
-            frame_bytes = pyramid.tile * pyramid.tile * 3
-            try:
-                out.write(dicom.native_pixel_header(frame_bytes, frames))
-            except ValueError as exc:
-                raise StoreError(f"{pyramid.slide_id}: level {level}: {exc}") from exc
-            for frame, _ in _native_frames(pyramid, level):
-                out.write(frame)
-                progress(1)
-            if frame_bytes * frames % 2:
-                out.write(b"\x00")
+    out.write(header)
+    if jpeg:
+        tables, first_value = dicom.offset_tables_header(frames)
+        tables_at = out.tell() + first_value
+        out.write(tables)
+        out.write(dicom.encapsulated_pixel_header())
+        start = out.tell()
+        offsets, lengths = [], []
+        for frame, was_copied in _jpeg_frames(pyramid, level, level_facts.photometric):
+            item = dicom.fragment(frame)
+            offsets.append(out.tell() - start)
+            lengths.append(len(item) - 8)
+            out.write(item)
+            copied += was_copied
+            progress(1)
+        out.write(dicom.SEQUENCE_DELIMITER)
+        out.seek(tables_at)
+        out.write(dicom.offset_values(offsets, lengths))
+        out.seek(dicom.ratio_offset(header))
+        out.write(dicom.ratio_value(frames * pyramid.tile**2 * 3, sum(lengths)))
+    else:
+        frame_bytes = pyramid.tile * pyramid.tile * 3
+        try:
+            out.write(dicom.native_pixel_header(frame_bytes, frames))
+        except ValueError as exc:
+            raise StoreError(f"{pyramid.slide_id}: level {level}: {exc}") from exc
+        for frame, _ in _native_frames(pyramid, level):
+            out.write(frame)
+            progress(1)
+        if frame_bytes * frames % 2:
+            out.write(b"\x00")
     return copied
 
 
@@ -217,21 +217,28 @@ def export_dicom(
         )
         for level in levels
     }
-    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    created = not out_dir.exists()
     written: list[Path] = []
     counts = {"files": 0, "frames": 0, "copied": 0}
     try:
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for level in levels:
             path = out_dir / level_file(level)
-            written.append(path)
-            counts["copied"] += write_level(
-                pyramid, facts, uids, level, path, identified=identified, progress=progress
-            )
+            # O_EXCL: never a file someone else made meanwhile.
+            with os.fdopen(_open_new(path), "wb") as out:
+                written.append(path)
+                counts["copied"] += write_level(
+                    pyramid, facts, uids, level, out, identified=identified, progress=progress
+                )
             counts["files"] += 1
             counts["frames"] += dicom.frame_count(facts[level], level)
-    except BaseException:
+    except BaseException as exc:
         for path in written:  # no half series left behind
             path.unlink(missing_ok=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if isinstance(exc, OSError):  # disk full, no permission: one line, like the rest
+            raise TileserverError(f"{out_dir}: {exc.strerror or exc}") from exc
         raise
     return counts
 
