@@ -15,7 +15,13 @@ import pytest
 
 from tests.server.conftest import run_server
 from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, Site, enrol_over_http, image_stats
+from tileserver.pyramid.builder import convert
+from tileserver.pyramid.plan import ConvertOptions
+from tileserver.security.keys import KeyRing
 from tileserver.server.routes.viewer import WORKER_CSP
+from tileserver.slide_ids import new_slide_id
+from tileserver.sources import open_slide
+from tileserver.store.local import LocalObjects
 
 DICOM_JSON = {"Accept": "application/dicom+json"}
 STUDY_UID, SERIES_UID, SOP_INSTANCE = "0020000D", "0020000E", "00080018"
@@ -255,3 +261,44 @@ def test_a_missing_package_is_a_404_saying_how_to_install_it(
         assert b"setup-browser.sh (npm ci)" in reply.body
         # The other packages are unaffected.
         assert server.get("/static/vendor/dicomweb-client/dicomweb-client.js").status == 200
+
+
+@pytest.fixture(scope="module")
+def lossless_server(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Any) -> Any:
+    """A server (loopback HTTP, no auth) over one slide stored losslessly (zstd chunks)."""
+    root = tmp_path_factory.mktemp("dmv-lossless")
+    keyring = KeyRing(root / "home")
+    keyring.initialise()
+    slide_id = new_slide_id()
+    with open_slide(synthetic_svs) as source:
+        store = LocalObjects(root / "stores" / slide_id)
+        convert(source, store, slide_id, ConvertOptions(codec="zstd"), keyring)
+    with run_server(root / "stores", root / "home") as server:
+        yield server, slide_id
+
+
+def test_a_losslessly_stored_slide_displays_too(lossless_server: Any, browser: Any) -> None:
+    server, slide_id = lossless_server
+    context = browser.new_context(base_url=server.base, viewport=VIEWPORT)
+    try:
+        context.set_default_timeout(20_000)
+        study, series = find_series(context, slide_id)
+        page = context.new_page()
+        statuses: list[int] = []
+        page.on("response", lambda r: statuses.append(r.status) if "/frames/" in r.url else None)
+        page.goto(f"{PAGE}?study={study}&series={series}")
+        poll(page, "document.body.dataset.open !== 'pending'")
+        assert page.evaluate("document.body.dataset.open") == "true", page.text_content("#message")
+        poll(page, "Number(document.body.dataset.frames) >= 2")
+        page.wait_for_timeout(1500)
+        assert statuses and all(status == 200 for status in statuses), statuses
+        assert page.evaluate("document.body.dataset.frameErrors") == "0"
+        shot = page.locator("#viewport").screenshot()
+        (ARTIFACTS / "dicom-microscopy-viewer-lossless.png").write_bytes(shot)
+        thumbnail = context.request.get(f"/api/slides/{slide_id}/thumbnail?max=600&format=png")
+        assert thumbnail.status == 200, thumbnail.text()
+        (shown, share), (expected, _) = tissue_colour(shot), tissue_colour(thumbnail.body())
+        assert share > 0.3, share
+        assert abs(shown - expected).max() < 15, (shown, expected)
+    finally:
+        context.close()
