@@ -23,7 +23,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -39,6 +39,20 @@ from tileserver.store.layout import FILL_VALUE
 ENCODED_PHOTOMETRIC = "YBR_FULL_422"  # frames we encode: YCbCr 4:2:0, as our tiles are
 REFRESH_SECONDS = 2.0  # the library is listed again for an unknown UID at most this often
 PHOTOMETRIC_SCAN = 4096  # chunks looked at for a level's first stored one
+
+
+_JPEG = dw.Offer("image/jpeg", dicom.JPEG_BASELINE)
+_NATIVE = dw.Offer("application/octet-stream", dicom.EXPLICIT_VR_LITTLE_ENDIAN)
+_SINGLE_JPEG = dw.Offer("image/jpeg", dicom.JPEG_BASELINE, multipart=False)
+# ``transfer-syntax=*`` on octet-stream (dicom-microscopy-viewer's ask) gets a JPEG store's
+# stored bytes: that offer comes before the native one.
+STORED_JPEG_OFFERS = (
+    _JPEG,
+    dw.Offer("application/octet-stream", dicom.JPEG_BASELINE),
+    _NATIVE,
+    _SINGLE_JPEG,
+)
+NATIVE_OFFERS = (_NATIVE, _JPEG, _SINGLE_JPEG)
 
 
 @functools.lru_cache(maxsize=16)
@@ -98,6 +112,10 @@ class DicomService:
             if slide_id not in self._indexed:
                 self._studies[self.study_uid(slide_id)] = slide_id
                 self._indexed.add(slide_id)
+
+    def known(self, study: str) -> str | None:
+        """The slide of a study UID already indexed (no I/O), else None."""
+        return self._studies.get(study)
 
     async def resolve(self, study: str, visible: Collection[str] | None) -> str:
         """The slide whose study this is. ``visible`` are the slides the caller may see
@@ -197,16 +215,10 @@ class DicomService:
                 self._json[key] = found
         return found
 
-    def offers(self, slide: SlideDicom) -> list[dw.Offer]:
+    @staticmethod
+    def offers(slide: SlideDicom) -> tuple[dw.Offer, ...]:
         """Frame representations, ours first: the stored syntax (no work), then the other."""
-        jpeg = dw.Offer("image/jpeg", dicom.JPEG_BASELINE)
-        native = dw.Offer("application/octet-stream", dicom.EXPLICIT_VR_LITTLE_ENDIAN)
-        if slide.syntax == dicom.JPEG_BASELINE:
-            # ``transfer-syntax=*`` on octet-stream (dicom-microscopy-viewer's ask) gets the
-            # stored JPEG: the offer listed before the native one.
-            stored = dw.Offer("application/octet-stream", dicom.JPEG_BASELINE)
-            return [jpeg, stored, native, dataclasses.replace(jpeg, multipart=False)]
-        return [native, jpeg, dataclasses.replace(jpeg, multipart=False)]
+        return STORED_JPEG_OFFERS if slide.syntax == dicom.JPEG_BASELINE else NATIVE_OFFERS
 
     def available_syntaxes(self, slide: SlideDicom) -> list[str]:
         return [slide.syntax] + [
@@ -225,34 +237,39 @@ class DicomService:
         p = await self.service.pyramid(slide.slide_id)
         grid = slide.grids[level]
         positions = [dw.frame_position(n, grid.width, grid.height) for n in numbers]
-        etag = self.service._etag(p, ("frames", level, numbers, offer))
+        if len(positions) == 1:  # the frame's own ETag: one digest on the hot path
+            found = await self._frame(p, slide, level, *positions[0], offer, if_none_match)
+            if isinstance(found, NotModified):
+                return found
+            return Frames([found.data], offer, found.etag)
+        etag = self.service._etag(p, ("frames", level, numbers, *offer))
         if etag in if_none_match:
             return NotModified(etag)
-        syntax = offer.transfer_syntax
-        if len(positions) == 1:
-            parts = [await self._frame(p, slide, level, *positions[0], syntax)]
-        else:
-            parts = list(
-                await asyncio.gather(
-                    *(self._frame(p, slide, level, c, r, syntax) for c, r in positions)
-                )
-            )
-        return Frames(parts, offer, etag)
+        found_all = await asyncio.gather(
+            *(self._frame(p, slide, level, c, r, offer, ()) for c, r in positions)
+        )
+        return Frames([cast(Encoded, f).data for f in found_all], offer, etag)
 
     async def _frame(
-        self, p: Pyramid, slide: SlideDicom, level: int, col: int, row: int, syntax: str | None
-    ) -> bytes:
-        key = ("frame", level, col, row, syntax)
+        self,
+        p: Pyramid,
+        slide: SlideDicom,
+        level: int,
+        col: int,
+        row: int,
+        offer: dw.Offer,
+        if_none_match: Collection[str],
+    ) -> Encoded | NotModified:
+        """One frame, cached per representation (its ETag names that too)."""
+        syntax = offer.transfer_syntax
+        key = ("frame", level, col, row, *offer)
         if syntax == dicom.JPEG_BASELINE and p.codec == "jpeg":
             photometric = slide.facts[level].photometric
             fetch = partial(self._stored, p, level, col, row, photometric)
-            found = await self.service._respond(p, key, "jpeg", (), fetch=fetch)
-        else:
-            work = partial(self._pixels, p, slide, level, col, row, syntax)
-            plan = self._frame_plan(p, level, col, row)
-            found = await self.service._respond(p, key, "jpeg", (), work, plan=plan)
-        assert isinstance(found, Encoded)
-        return found.data
+            return await self.service._respond(p, key, "jpeg", if_none_match, fetch=fetch)
+        work = partial(self._pixels, p, slide, level, col, row, syntax)
+        plan = self._frame_plan(p, level, col, row)
+        return await self.service._respond(p, key, "jpeg", if_none_match, work, plan=plan)
 
     async def _stored(self, p: Pyramid, level: int, col: int, row: int, photometric: str) -> bytes:
         """A JPEG store's frame: the stored chunk after decryption, as DeepZoom passes it

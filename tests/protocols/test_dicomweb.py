@@ -185,7 +185,7 @@ JPEG = dw.Offer("image/jpeg", dw.JPEG_BASELINE)
 STORED = dw.Offer("application/octet-stream", dw.JPEG_BASELINE)
 NATIVE = dw.Offer("application/octet-stream", dw.EXPLICIT_VR_LITTLE_ENDIAN)
 SINGLE = dw.Offer("image/jpeg", dw.JPEG_BASELINE, multipart=False)
-OFFERS = [JPEG, STORED, NATIVE, SINGLE]
+OFFERS = (JPEG, STORED, NATIVE, SINGLE)
 
 
 @pytest.mark.parametrize(
@@ -241,7 +241,7 @@ def test_unsupported_media_types_list_what_is_offered(accept: str) -> None:
 
 
 def test_rendered_negotiation() -> None:
-    offers = [dw.Offer("image/jpeg", multipart=False), dw.Offer("image/png", multipart=False)]
+    offers = (dw.Offer("image/jpeg", multipart=False), dw.Offer("image/png", multipart=False))
     assert dw.negotiate("image/png", offers).media_type == "image/png"
     assert dw.negotiate("image/*", offers).media_type == "image/jpeg"
     assert dw.negotiate("image/png;q=0.4, image/jpeg;q=0.8", offers).media_type == "image/jpeg"

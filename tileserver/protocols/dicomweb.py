@@ -10,10 +10,11 @@ names it rather than a search that silently matches everything.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from tileserver.errors import TileserverError
 from tileserver.protocols.dicom import EXPLICIT_VR_LITTLE_ENDIAN as EXPLICIT_VR_LITTLE_ENDIAN
@@ -308,6 +309,8 @@ def page(query: Query, records: Sequence[Any]) -> list[Any]:
 
 def parse_frames(text: str, max_frames: int = MAX_FRAMES) -> tuple[int, ...]:
     """A frame list ``1,3,5`` (1-based, in the order asked, repeats kept)."""
+    if text.isdecimal() and len(text) <= 9 and text[0] != "0":  # one frame: the usual ask
+        return (int(text),)
     items = text.split(",")
     if len(items) > max_frames:
         raise QueryError(f"at most {max_frames} frames per request")
@@ -331,10 +334,10 @@ def frame_position(frame: int, columns: int, rows: int) -> tuple[int, int]:
 # -- Accept negotiation (PS3.18 8.7) ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Offer:
+class Offer(NamedTuple):
     """A representation we can produce: a part's media type and its transfer syntax (None
-    for rendered images); ``multipart`` False for a bare single-part body."""
+    for rendered images); ``multipart`` False for a bare single-part body. A tuple: cheap
+    to hash for the negotiation cache."""
 
     media_type: str
     transfer_syntax: str | None = None
@@ -384,6 +387,8 @@ def parse_accept(header: str) -> list[MediaRange]:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    if '"' not in text:
+        return text.split(sep)
     out: list[str] = []
     current: list[str] = []
     quoted = False
@@ -407,7 +412,8 @@ def _type_matches(pattern: str, media_type: str) -> bool:
     return pattern == media_type
 
 
-def negotiate(accept: str | None, offers: Sequence[Offer], default: Offer | None = None) -> Offer:
+@functools.lru_cache(maxsize=256)  # a viewer sends the same few Accept headers all day
+def negotiate(accept: str | None, offers: tuple[Offer, ...], default: Offer | None = None) -> Offer:
     """The offer the client prefers among ``offers`` (ours in order of preference);
     ``default`` (else the first offer) for no Accept header or ``*/*``. NotAcceptable
     listing what is offered when nothing fits."""
@@ -468,10 +474,11 @@ def multipart_body(parts: Sequence[bytes], offer: Offer, boundary: str) -> bytes
     """RFC 2046 framing: each part with its Content-Type, then the closing delimiter. The
     parts are joined once (a frame is copied once into the body, never more)."""
     head = f"--{boundary}\r\nContent-Type: {part_type(offer)}\r\n\r\n".encode()
-    pieces: list[bytes] = []
-    for part in parts:
-        pieces.append(head)
+    between = b"\r\n" + head
+    pieces = [head]
+    for i, part in enumerate(parts):
+        if i:
+            pieces.append(between)
         pieces.append(part)
-        pieces.append(b"\r\n")
-    pieces.append(f"--{boundary}--\r\n".encode())
+    pieces.append(f"\r\n--{boundary}--\r\n".encode())
     return b"".join(pieces)

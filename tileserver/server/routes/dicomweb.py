@@ -111,23 +111,30 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
         return await visible_slides(request)
 
     async def study(request: web.Request, *scopes: str) -> SlideDicom:
-        """The slide of the path's study (and series, when given), authorized."""
+        """The slide of the path's study (and series and instance, when given), authorized.
+        A known UID is valid by construction: only an unknown one is checked for syntax (a
+        400), so the hot path is dictionary lookups."""
         m = request.match_info
-        uid = dw.check_uid(m["study"], "StudyInstanceUID")
-        series = dw.check_uid(m["series"], "SeriesInstanceUID") if "series" in m else None
-        instance = dw.check_uid(m["instance"], "SOPInstanceUID") if "instance" in m else None
-        try:
-            slide_id = await dicom.resolve(uid, await visible(request))
-        except SlideNotFound:
-            if request.get(PRINCIPAL) is SIGNED_URL:  # no slide to check the link against
-                authorize(request, "0" * 32, "tiles")
-            raise
+        slide_id = dicom.known(m["study"])
+        if slide_id is None:
+            uid = dw.check_uid(m["study"], "StudyInstanceUID")
+            try:
+                slide_id = await dicom.resolve(uid, await visible(request))
+            except SlideNotFound:
+                if request.get(PRINCIPAL) is SIGNED_URL:  # no slide to check the link against
+                    authorize(request, "0" * 32, "tiles")
+                for key, what in (("series", "SeriesInstanceUID"), ("instance", "SOPInstanceUID")):
+                    if key in m:
+                        dw.check_uid(m[key], what)
+                raise
         await allow(request, slide_id, *scopes)
         slide = await dicom.slide(slide_id)
-        if series is not None and series != slide.uids.series:
+        if "series" in m and m["series"] != slide.uids.series:
+            dw.check_uid(m["series"], "SeriesInstanceUID")
             raise SlideNotFound("no such series")
-        if instance is not None:
-            slide.level_of(slide.uids.series, instance)
+        if "instance" in m and m["instance"] not in slide.uids.instances:
+            dw.check_uid(m["instance"], "SOPInstanceUID")
+            raise SlideNotFound("no such instance")
         return slide
 
     def level(request: web.Request, slide: SlideDicom) -> int:
@@ -323,13 +330,13 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
     series_path = f"{study_path}/series/{{series:{UID}}}"
     instance_path = f"{series_path}/instances/{{instance:{UID}}}"
     frames_path = f"{instance_path}/frames/{{frames:[^/]+}}"  # parse_frames checks it
-    return [
+    return [  # frames first: a viewer's many requests match on the first try
+        web.get(frames_path, frames),
         web.get(f"{ROOT}/{{what:studies|series|instances}}", search),
         web.get(f"{study_path}/{{what:series|instances}}", search),
         web.get(f"{series_path}/{{what:instances}}", search),
         web.get(f"{series_path}/metadata", metadata),
         web.get(f"{instance_path}/metadata", metadata),
-        web.get(frames_path, frames),
         web.get(f"{frames_path}/rendered", rendered_frame),
         web.get(f"{instance_path}/rendered", rendered_instance),
         web.get(f"{study_path}/thumbnail", thumbnail),
@@ -391,7 +398,7 @@ def viewport(request: web.Request) -> Size | None:
 
 
 def frames_response(found: Frames | NotModified) -> web.Response:
-    headers = {"Cache-Control": CACHE_CONTROL}
+    headers = {"Cache-Control": CACHE_CONTROL, "Vary": "Accept"}  # one URL, several bodies
     if isinstance(found, NotModified):
         return web.Response(status=304, headers={"ETag": found.etag, **headers})
     headers["ETag"] = found.etag
