@@ -37,6 +37,7 @@ from tileserver.service import Encoded, NotModified, SlideService, _Plan, _plan_
 from tileserver.store.layout import FILL_VALUE
 
 ENCODED_PHOTOMETRIC = "YBR_FULL_422"  # frames we encode: YCbCr 4:2:0, as our tiles are
+JSON_CACHE_ITEMS = 4096  # instances' DICOM JSON (a few KiB each)
 REFRESH_SECONDS = 2.0  # the library is listed again for an unknown UID at most this often
 PHOTOMETRIC_SCAN = 4096  # chunks looked at for a level's first stored one
 
@@ -196,24 +197,36 @@ class DicomService:
         return None
 
     # -- DICOM JSON --------------------------------------------------------------------------
-    def instance_json(
-        self, slide: SlideDicom, level: int, *, identified: bool, case: str | None
-    ) -> dict[str, Any]:
-        """The instance's DICOM JSON (cached per slide generation and caller kind)."""
-        key = (slide.slide_id, slide.generation, level, identified, case if identified else None)
-        found = self._json.get(key)
-        if found is None:
-            facts = slide.facts[level]
-            if identified:
-                facts = dataclasses.replace(facts, case=case)
-            found = dicom.instance_json(
+    async def instance_json(
+        self, slide: SlideDicom, levels: Iterable[int], *, identified: bool, case: str | None
+    ) -> list[dict[str, Any]]:
+        """The instances' DICOM JSON, cached per slide generation and caller kind; made in
+        the render pool (a dataset is milliseconds of pydicom: never on the event loop)."""
+        case = case if identified else None
+        keys = [(slide.slide_id, slide.generation, k, identified, case) for k in levels]
+        found = [self._json.get(key) for key in keys]
+        missing = [key for key, doc in zip(keys, found, strict=True) if doc is None]
+        if missing:
+            made = await self.service._run(self._make_json, slide, missing)
+            with self._lock:
+                if len(self._json) + len(made) > JSON_CACHE_ITEMS:
+                    self._json.clear()
+                self._json.update(made)
+            found = [self._json.get(key) or made[key] for key in keys]
+        return cast(list[dict[str, Any]], found)
+
+    @staticmethod
+    def _make_json(
+        slide: SlideDicom, keys: list[tuple[str, str, int, bool, str | None]]
+    ) -> dict[tuple[str, str, int, bool, str | None], dict[str, Any]]:
+        made = {}
+        for key in keys:
+            _, _, level, identified, case = key
+            facts = dataclasses.replace(slide.facts[level], case=case)
+            made[key] = dicom.instance_json(
                 facts, slide.uids, level, slide.syntax, identified=identified
             )
-            with self._lock:
-                if len(self._json) > 4096:
-                    self._json.clear()
-                self._json[key] = found
-        return found
+        return made
 
     @staticmethod
     def offers(slide: SlideDicom) -> tuple[dw.Offer, ...]:

@@ -175,7 +175,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
             if "series" in m and m["series"] != slide.uids.series:
                 continue
             identified, case = await identity(request, slide_id)
-            for record in records(slide, what, identified, case):
+            for record in await records(slide, what, identified, case):
                 if not dw.matches(query, record):
                     continue
                 if skipped < query.offset:
@@ -199,11 +199,13 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
         )
         return web.json_response(results, content_type=dw.DICOM_JSON, headers=JSON_HEADERS)
 
-    def records(
+    async def records(
         slide: SlideDicom, what: str, identified: bool, case: str | None
     ) -> list[dict[str, Any]]:
-        first = dicom.instance_json(slide, 0, identified=identified, case=case)
         count = len(slide.uids.instances)
+        levels = range(count) if what == "instances" else range(1)
+        instances = await dicom.instance_json(slide, levels, identified=identified, case=case)
+        first = instances[0]
         if what == "studies":
             record = {t: first[t] for t in STUDY_SCOPE if t in first}
             record[dw.ATTRIBUTES["ModalitiesInStudy"][0]] = {"vr": "CS", "Value": ["SM"]}
@@ -223,7 +225,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
         syntaxes = {"vr": "UI", "Value": dicom.available_syntaxes(slide)}
         out = []
         for k in range(count):
-            record = dict(dicom.instance_json(slide, k, identified=identified, case=case))
+            record = dict(instances[k])
             record[dw.ATTRIBUTES["AvailableTransferSyntaxUID"][0]] = syntaxes
             out.append(record)
         return out
@@ -236,7 +238,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
             levels = [level(request, slide)]
         else:
             levels = list(range(len(slide.uids.instances)))
-        body = [dicom.instance_json(slide, k, identified=identified, case=case) for k in levels]
+        body = await dicom.instance_json(slide, levels, identified=identified, case=case)
         await audit(
             request,
             INSTANCES_ACCESSED,
