@@ -208,13 +208,22 @@ def test_exports_are_audited(home: Path, jpeg_store: tuple[Path, str], exported:
     assert first["detail"]["to"] == str(exported.resolve())
 
 
-def test_uid_root(home: Path, jpeg_store: tuple[Path, str], tmp_path: Path) -> None:
+def test_uid_root(
+    home: Path, jpeg_store: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, slide_id = jpeg_store
     export(home, store, slide_id, tmp_path / "org", "--uid-root", ORG_ROOT, "--quiet")
+    studies = set()
     for path in (tmp_path / "org").iterdir():
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        studies.add(ds.StudyInstanceUID)
         for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID):
             assert uid.startswith(ORG_ROOT + ".") and len(uid) <= 64
+    # The server's setting is the default, so served and exported UIDs agree.
+    monkeypatch.setenv("TILESERVER_DICOM_UID_ROOT", ORG_ROOT)
+    export(home, store, slide_id, tmp_path / "env", "--quiet")
+    ds = pydicom.dcmread(tmp_path / "env" / level_file(0), stop_before_pixels=True)
+    assert studies == {ds.StudyInstanceUID}
 
 
 def test_round_trip_through_convert(
@@ -399,3 +408,22 @@ def test_a_failed_export_leaves_nothing(
     last = [r for r in records if r["event_id"] == 110106][-1]
     assert (last["object"], last["outcome"]) == (slide_id, 4)
     assert last["detail"]["to"] == str(out.resolve())
+
+
+def test_export_from_an_s3_store(
+    home: Path, synthetic_svs: Path, s3_env: str, tmp_path: Path
+) -> None:
+    """A store on S3 (a real SeaweedFS) exports like a local one: chunks are ranged reads."""
+    proc = cli(home, "convert", "--quiet", str(synthetic_svs), "--out", s3_env)
+    assert proc.returncode == 0, proc.stderr
+    slide_id = proc.stdout.split(":")[1].split()[0]
+    out = tmp_path / "series"
+    proc = cli(home, "export", slide_id, "--store", s3_env, "--dicom", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    pyramid = SlideLibrary(s3_env, sources=False, keyring=KeyRing(home)).get(slide_id)
+    assert isinstance(pyramid, StorePyramid)
+    with openslide.OpenSlide(out / level_file(0)) as slide:
+        for level in (0, len(pyramid.levels) - 1):
+            dims = slide.level_dimensions[level]
+            pixels = np.asarray(slide.read_region((0, 0), level, dims).convert("RGB"))
+            assert np.array_equal(pixels, whole_level(pyramid, level)), level

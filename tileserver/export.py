@@ -268,9 +268,11 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     export.add_argument(
         "--uid-root",
-        default=UID_ROOT,
+        default=os.environ.get("TILESERVER_DICOM_UID_ROOT") or UID_ROOT,
         metavar="ROOT",
-        help="the organisation's UID root (default 2.25: UUID-derived UIDs)",
+        help="the organisation's UID root, as `serve --dicom-uid-root` (env "
+        "TILESERVER_DICOM_UID_ROOT; default 2.25: UUID-derived UIDs), so exported and served "
+        "UIDs agree",
     )
     export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(func=cmd_export)
