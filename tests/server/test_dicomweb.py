@@ -151,6 +151,13 @@ def test_metadata(server: Server, stores: Stores) -> None:
     assert value(first, "DimensionOrganizationType") == "TILED_FULL"
     one = server.get(f"{u.instance(2)}/metadata").json()
     assert one == [instances[2]]
+    plain = server.get(f"{u.instance(2)}/metadata", {"Accept": "application/json"})
+    assert plain.headers["content-type"].startswith("application/json") and plain.json() == one
+    dicom_json = server.get(f"{u.instance(2)}/metadata", {"Accept": "application/dicom+json"})
+    assert dicom_json.json() == one
+    for path in (f"{u.instance(2)}/metadata", "/dicomweb/studies"):
+        refused = server.get(path, {"Accept": 'multipart/related; type="application/dicom+xml"'})
+        assert refused.status == 406 and "application/dicom+json" in refused.json()["error"]
 
 
 def test_frames_pass_the_stored_chunks_through(server: Server, stores: Stores) -> None:
@@ -263,7 +270,7 @@ def test_rendered_and_thumbnails(server: Server, stores: Stores) -> None:
 def test_bad_input(server: Server, stores: Stores, path: str, status: int, needle: str) -> None:
     u = uids_of(stores.synthetic)
     url = path.format(study=u.study, series=u.series, instance=u.instance(0))
-    reply = server.get(url, {"Accept": JPEG})
+    reply = server.get(url, {"Accept": JPEG} if "/frames/" in url else {})
     assert reply.status == status, (url, reply.body)
     assert needle in reply.json()["error"]
 

@@ -43,6 +43,7 @@ UID = "[^/]+"  # checked by is_uid: a malformed one is a 400 that says so
 JSON_HEADERS = {"Cache-Control": "private, no-cache"}
 THUMBNAIL = 256  # default edge of thumbnails (PS3.18 leaves it to the origin server)
 RENDERED = (dw.Offer("image/jpeg", multipart=False), dw.Offer("image/png", multipart=False))
+JSON = (dw.Offer(dw.DICOM_JSON, multipart=False), dw.Offer("application/json", multipart=False))
 _FORMAT = {"image/jpeg": "jpeg", "image/png": "png"}
 
 
@@ -147,6 +148,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
         if "metadata" not in principal.scopes:
             raise web.HTTPForbidden(reason="this token may not search")
         query = dw.parse_query(request.query.items())
+        dw.negotiate(request.headers.get("Accept"), JSON)  # 406 before any work
         m = request.match_info
         visible_ids = await visible_slides(request)
         if "study" in m:
@@ -197,7 +199,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
                 "results": len(results),
             },
         )
-        return web.json_response(results, content_type=dw.DICOM_JSON, headers=JSON_HEADERS)
+        return json_response(request, results)
 
     async def records(
         slide: SlideDicom, what: str, identified: bool, case: str | None
@@ -232,6 +234,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
 
     # -- WADO-RS metadata ---------------------------------------------------------------------
     async def metadata(request: web.Request) -> web.Response:
+        dw.negotiate(request.headers.get("Accept"), JSON)  # 406 before any work
         slide = await study(request, "metadata", "tiles")
         identified, case = await identity(request, slide.slide_id)
         if "instance" in request.match_info:
@@ -246,7 +249,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
             obj=slide.slide_id,
             detail={"kind": "dicom-metadata", "identified": identified},
         )
-        return web.json_response(body, content_type=dw.DICOM_JSON, headers=JSON_HEADERS)
+        return json_response(request, body)
 
     # -- WADO-RS frames -----------------------------------------------------------------------
     async def frames(request: web.Request) -> web.Response:
@@ -397,6 +400,12 @@ def viewport(request: web.Request) -> Size | None:
     if len(parts) != 2 or not all(p.isdecimal() and 1 <= int(p) <= 8192 for p in parts):
         raise dw.QueryError("viewport is w,h with each in 1..8192")
     return Size(int(parts[0]), int(parts[1]))
+
+
+def json_response(request: web.Request, body: list[dict[str, Any]]) -> web.Response:
+    """DICOM JSON (or plain JSON when that is what the client asks for); 406 otherwise."""
+    offer = dw.negotiate(request.headers.get("Accept"), JSON)
+    return web.json_response(body, content_type=offer.media_type, headers=JSON_HEADERS)
 
 
 def frames_response(found: Frames | NotModified) -> web.Response:
