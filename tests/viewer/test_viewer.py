@@ -37,13 +37,18 @@ class Traffic:
         self.failed: list[str] = []
         self.errors: list[str] = []
         page.on("response", self._response)
-        page.on("requestfailed", lambda r: self.failed.append(r.url))
+        page.on("requestfailed", self._failed)
         page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
 
     def _response(self, response: Any) -> None:
         if TILE.search(response.url.split("?")[0]):
             self.tiles.append((response.status, response.url))
+
+    def _failed(self, request: Any) -> None:
+        # The viewer cancels requests for tiles the view no longer needs (net::ERR_ABORTED).
+        if "ERR_ABORTED" not in (request.failure or ""):
+            self.failed.append(request.url)
 
     def assert_tiles_ok(self) -> None:
         assert self.tiles, "no tile was requested"

@@ -300,12 +300,52 @@
 
   // -- tile loading: the viewport first, stale requests cancelled ----------------------------
   // Tiles are fetched with fetch() and an AbortController (OpenSeadragon's documented
-  // downloadTileStart/downloadTileAbort extension points), so a request for a tile that left
-  // the view, or of a level finer than the view needs, is aborted: the browser drops it from
-  // its queue (or the server drops the work), and the new view's tiles go first.
-  const inFlight = new Set(); // started jobs of the main image's tiles
+  // downloadTileStart/downloadTileAbort extension points). While the view animates,
+  // OpenSeadragon asks for the tiles of every view on the way; a tile outside the view the
+  // animation ends at is held back (sent if the end view turns out to need it), and a request
+  // for a tile that left both views, or of a level finer than either needs, is dropped or
+  // aborted: the browser takes it out of its queue (or the server drops the work), so the
+  // tiles of the new view go first.
+  const inFlight = new Set(); // sent requests for the main image's tiles
+  const held = new Set(); // jobs for tiles outside the end view, not sent
+
+  function isMainTile(tile) {
+    return Boolean(viewer && tile && tile.tiledImage && viewer.world.getIndexOfItem(tile.tiledImage) >= 0);
+  }
+
+  /** The finest level OpenSeadragon draws at the current or target zoom (its own rule: the
+      finest level with at least ``minPixelRatio`` screen pixels per level pixel). */
+  function finestLevel(item, current) {
+    const source = item.source;
+    const scale = item.getBounds(current).width;
+    for (let level = source.maxLevel; level > source.minLevel; level--) {
+      const ratio = viewer.viewport.deltaPixelsFromPointsNoRotate(source.getPixelRatio(level), current).x;
+      if (ratio * scale >= item.minPixelRatio) return level;
+    }
+    return source.minLevel;
+  }
+
+  /** Where a tile stands: needed by the end view, or by the view drawn now (then OpenSeadragon
+      may still ask for it: never cancelled), or by neither (stale). */
+  function standing(tile) {
+    const item = tile.tiledImage;
+    const inside = (area, finest) => Boolean(area && tile.level <= finest && area.intersection(tile.bounds));
+    if (inside(item.getLoadArea(), finestLevel(item, false))) return "end";
+    if (inside(item.getDrawArea(), finestLevel(item, true))) return "now";
+    return "stale";
+  }
 
   function fetchTile(job) {
+    if (isMainTile(job.tile) && standing(job.tile) !== "end") {
+      window.clearTimeout(job.jobId); // no time-out while held: it has not been sent
+      job.jobId = -1;
+      held.add(job);
+      return;
+    }
+    send(job);
+  }
+
+  function send(job) {
     const controller = new AbortController();
     job.userData.controller = controller;
     if (isMainTile(job.tile)) inFlight.add(job);
@@ -330,53 +370,44 @@
     if (job.userData.controller) job.userData.controller.abort();
   }
 
-  function isMainTile(tile) {
-    return Boolean(viewer && tile && tile.tiledImage && viewer.world.getIndexOfItem(tile.tiledImage) >= 0);
-  }
-
-  /** The finest level OpenSeadragon draws at the current or target zoom (its own rule: the
-      finest level with at least ``minPixelRatio`` screen pixels per level pixel). */
-  function finestLevel(item, current) {
-    const source = item.source;
-    const scale = item.getBounds(current).width;
-    for (let level = source.maxLevel; level > source.minLevel; level--) {
-      const ratio = viewer.viewport.deltaPixelsFromPointsNoRotate(source.getPixelRatio(level), current).x;
-      if (ratio * scale >= item.minPixelRatio) return level;
-    }
-    return source.minLevel;
-  }
-
-  /** Still wanted: inside the view now or at the end of the animation, at a level drawn there.
-      (A superset of what OpenSeadragon asks for, so nothing it wants is ever cancelled.) */
-  function stillWanted(tile) {
-    const item = tile.tiledImage;
-    if (tile.level > Math.max(finestLevel(item, true), finestLevel(item, false))) return false;
-    const now = item.getDrawArea();
-    const end = item.getLoadArea();
-    return Boolean((now && now.intersection(tile.bounds)) || (end && end.intersection(tile.bounds)));
-  }
-
-  /** Stale requests out: queued jobs leave the queue, started ones are aborted; either way the
-      tile is no longer "loading", so OpenSeadragon asks again if the view comes back to it. */
-  function cancelStale() {
+  /** A job ends without a result: the tile is no longer "loading" (OpenSeadragon asks again if
+      a view needs it), and, as ImageLoader does when a job completes, its slot is freed. */
+  function release(job) {
+    window.clearTimeout(job.jobId);
+    job.jobId = null; // finish() and our fail() calls now do nothing
+    job.tile.loading = false;
     const loader = viewer.imageLoader;
-    const queued = loader.jobQueue.filter((job) => isMainTile(job.tile) && !stillWanted(job.tile));
+    loader.jobsInProgress -= 1;
+    while (loader.canAcceptNewJob() && loader.jobQueue.length > 0) {
+      loader.jobQueue.shift().start();
+      loader.jobsInProgress += 1;
+    }
+  }
+
+  /** After OpenSeadragon chose this frame's tiles: held tiles the end view needs are sent,
+      stale ones dropped; stale requests in the loader's queue dropped, sent ones aborted. */
+  function prioritise() {
+    for (const job of [...held]) {
+      const where = standing(job.tile);
+      if (where === "now") continue;
+      held.delete(job);
+      if (where === "stale") {
+        release(job);
+      } else {
+        job.jobId = window.setTimeout(() => job.fail(`Image load exceeded timeout (${job.timeout} ms)`, null), job.timeout);
+        send(job);
+      }
+    }
+    const loader = viewer.imageLoader;
+    const queued = loader.jobQueue.filter((job) => isMainTile(job.tile) && standing(job.tile) === "stale");
     for (const job of queued) {
       loader.jobQueue.splice(loader.jobQueue.indexOf(job), 1);
-      job.tile.loading = false;
+      job.tile.loading = false; // never started: no slot to free
     }
     for (const job of [...inFlight]) {
-      if (stillWanted(job.tile)) continue;
+      if (standing(job.tile) !== "stale") continue;
       abortTile(job);
-      window.clearTimeout(job.jobId);
-      job.jobId = null; // finish() and our fail() calls now do nothing
-      job.tile.loading = false;
-      // What ImageLoader does when a job completes: free its slot, start the next queued job.
-      loader.jobsInProgress -= 1;
-      while (loader.canAcceptNewJob() && loader.jobQueue.length > 0) {
-        loader.jobQueue.shift().start();
-        loader.jobsInProgress += 1;
-      }
+      release(job);
       tiles.cancelled += 1;
       showTileStatus();
     }
@@ -397,7 +428,26 @@
     $("slide-facts").textContent = parts.join(" · ");
   }
 
-  function startViewer() {
+  /** The DZI, fetched alongside the slide's facts, as the object form OpenSeadragon takes: it
+      then does not fetch it again after them (a round trip fewer before the first tile). */
+  function dziSource(text) {
+    if (!text) return null;
+    const image = new DOMParser().parseFromString(text, "application/xml").documentElement;
+    const size = image.getElementsByTagName("Size")[0];
+    if (!image || image.localName !== "Image" || !size) return null;
+    return {
+      Image: {
+        xmlns: image.namespaceURI,
+        Url: `/deepzoom/${slideId}_files/`,
+        Format: image.getAttribute("Format"),
+        Overlap: image.getAttribute("Overlap"),
+        TileSize: image.getAttribute("TileSize"),
+        Size: { Width: size.getAttribute("Width"), Height: size.getAttribute("Height") },
+      },
+    };
+  }
+
+  function startViewer(dzi) {
     // OpenSeadragon adds a small <style> for touch screens unless one marked
     // data-openseadragon-mobile-css exists; the CSP refuses inline styles (even empty ones), so
     // its rule lives in app.css and the marker is a "style" element outside the HTML and SVG
@@ -408,7 +458,7 @@
 
     viewer = OpenSeadragon({
       element: $("osd"),
-      tileSources: `/deepzoom/${slideId}.dzi`,
+      tileSources: dzi || `/deepzoom/${slideId}.dzi`, // the URL: OpenSeadragon says what failed
       prefixUrl: "/static/vendor/openseadragon/images/",
       drawer: "canvas",
       showNavigationControl: false,
@@ -454,9 +504,12 @@
       });
       updateReadouts();
     });
-    viewer.addHandler("viewport-change", cancelStale); // after OpenSeadragon chose this frame's tiles
+    viewer.addHandler("viewport-change", prioritise); // after OpenSeadragon chose this frame's tiles
     viewer.addHandler("animation-start", showSharpness);
-    viewer.addHandler("animation-finish", showSharpness);
+    viewer.addHandler("animation-finish", () => {
+      prioritise(); // the end view is the view: nothing is held any more
+      showSharpness();
+    });
     viewer.addHandler("open-failed", async () => {
       if (await TS.checkSession()) message("The slide could not be opened.");
     });
@@ -498,6 +551,9 @@
     }
     let info;
     const casesPromise = TS.json("/viewer/cases").catch(() => null);
+    const dziPromise = fetch(`/deepzoom/${slideId}.dzi`, { credentials: "same-origin" })
+      .then((response) => (response.ok ? response.text() : null))
+      .catch(() => null);
     try {
       info = await TS.json(`/api/slides/${slideId}`);
     } catch (error) {
@@ -514,7 +570,7 @@
       : (mpp ? Math.round(10 / mpp[0]) : null); // ~10 µm/px at 1×
     buildPresets();
     facts(info);
-    startViewer();
+    startViewer(dziSource(await dziPromise));
     loadLabel(info);
     wireCase((await casesPromise || {}).cases);
   }
