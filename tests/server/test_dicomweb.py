@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.cli import cli
 from tests.server.conftest import Response, Server, Stores, run_server
+from tests.server.test_security import enrol, last_line_token
 from tests.stores import open_reader
 from tileserver.geometry import Size
 from tileserver.protocols import dicom
@@ -35,6 +36,7 @@ from tileserver.store.writer import StoreWriter
 JPEG = 'multipart/related; type="image/jpeg"'
 NATIVE = 'multipart/related; type="application/octet-stream"'
 STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+PASSWORD = "dicomweb test password alice 1"  # test-only
 TILE = 240  # the synthetic slide's JPEG tile edge: 3000 x 2000 is 13 x 9 tiles at level 0
 
 
@@ -452,6 +454,18 @@ def test_identifying_attributes_need_the_labels_grant(site: Site) -> None:
     assert (
         site.server.get("/dicomweb/studies?AccessionNumber=case-a", site.bearer("a")).json() == []
     )
+    # A person: identified only once granted labels on the collection, at once.
+    boot = cli(site.home, "users", "bootstrap", "--url", site.server.base)
+    assert boot.returncode == 0, boot.stderr
+    alice = enrol(site.server, last_line_token(boot.stdout, "setup"), "alice", PASSWORD)
+    assert cli(site.home, "users", "grant", "alice", "case-a").returncode == 0
+    path = f"{a.instance(0)}/metadata"
+    seen = site.server.get(path, alice.headers()).json()[0]
+    assert value(seen, "PatientIdentityRemoved") == "YES"
+    assert site.server.get(f"{uids_of(site.b).instance(0)}/metadata", alice.headers()).status == 404
+    assert cli(site.home, "users", "grant", "alice", "case-a", "--labels").returncode == 0
+    seen = site.server.get(path, alice.headers()).json()[0]
+    assert value(seen, "AccessionNumber") == "case-a" and "00120063" not in seen
     records = [
         json.loads(line) for line in (site.home / "audit" / "audit.jsonl").read_text().splitlines()
     ]
