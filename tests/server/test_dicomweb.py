@@ -8,6 +8,7 @@ import email.parser
 import email.policy
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -507,3 +508,34 @@ def test_frames_declare_one_colour_model_per_level(tmp_path: Path) -> None:
     assert frames[1] != stored[1] and dicom.jpeg_photometric(frames[1]) == "RGB"
     assert np.abs(rgb(frames[1]).reshape(-1, 3).mean(axis=0) - colours[1]).max() < 4
     assert dicom.jpeg_photometric(frames[3]) == "RGB" and (rgb(frames[3]) >= 250).all()
+
+
+def test_slide_files_served_directly(stores: Stores, synthetic_svs: Path, tmp_path: Path) -> None:
+    """``serve --sources``: no stored chunks, so every frame is made (JPEG in the declared
+    colour model, or native pixels), still full Rows x Columns."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(synthetic_svs, folder / "synthetic.svs")  # a link out of the folder is refused
+    with run_server(folder, stores.home, "--sources") as srv:
+        studies = srv.get("/dicomweb/studies").json()
+        assert len(studies) == 1
+        study = str(value(studies[0], "StudyInstanceUID"))
+        series = srv.get(f"/dicomweb/studies/{study}/series").json()
+        metadata = srv.get(
+            f"/dicomweb/studies/{study}/series/{value(series[0], 'SeriesInstanceUID')}/metadata"
+        ).json()
+        first = metadata[0]
+        # Nothing is stored: the instance is native (RGB); JPEG frames are made on request.
+        assert value(first, "PhotometricInterpretation") == "RGB"
+        edge = int(str(value(first, "Rows")))
+        base = (
+            f"/dicomweb/studies/{study}/series/{value(first, 'SeriesInstanceUID')}"
+            f"/instances/{value(first, 'SOPInstanceUID')}/frames/2"
+        )
+        ((_, jpeg),) = parts(srv.get(base, {"Accept": JPEG}))
+        assert dicom.jpeg_photometric(jpeg) == "YBR_FULL_422"
+        assert rgb(jpeg).shape == (edge, edge, 3)
+        ((_, native),) = parts(srv.get(base, {"Accept": NATIVE}))
+        assert len(native) == edge * edge * 3
+        pixels = np.frombuffer(native, np.uint8).reshape(edge, edge, 3).astype(np.int16)
+        assert np.abs(pixels - rgb(jpeg)).mean() < 3
