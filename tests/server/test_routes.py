@@ -46,6 +46,7 @@ EXPECTED_PUBLIC = {
     "/auth/login": "logging in",
     "/auth/enrol": "one-time enrolment link",
     "/auth/enrol/confirm": "one-time enrolment link",
+    "/auth/enrol/link": "whom a one-time enrolment link is for",
     "/auth/link": "one-time loopback login link",
     "/login": "the login page",
     "/static/{path}": "viewer code and styles (no patient data)",

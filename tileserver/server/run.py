@@ -8,6 +8,7 @@ import ipaddress
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -197,6 +198,28 @@ def build_security(options: ServeOptions) -> Security:
     )
 
 
+def first_run_hint(options: ServeOptions, base: str) -> str:
+    """What to run when nobody can sign in yet: the exact command that prints the one-time
+    setup link for the first administrator (there are no default credentials)."""
+    program = sys.argv[0] if Path(sys.argv[0]).name == "tileserver" else "tileserver"
+    url = base if options.public_url is None else public_base(options.public_url, options.tls)
+    command = [
+        f"TILESERVER_HOME={shlex.quote(str(options.home))}",
+        shlex.quote(program),
+        "users bootstrap --url",
+        shlex.quote(url),
+    ]
+    shared = (
+        " (with this server's --database and --audit-database)"
+        if (options.database or options.audit_database)
+        else ""
+    )
+    return (
+        "no users yet: the first administrator signs in with the one-time setup link that"
+        f" this command prints{shared}:\n  {' '.join(command)}"
+    )
+
+
 def make_runner(app: web.Application) -> web.AppRunner:
     # handler_cancellation: a client that goes away cancels its handler, and with it any
     # render job still waiting for a worker thread.
@@ -240,6 +263,8 @@ async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | No
         base = f"{scheme}://{'127.0.0.1' if options.host == '0.0.0.0' else options.host}:{port}"
         count = len(library.slide_ids())
         print(f"serving {count} slide(s) from {options.location} at {base}/", flush=True)
+        if security.authenticator is not None and not security.authenticator.accounts.has_users():
+            print(first_run_hint(options, base), flush=True)
         if options.login_link and security.authenticator is not None:
             token = security.authenticator.accounts.issue_one_time(
                 "link", options.login_link, None, LINK_TTL
@@ -287,6 +312,15 @@ def serve(options: ServeOptions) -> int:
         f"with {options.workers} worker processes",
         flush=True,
     )
+    if options.auth:
+        keyring = KeyRing(options.home, options.kek, options.pkcs11_pin)
+        accounts = Accounts(
+            state_database(options.home, options.database), keyring.service_key("totp")
+        )
+        if not accounts.has_users():
+            host = "127.0.0.1" if options.host == "0.0.0.0" else options.host
+            print(first_run_hint(options, f"{scheme}://{host}:{options.port}"), flush=True)
+        accounts.db.close()
 
     def stop(signum: int, frame: object) -> None:
         for proc in procs:

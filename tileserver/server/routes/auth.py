@@ -157,6 +157,30 @@ def routes() -> list[web.RouteDef]:
             headers={"Cache-Control": "no-store"},
         )
 
+    async def enrol_link(request: web.Request) -> web.Response:
+        """Whom a one-time set-up link is for, so the page asks only what the link needs: a
+        bootstrap link lets the first administrator choose a name; an enrolment link was
+        issued for one user, whose name the page shows instead of a field it would ignore.
+        The token is in the body (never a query string an access log could keep)."""
+        security = request.app[SECURITY]
+        if security.authenticator is None:
+            raise web.HTTPNotFound()
+        form = await _form(request, "token")
+        accounts = security.authenticator.accounts
+        found = await _off_loop(accounts.peek_one_time, form["token"], ("bootstrap", "enrol"))
+        if found is None:
+            raise BadRequest("this link is unknown, used or expired")
+        purpose, user, role, _ = found
+        if purpose == "bootstrap":
+            if await _off_loop(accounts.has_users):
+                raise BadRequest("this server already has an administrator")
+            # The name staged by an unfinished attempt is not the link's: the choice stays open.
+            user, role = None, "admin"
+        return web.json_response(
+            {"purpose": purpose, "username": user, "role": role},
+            headers={"Cache-Control": "no-store"},
+        )
+
     async def enrol_confirm(request: web.Request) -> web.StreamResponse:
         security = request.app[SECURITY]
         if security.authenticator is None:
@@ -196,6 +220,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/auth/logout", logout),
         web.get("/auth/me", me),
         web.post("/auth/enrol", enrol),
+        web.post("/auth/enrol/link", enrol_link),
         web.post("/auth/enrol/confirm", enrol_confirm),
         web.get("/auth/link", link),
     ]

@@ -80,6 +80,45 @@
     }
   });
 
+  let enrolFor = null; // the user an enrolment link was issued for; null: the name is chosen
+
+  /** Whom the set-up link is for: an enrolment link shows its user's name (the server
+   *  ignores any other); the bootstrap link lets the first administrator choose one. */
+  async function describeLink() {
+    const form = $("enrol-form");
+    const fields = [...form.querySelectorAll("input, button")];
+    fields.forEach((node) => { node.disabled = true; });
+    say("Checking the link…", "info");
+    let response;
+    try {
+      response = await TS.post("/auth/enrol/link", { token: setup });
+    } catch (_) {
+      say("The server cannot be reached.");
+      return;
+    }
+    if (!response.ok) {
+      say(`${await errorOf(response)}. Ask an administrator for a new link.`);
+      return; // the form stays disabled: nothing typed into it could work
+    }
+    const link = await response.json();
+    fields.forEach((node) => { node.disabled = false; });
+    say("", "info");
+    if (link.purpose === "enrol" && link.username) {
+      enrolFor = link.username;
+      $("enrol-name").textContent = link.username;
+      $("enrol-account").classList.remove("hidden");
+      $("enrol-username-field").classList.add("hidden");
+      // Kept, read-only, for password managers to save the new password under this name.
+      $("enrol-username").value = link.username;
+      $("enrol-username").readOnly = true;
+      $("enrol-password").focus();
+    } else {
+      $("enrol-intro").textContent = "This one-time link makes you this server's first " +
+        "administrator: choose your user name and password, then register an authenticator app.";
+      $("enrol-username").focus();
+    }
+  }
+
   $("enrol-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const password = $("enrol-password").value;
@@ -90,9 +129,9 @@
     const button = $("enrol-submit");
     busy(button, true);
     try {
-      const response = await TS.post("/auth/enrol", {
-        token: setup, username: $("enrol-username").value.trim(), password,
-      });
+      const body = { token: setup, password };
+      if (enrolFor === null) body.username = $("enrol-username").value.trim();
+      const response = await TS.post("/auth/enrol", body);
       if (!response.ok) {
         say(await errorOf(response));
         return;
@@ -137,5 +176,8 @@
     }
   });
 
-  if (setup) show("enrol-form");
+  if (setup) {
+    show("enrol-form");
+    describeLink();
+  }
 })();
