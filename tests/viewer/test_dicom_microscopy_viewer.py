@@ -8,13 +8,15 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.server.conftest import run_server
-from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, Site, enrol_over_http, image_stats
+from tests.server.conftest import Server, run_server
+from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, _cli, _token, image_stats, secret_of
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -60,7 +62,58 @@ def tissue_colour(png: bytes) -> tuple[Any, float]:
     return tissue.mean(axis=0), len(tissue) / len(rgb)
 
 
-def logged_in(browser: Any, site: Site, person: Person) -> Any:
+@dataclass(frozen=True)
+class DicomSite:
+    """A server of its own (the shared viewer site's first user must be its administrator,
+    enrolled by test_viewer.py): slides a1 (JPEG chunks) and a2 (lossless zstd chunks) in
+    case-a, b1 in case-b, and one user for each case."""
+
+    server: Server
+    home: Path
+    a1: str
+    a2: str
+    b1: str
+    reader: Person  # granted case-a
+    other: Person  # granted case-b
+
+
+def enrol(server: Server, home: Path, person: Person, collection: str) -> None:
+    """A user added by the administrator's CLI, enrolled over HTTP, granted ``collection``."""
+    token = _token(_cli(home, "users", "add", person.name, "--url", server.base))
+    started = server.post(
+        "/auth/enrol", {"token": token, "username": person.name, "password": person.password}
+    )
+    assert started.status == 200, started.body
+    person.secret = secret_of(started.json()["otpauth_uri"])
+    confirmed = server.post("/auth/enrol/confirm", {"token": token, "code": person.fresh_code()})
+    assert confirmed.status == 200, confirmed.body
+    _cli(home, "users", "grant", person.name, collection)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Iterator[DicomSite]:
+    root = tmp_path_factory.mktemp("dmv")
+    home, stores = root / "home", root / "stores"
+    KeyRing(home).initialise()
+    ids = []
+    for codec in ("jpeg", "zstd", "jpeg"):
+        slide_id = new_slide_id()
+        with open_slide(synthetic_svs) as source:
+            store = LocalObjects(stores / slide_id)
+            convert(source, store, slide_id, ConvertOptions(codec=codec), KeyRing(home))
+        ids.append(slide_id)
+    a1, a2, b1 = ids
+    _cli(home, "slides", "assign", "case-a", a1, a2)
+    _cli(home, "slides", "assign", "case-b", b1)
+    with run_server(stores, home, secure=True) as server:
+        reader = Person("reader", "dicom microscopy viewer reader 1")  # test-only
+        other = Person("other", "dicom microscopy viewer other 22")  # test-only
+        enrol(server, home, reader, "case-a")
+        enrol(server, home, other, "case-b")
+        yield DicomSite(server, home, a1, a2, b1, reader, other)
+
+
+def logged_in(browser: Any, site: DicomSite, person: Person) -> Any:
     """A browser context with ``person``'s session, logged in through the API."""
     context = browser.new_context(
         base_url=site.server.base, ignore_https_errors=True, viewport=VIEWPORT
@@ -75,11 +128,9 @@ def logged_in(browser: Any, site: Site, person: Person) -> Any:
 
 
 @pytest.fixture(scope="module")
-def reader(viewer_site: Site, browser: Any) -> Iterator[Any]:
-    """A user granted case-a only (a1, a2), enrolled over HTTP; her browser context."""
-    person = Person("dmv-reader", "dicom microscopy viewer reader 1")  # test-only
-    enrol_over_http(viewer_site, person, "case-a")
-    context = logged_in(browser, viewer_site, person)
+def reader(site: DicomSite, browser: Any) -> Iterator[Any]:
+    """The case-a user's browser context."""
+    context = logged_in(browser, site, site.reader)
     yield context
     context.close()
 
@@ -102,16 +153,15 @@ def find_series(context: Any, slide_id: str) -> tuple[str, str]:
     raise AssertionError(f"no study of slide {slide_id} in QIDO")
 
 
-def test_qido_lists_only_the_users_slides(reader: Any, viewer_site: Site) -> None:
+def test_qido_lists_only_the_users_slides(reader: Any, site: DicomSite) -> None:
     studies = reader.request.get("/dicomweb/studies", headers=DICOM_JSON)
     assert studies.status == 200, studies.text()
     assert len(studies.json()) == 2  # case-a's a1 and a2; case-b's b1 is not the user's
-    study, series = find_series(reader, viewer_site.a1)
-    assert (study, series) != find_series(reader, viewer_site.a2)
+    study, series = find_series(reader, site.a1)
+    assert (study, series) != find_series(reader, site.a2)
 
 
-def test_dicom_microscopy_viewer_shows_the_slide(reader: Any, viewer_site: Site) -> None:
-    site = viewer_site
+def test_dicom_microscopy_viewer_shows_the_slide(reader: Any, site: DicomSite) -> None:
     study, series = find_series(reader, site.a1)
     page = reader.new_page()
     frames: list[tuple[int, str]] = []
@@ -199,14 +249,12 @@ def test_dicom_microscopy_viewer_shows_the_slide(reader: Any, viewer_site: Site)
 
 
 def test_a_series_of_another_collection_does_not_open(
-    reader: Any, viewer_site: Site, browser: Any
+    reader: Any, site: DicomSite, browser: Any
 ) -> None:
     """b1 belongs to case-b: its UIDs, as a user of case-b finds them, open nothing here."""
-    person = Person("dmv-other", "dicom microscopy viewer other 2")  # test-only
-    enrol_over_http(viewer_site, person, "case-b")
-    other = logged_in(browser, viewer_site, person)
+    other = logged_in(browser, site, site.other)
     try:
-        study, series = find_series(other, viewer_site.b1)
+        study, series = find_series(other, site.b1)
     finally:
         other.close()
     page = reader.new_page()
@@ -233,14 +281,14 @@ def test_a_series_of_another_collection_does_not_open(
         "/static/vendor/dicom-microscopy-viewer//etc/passwd",
     ],
 )
-def test_vendor_paths_stay_inside_their_package(viewer_site: Site, path: str) -> None:
-    reply = viewer_site.server.get(path)
+def test_vendor_paths_stay_inside_their_package(site: DicomSite, path: str) -> None:
+    reply = site.server.get(path)
     assert reply.status == 404, (path, reply.status)
     assert b'"name"' not in reply.body and b"root:" not in reply.body
 
 
-def test_vendor_files_are_served_with_their_types(viewer_site: Site) -> None:
-    server = viewer_site.server
+def test_vendor_files_are_served_with_their_types(site: DicomSite) -> None:
+    server = site.server
     script = server.get(f"{DMV}dicomMicroscopyViewer.min.js")
     assert script.status == 200 and script.headers["content-type"].startswith("text/javascript")
     wasm = server.get(f"{DMV}libjpegturbowasm_decode.wasm")
@@ -251,10 +299,10 @@ def test_vendor_files_are_served_with_their_types(viewer_site: Site) -> None:
 
 
 def test_a_missing_package_is_a_404_saying_how_to_install_it(
-    viewer_site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    site: DicomSite, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     monkeypatch.setenv("TILESERVER_DICOM_MICROSCOPY_VIEWER", str(tmp_path / "absent"))
-    with run_server(viewer_site.server.directory, tmp_path / "home") as server:
+    with run_server(site.server.directory, tmp_path / "home") as server:
         reply = server.get(f"{DMV}dicomMicroscopyViewer.min.js")
         assert reply.status == 404
         assert b"dicom-microscopy-viewer is not installed" in reply.body
@@ -263,42 +311,23 @@ def test_a_missing_package_is_a_404_saying_how_to_install_it(
         assert server.get("/static/vendor/dicomweb-client/dicomweb-client.js").status == 200
 
 
-@pytest.fixture(scope="module")
-def lossless_server(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Any) -> Any:
-    """A server (loopback HTTP, no auth) over one slide stored losslessly (zstd chunks)."""
-    root = tmp_path_factory.mktemp("dmv-lossless")
-    keyring = KeyRing(root / "home")
-    keyring.initialise()
-    slide_id = new_slide_id()
-    with open_slide(synthetic_svs) as source:
-        store = LocalObjects(root / "stores" / slide_id)
-        convert(source, store, slide_id, ConvertOptions(codec="zstd"), keyring)
-    with run_server(root / "stores", root / "home") as server:
-        yield server, slide_id
-
-
-def test_a_losslessly_stored_slide_displays_too(lossless_server: Any, browser: Any) -> None:
-    server, slide_id = lossless_server
-    context = browser.new_context(base_url=server.base, viewport=VIEWPORT)
-    try:
-        context.set_default_timeout(20_000)
-        study, series = find_series(context, slide_id)
-        page = context.new_page()
-        statuses: list[int] = []
-        page.on("response", lambda r: statuses.append(r.status) if "/frames/" in r.url else None)
-        page.goto(f"{PAGE}?study={study}&series={series}")
-        poll(page, "document.body.dataset.open !== 'pending'")
-        assert page.evaluate("document.body.dataset.open") == "true", page.text_content("#message")
-        poll(page, "Number(document.body.dataset.frames) >= 2")
-        page.wait_for_timeout(1500)
-        assert statuses and all(status == 200 for status in statuses), statuses
-        assert page.evaluate("document.body.dataset.frameErrors") == "0"
-        shot = page.locator("#viewport").screenshot()
-        (ARTIFACTS / "dicom-microscopy-viewer-lossless.png").write_bytes(shot)
-        thumbnail = context.request.get(f"/api/slides/{slide_id}/thumbnail?max=600&format=png")
-        assert thumbnail.status == 200, thumbnail.text()
-        (shown, share), (expected, _) = tissue_colour(shot), tissue_colour(thumbnail.body())
-        assert share > 0.3, share
-        assert abs(shown - expected).max() < 15, (shown, expected)
-    finally:
-        context.close()
+def test_a_losslessly_stored_slide_displays_too(reader: Any, site: DicomSite) -> None:
+    study, series = find_series(reader, site.a2)
+    page = reader.new_page()
+    statuses: list[int] = []
+    page.on("response", lambda r: statuses.append(r.status) if "/frames/" in r.url else None)
+    page.goto(f"{PAGE}?study={study}&series={series}")
+    poll(page, "document.body.dataset.open !== 'pending'")
+    assert page.evaluate("document.body.dataset.open") == "true", page.text_content("#message")
+    poll(page, "Number(document.body.dataset.frames) >= 4")
+    page.wait_for_timeout(1500)
+    assert statuses and all(status == 200 for status in statuses), statuses
+    assert page.evaluate("document.body.dataset.frameErrors") == "0"
+    shot = page.locator("#viewport").screenshot()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "dicom-microscopy-viewer-lossless.png").write_bytes(shot)
+    thumbnail = reader.request.get(f"/api/slides/{site.a2}/thumbnail?max=600&format=png")
+    assert thumbnail.status == 200, thumbnail.text()
+    (shown, share), (expected, _) = tissue_colour(shot), tissue_colour(thumbnail.body())
+    assert share > 0.3, share
+    assert abs(shown - expected).max() < 15, (shown, expected)
