@@ -310,7 +310,8 @@
   const held = new Set(); // jobs for tiles outside the end view, not sent
 
   function isMainTile(tile) {
-    return Boolean(viewer && tile && tile.tiledImage && viewer.world.getIndexOfItem(tile.tiledImage) >= 0);
+    const item = tile && tile.tiledImage;
+    return Boolean(viewer && item && viewer.world.getIndexOfItem(item) >= 0);
   }
 
   /** The finest level OpenSeadragon draws at the current or target zoom (its own rule: the
@@ -319,8 +320,9 @@
     const source = item.source;
     const scale = item.getBounds(current).width;
     for (let level = source.maxLevel; level > source.minLevel; level--) {
-      const ratio = viewer.viewport.deltaPixelsFromPointsNoRotate(source.getPixelRatio(level), current).x;
-      if (ratio * scale >= item.minPixelRatio) return level;
+      const ratio = source.getPixelRatio(level);
+      const pixel = viewer.viewport.deltaPixelsFromPointsNoRotate(ratio, current);
+      if (pixel.x * scale >= item.minPixelRatio) return level;
     }
     return source.minLevel;
   }
@@ -329,7 +331,8 @@
       may still ask for it: never cancelled), or by neither (stale). */
   function standing(tile) {
     const item = tile.tiledImage;
-    const inside = (area, finest) => Boolean(area && tile.level <= finest && area.intersection(tile.bounds));
+    const inside = (area, finest) =>
+      Boolean(area && tile.level <= finest && area.intersection(tile.bounds));
     if (inside(item.getLoadArea(), finestLevel(item, false))) return "end";
     if (inside(item.getDrawArea(), finestLevel(item, true))) return "now";
     return "stale";
@@ -394,12 +397,14 @@
       if (where === "stale") {
         release(job);
       } else {
-        job.jobId = window.setTimeout(() => job.fail(`Image load exceeded timeout (${job.timeout} ms)`, null), job.timeout);
+        const timedOut = () => job.fail(`Image load exceeded timeout (${job.timeout} ms)`, null);
+        job.jobId = window.setTimeout(timedOut, job.timeout); // as ImageJob.start arms it
         send(job);
       }
     }
     const loader = viewer.imageLoader;
-    const queued = loader.jobQueue.filter((job) => isMainTile(job.tile) && standing(job.tile) === "stale");
+    const stale = (job) => isMainTile(job.tile) && standing(job.tile) === "stale";
+    const queued = loader.jobQueue.filter(stale);
     for (const job of queued) {
       loader.jobQueue.splice(loader.jobQueue.indexOf(job), 1);
       job.tile.loading = false; // never started: no slot to free
@@ -476,7 +481,7 @@
       springStiffness: 9,
       blendTime: 0.05,
       zoomPerScroll: 1.4,
-      // Loading tuned for a tile server (measured: benchmarks/bench_viewer.py; why: docs/viewer.md).
+      // Loading tuned for a tile server (benchmarks/bench_viewer.py; the why: docs/viewer.md).
       maxTilesPerFrame: 8, // 1 by default: one tile started per animation frame
       imageLoaderLimit: 0, // the browser's per-host limit queues them; stale ones are cancelled
       immediateRender: true, // the displayed level first, not every coarser level on the way
@@ -504,7 +509,7 @@
       });
       updateReadouts();
     });
-    viewer.addHandler("viewport-change", prioritise); // after OpenSeadragon chose this frame's tiles
+    viewer.addHandler("viewport-change", prioritise); // after this frame's tiles are chosen
     viewer.addHandler("animation-start", showSharpness);
     viewer.addHandler("animation-finish", () => {
       prioritise(); // the end view is the view: nothing is held any more
