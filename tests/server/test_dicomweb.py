@@ -127,8 +127,12 @@ def test_qido_at_every_level(server: Server, stores: Stores) -> None:
         f"&SeriesInstanceUID={u.series},2.25.1&Modality=SM&includefield=AvailableTransferSyntaxUID"
     ).json()
     assert len(wsi) == 5
-    paged = server.get(f"/dicomweb/studies/{u.study}/instances?offset=1&limit=2").json()
-    assert [value(r, "SOPInstanceUID") for r in paged] == u.instances[1:3]
+    paged = server.get(f"/dicomweb/studies/{u.study}/instances?offset=1&limit=2")
+    assert [value(r, "SOPInstanceUID") for r in paged.json()] == u.instances[1:3]
+    assert "offset=3" in paged.headers["warning"]
+    rest = server.get(f"/dicomweb/studies/{u.study}/instances?offset=3&limit=2")
+    assert [value(r, "SOPInstanceUID") for r in rest.json()] == u.instances[3:]
+    assert "warning" not in rest.headers
     numbered = server.get(f"/dicomweb/studies/{u.study}/instances?InstanceNumber=3").json()
     assert [value(r, "SOPInstanceUID") for r in numbered] == [u.instances[2]]
     everything = server.get(f"/dicomweb/studies/{u.study}/instances?includefield=all&limit=1")

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from tileserver.dicom_service import DicomService, Frames, SlideDicom
-from tileserver.errors import SlideNotFound
+from tileserver.errors import SlideNotFound, TileserverError
 from tileserver.geometry import Region, Size
 from tileserver.protocols import dicomweb as dw
 from tileserver.security.accounts import Principal
@@ -172,7 +172,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
         for slide_id in slide_ids:  # visible ones only: the listing is the authorization
             try:
                 slide = await dicom.slide(slide_id)
-            except SlideNotFound:
+            except TileserverError:  # one unreadable slide must not hide the others
                 continue
             if "series" in m and m["series"] != slide.uids.series:
                 continue
@@ -184,10 +184,18 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
                     skipped += 1
                     continue
                 results.append(dw.select(query, record, DEFAULTS[what]))
-                if len(results) >= query.limit:
+                if len(results) > query.limit:  # one more than asked: there are more
                     break
-            if len(results) >= query.limit:
+            if len(results) > query.limit:
                 break
+        headers = {}
+        if len(results) > query.limit:
+            del results[query.limit :]
+            # PS3.18 8.3.4.4: say so, and how to get the rest.
+            headers["Warning"] = (
+                '299 tileserver: "There are more results than the limit: ask again with '
+                f'offset={query.offset + query.limit}"'
+            )
         await audit(
             request,
             QUERY,
@@ -199,7 +207,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
                 "results": len(results),
             },
         )
-        return json_response(request, results)
+        return json_response(request, results, headers)
 
     async def records(
         slide: SlideDicom, what: str, identified: bool, case: str | None
@@ -402,10 +410,14 @@ def viewport(request: web.Request) -> Size | None:
     return Size(int(parts[0]), int(parts[1]))
 
 
-def json_response(request: web.Request, body: list[dict[str, Any]]) -> web.Response:
+def json_response(
+    request: web.Request, body: list[dict[str, Any]], headers: dict[str, str] | None = None
+) -> web.Response:
     """DICOM JSON (or plain JSON when that is what the client asks for); 406 otherwise."""
     offer = dw.negotiate(request.headers.get("Accept"), JSON)
-    return web.json_response(body, content_type=offer.media_type, headers=JSON_HEADERS)
+    return web.json_response(
+        body, content_type=offer.media_type, headers={**JSON_HEADERS, **(headers or {})}
+    )
 
 
 def frames_response(found: Frames | NotModified) -> web.Response:
