@@ -192,6 +192,8 @@ def test_viewer_fits_the_screen(browser: Any, ward: Ward, screen: str, tmp_path:
     assert_keyboard_reaches(page, controls, presses=30)
 
     if screen in COLLAPSED:
+        page.keyboard.press("r")  # ruler mode on: the viewer's Escape would turn it off
+        assert page.get_attribute("#ruler-toggle", "aria-pressed") == "true"
         # By keyboard: Enter on the button opens the menu; Tab goes on into it.
         toggle.focus()
         page.keyboard.press("Enter")
@@ -211,10 +213,11 @@ def test_viewer_fits_the_screen(browser: Any, ward: Ward, screen: str, tmp_path:
         assert toggle.get_attribute("aria-expanded") == "false"
         assert page.evaluate("document.activeElement.id") == "menu-toggle"
         assert page.locator("#ruler-toggle").is_hidden()
+        assert page.get_attribute("#ruler-toggle", "aria-pressed") == "true"
         # A tool chosen from the menu acts and closes the menu.
         toggle.click()
         page.click("#ruler-toggle")
-        assert page.get_attribute("#ruler-toggle", "aria-pressed") == "true"
+        assert page.get_attribute("#ruler-toggle", "aria-pressed") == "false"
         assert toggle.get_attribute("aria-expanded") == "false"
         # Sign-out is there (not pressed: every test shares robin's session).
         toggle.click()
