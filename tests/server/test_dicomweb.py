@@ -543,3 +543,32 @@ def test_slide_files_served_directly(stores: Stores, synthetic_svs: Path, tmp_pa
         assert len(native) == edge * edge * 3
         pixels = np.frombuffer(native, np.uint8).reshape(edge, edge, 3).astype(np.int16)
         assert np.abs(pixels - rgb(jpeg)).mean() < 3
+
+
+def test_lossless_stores_serve_native_frames(
+    stores: Stores, synthetic_tiff: Path, tmp_path: Path
+) -> None:
+    """A zstd store: instances are Explicit VR Little Endian (RGB), frames its exact pixels;
+    ``transfer-syntax=*`` gets those, and JPEG is made on request."""
+    slide_id = new_slide_id()
+    with open_slide(synthetic_tiff) as source:
+        store = LocalObjects(tmp_path / "stores" / slide_id)
+        convert(source, store, slide_id, ConvertOptions(codec="zstd"), KeyRing(stores.home))
+    reader = open_reader(tmp_path / "stores" / slide_id, KeyRing(stores.home))
+    tile = reader.layout.tile
+    u = uids_of(slide_id, len(reader.layout.levels))
+    with run_server(tmp_path / "stores", stores.home) as srv:
+        first = srv.get(f"{u.instance(0)}/metadata").json()[0]
+        assert value(first, "PhotometricInterpretation") == "RGB"
+        found = srv.get(f"/dicomweb/studies/{u.study}/instances?InstanceNumber=1").json()
+        syntaxes = found[0][tag("AvailableTransferSyntaxUID")]["Value"]
+        assert syntaxes == [dicom.EXPLICIT_VR_LITTLE_ENDIAN, dicom.JPEG_BASELINE]
+        for accept in (STORED, NATIVE, None):
+            reply = srv.get(f"{u.instance(0)}/frames/2", {"Accept": accept} if accept else {})
+            ((kind, body),) = parts(reply)
+            assert kind == f"application/octet-stream; {dicom.EXPLICIT_VR_LITTLE_ENDIAN}"
+            pixels = np.frombuffer(body, np.uint8).reshape(tile, tile, 3)
+            assert np.array_equal(pixels, reader.read_chunk(0, 1, 0)), accept
+        ((kind, jpeg),) = parts(srv.get(f"{u.instance(0)}/frames/2", {"Accept": JPEG}))
+        assert dicom.jpeg_photometric(jpeg) == "YBR_FULL_422"
+        assert np.abs(rgb(jpeg) - reader.read_chunk(0, 1, 0)).mean() < 3
