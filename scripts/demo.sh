@@ -20,19 +20,19 @@ ts=$PWD/.venv/bin/tileserver
 mkdir -p "$out"
 slide=$out/sample.svs
 [ -f "$slide" ] || .venv/bin/python -m sample_data svs "$slide" --size 8000x6000 --seed 1
-$ts info "$slide"
-$ts keys init
-$ts convert "$slide" --out "$out/stores" --collection demo --keep-associated
+"$ts" info "$slide"
+"$ts" keys init
+"$ts" convert "$slide" --out "$out/stores" --collection demo --keep-associated
 # A new pathologist gets an enrolment link; one who never finished enrolling gets a fresh one
 # (the earlier may have expired); one who enrolled signs in with password and code.
-state=$($ts users list | awk -v u="$user" '$1 == u { print $3 }')
+state=$("$ts" users list | awk -v u="$user" '$1 == u { print $3 }')
 enrol=""
 if [ -z "$state" ]; then
-  enrol=$($ts users add "$user" --role pathologist --url "$url")
+  enrol=$("$ts" users add "$user" --role pathologist --url "$url")
 elif [ "$state" = enrolling ]; then
-  enrol=$($ts users reset "$user" --url "$url")
+  enrol=$("$ts" users reset "$user" --url "$url")
 fi
-$ts users grant "$user" demo --labels > /dev/null
+"$ts" users grant "$user" demo --labels > /dev/null
 echo
 echo "The demo's home (keys, accounts, audit trail): $TILESERVER_HOME"
 if [ -n "$enrol" ]; then
@@ -42,8 +42,8 @@ else
   echo "$user has enrolled: sign in at $url/login with the password and authenticator code."
 fi
 echo "A fresh one-time login link (10 minutes, this machine only), any time:"
-echo "  TILESERVER_HOME=$TILESERVER_HOME $ts users login-link $user --url $url"
+printf '  TILESERVER_HOME=%q %q users login-link %s --url %s\n' "$TILESERVER_HOME" "$ts" "$user" "$url"
 echo "Your browser will warn about the self-signed certificate made for this machine:"
 echo "accept it for 127.0.0.1. Or sign in at once with the one-time login link below."
 echo
-exec $ts serve "$out/stores" --port "$port" --login-link "$user"
+exec "$ts" serve "$out/stores" --port "$port" --login-link "$user"
