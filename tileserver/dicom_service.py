@@ -246,6 +246,7 @@ class DicomService:
         numbers: tuple[int, ...],
         offer: dw.Offer,
         if_none_match: Collection[str],
+        who: str | None = None,
     ) -> Frames | NotModified:
         p = await self.service.pyramid(slide.slide_id)
         grid = slide.grids[level]
@@ -259,7 +260,7 @@ class DicomService:
         if etag in if_none_match:
             return NotModified(etag)
         found_all = await asyncio.gather(
-            *(self._frame(p, slide, level, c, r, offer, ()) for c, r in positions)
+            *(self._frame(p, slide, level, c, r, offer, (), who) for c, r in positions)
         )
         return Frames([cast(Encoded, f).data for f in found_all], offer, etag)
 
@@ -272,6 +273,7 @@ class DicomService:
         row: int,
         offer: dw.Offer,
         if_none_match: Collection[str],
+        who: str | None = None,
     ) -> Encoded | NotModified:
         """One frame, cached per representation (its ETag names that too)."""
         syntax = offer.transfer_syntax
@@ -282,7 +284,7 @@ class DicomService:
             return await self.service._respond(p, key, "jpeg", if_none_match, fetch=fetch)
         work = partial(self._pixels, p, slide, level, col, row, syntax)
         plan = self._frame_plan(p, level, col, row)
-        return await self.service._respond(p, key, "jpeg", if_none_match, work, plan=plan)
+        return await self.service._respond(p, key, "jpeg", if_none_match, work, plan=plan, who=who)
 
     async def _stored(self, p: Pyramid, level: int, col: int, row: int, photometric: str) -> bytes:
         """A JPEG store's frame: the stored chunk after decryption, as DeepZoom passes it

@@ -553,7 +553,8 @@ def test_lossless_stores_serve_native_frames(
     slide_id = new_slide_id()
     with open_slide(synthetic_tiff) as source:
         store = LocalObjects(tmp_path / "stores" / slide_id)
-        convert(source, store, slide_id, ConvertOptions(codec="zstd"), KeyRing(stores.home))
+        options = ConvertOptions(codec="zstd", tile=512)
+        convert(source, store, slide_id, options, KeyRing(stores.home))
     reader = open_reader(tmp_path / "stores" / slide_id, KeyRing(stores.home))
     tile = reader.layout.tile
     u = uids_of(slide_id, len(reader.layout.levels))
@@ -569,6 +570,11 @@ def test_lossless_stores_serve_native_frames(
             assert kind == f"application/octet-stream; {dicom.EXPLICIT_VR_LITTLE_ENDIAN}"
             pixels = np.frombuffer(body, np.uint8).reshape(tile, tile, 3)
             assert np.array_equal(pixels, reader.read_chunk(0, 1, 0)), accept
+        # Frames per request are capped by their pixels too (48 MiB of native frames).
+        most = (1 << 24) // (tile * tile)
+        assert most < 256, tile  # this store's tiles are big enough for the pixel cap to bite
+        over = srv.get(f"{u.instance(0)}/frames/{','.join(['1'] * (most + 1))}", {"Accept": NATIVE})
+        assert over.status == 400 and f"at most {most} frames" in over.json()["error"]
         ((kind, jpeg),) = parts(srv.get(f"{u.instance(0)}/frames/2", {"Accept": JPEG}))
         assert dicom.jpeg_photometric(jpeg) == "YBR_FULL_422"
         assert np.abs(rgb(jpeg) - reader.read_chunk(0, 1, 0)).mean() < 3

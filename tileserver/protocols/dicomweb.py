@@ -23,6 +23,7 @@ from tileserver.protocols.dicom import is_uid as is_uid
 
 DICOM_JSON = "application/dicom+json"
 MAX_FRAMES = 256  # frames in one request; a viewer asks for a handful
+MAX_FRAME_PIXELS = 1 << 24  # and their pixels: 48 MiB of native frames at most
 MAX_LIMIT = 1000  # QIDO results per page
 DEFAULT_LIMIT = 100
 

@@ -271,7 +271,16 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
         )
         if not offer.multipart and len(numbers) != 1:
             raise dw.NotAcceptable("a single-part response holds one frame: ask multipart/related")
-        found = await dicom.frames(slide, k, numbers, offer, if_none_match(request))
+        tile = slide.facts[k].tile
+        if len(numbers) * tile * tile > dw.MAX_FRAME_PIXELS:
+            raise dw.QueryError(
+                f"at most {max(1, dw.MAX_FRAME_PIXELS // (tile * tile))} frames of this "
+                "instance per request"
+            )
+        # One frame is a tile (the request rate limit's business, as for DeepZoom); frames
+        # made for a batch are charged to the caller's render budget.
+        who = render_key(request) if len(numbers) > 1 else None
+        found = await dicom.frames(slide, k, numbers, offer, if_none_match(request), who)
         grid = slide.grids[k]
         for n in numbers:
             view_tile(request, slide.slide_id, k, (n - 1) % grid.width, (n - 1) // grid.width)
