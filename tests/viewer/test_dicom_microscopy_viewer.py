@@ -268,6 +268,18 @@ def test_a_series_of_another_collection_does_not_open(
     assert metadata.status == 404
 
 
+@pytest.mark.parametrize("query", ["", "?study=not-a-uid&series=1.2.3", "?study=1.2&series=3.4"])
+def test_a_bad_or_unknown_series_is_said_plainly(reader: Any, query: str) -> None:
+    page = reader.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{PAGE}{query}")
+    poll(page, "document.body.dataset.open !== 'pending'")
+    assert page.evaluate("document.body.dataset.open") == "failed"
+    assert "Cannot show the series" in (page.text_content("#message") or "")
+    assert not errors, errors  # refused by the server, not a crash in the page
+
+
 @pytest.mark.parametrize(
     "path",
     [
