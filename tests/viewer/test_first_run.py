@@ -120,8 +120,12 @@ def shell(command: str) -> str:
     return done.stdout
 
 
+# Where a server keeps its state: each test's own, never the caller's.
+STATE = ("TILESERVER_HOME", "TILESERVER_DATABASE", "TILESERVER_AUDIT_DATABASE", "TILESERVER_KEK")
+
+
 def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TILESERVER_")}
+    env = {k: v for k, v in os.environ.items() if k not in STATE}
     return {**env, **extra}
 
 
