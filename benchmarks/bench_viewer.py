@@ -391,6 +391,23 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for slide, by in results["slides"].items():
         lines += rows(slide, by["old"]["summary"], by["new"]["summary"])
+    start, end = results["load"]["start"], results["load"]["end"]
+    lines += [
+        "",
+        f"Machine: {results['machine']['CPU']}, {results['machine']['cores']} cores; load average "
+        f"{start:.1f} at the start, {end:.1f} at the end (the browser, the server and whatever "
+        "else runs share the cores). Per-run figures: `benchmarks/results/viewer.json`.",
+        "",
+        "Reading it: a preset's time is the key press to the first sharp frame (the new viewer "
+        "jumps, the old one animates for 0.45 s); a preset already covered by the whole-slide "
+        'view\'s tiles costs no request. "Finer than needed": tiles of a level finer than the '
+        "coarsest with at most one pixel per screen pixel (the old viewer fetched the next finer "
+        "level on every preset landing on a pyramid level). After the tiles are asked for at "
+        "once, the first view and the 40x preset wait on the server's tile latency through "
+        "Chromium's 6 HTTP/1.1 connections (no HTTP/2 on aiohttp: docs/viewer.md). A cancelled "
+        "request still in Chromium's queue costs nothing; one already on the wire closes its "
+        "connection.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -426,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "slides": {},
     }
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     with chromium() as browser:
         for size in args.sizes.split(","):
             slide = ensure_slide(parse_size(size))
@@ -454,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 name: {"runs": runs[name], "summary": summarise(runs[name])} for name in runs
             }
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["load"] = {"start": load_start, "end": os.getloadavg()[0]}
     text = markdown(results)
     print(text)
     if not args.no_write:
