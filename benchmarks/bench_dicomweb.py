@@ -1,7 +1,7 @@
 """DICOMweb at viewer speed, and DICOM export against conversion, in one run each.
 
     .venv/bin/python benchmarks/bench_dicomweb.py [--size 40000x30000] [--rounds 3]
-        [--groups 256] [--concurrency 8] [--wrk-seconds 10] [--wrk-warmup 3]
+        [--groups 256] [--concurrency 8] [--pairs 3] [--wrk-seconds 5] [--wrk-warmup 2]
         [--export-size 40000x30000] [--export-repeats 3] [--skip-frames] [--skip-export]
 
 1. Frames. The synthetic slide's encrypted store (``bench_server.py``'s, cached in
@@ -11,14 +11,15 @@
    chunks: ``--groups`` runs of 8 horizontally adjacent stored chunks (pass-through: edge
    chunks, which DeepZoom crops and re-encodes, and background chunks, never stored, left
    out) of the two finest levels, drawn with a fixed seed. Three ways to fetch exactly those
-   chunks, each against a freshly started server, in a rotating order per round:
-   ``tiles`` (DeepZoom tiles), ``frames`` (one WADO-RS frame per request,
-   ``Accept: multipart/related; type="image/jpeg"``) and ``batch`` (8 frames per request,
-   ``frames/n1,...,n8``). Against each: a cold pass (every chunk once, in order, at
-   ``--concurrency`` requests in flight, through ``tileserver.bench.client``: our caches
-   cold, the page cache warm), then wrk (``random_tiles.lua``, the same paths, the token
-   from the environment, the Accept header by ``-H``) after an unrecorded warm-up. The
-   server's CPU time per chunk comes from /proc. Before the rounds, one server is checked:
+   chunks, in a rotating order per round: ``tiles`` (DeepZoom tiles), ``frames`` (one
+   WADO-RS frame per request, ``Accept: multipart/related; type="image/jpeg"``) and ``batch`` (8 frames per request,
+   ``frames/n1,...,n8``). Per round: a cold pass of each way on a freshly started server
+   (every chunk once, in order, ``--concurrency`` requests in flight, through
+   ``tileserver.bench.client``: our caches cold, the page cache warm); then one more server
+   for the warm figures: each way warmed up, then ``--pairs`` alternations of a short wrk run
+   of each (``random_tiles.lua``, the same paths, the token from the environment, the Accept
+   header by ``-H``), so neighbouring runs share the shared machine's noise. The server's
+   CPU time per chunk comes from /proc. Before the rounds, one server is checked:
    the first group's tiles, single frames and batch parts must all equal the store's chunks.
 2. Export. ``tileserver export SLIDE_ID --dicom OUT`` of the ``--export-size`` slide's store
    against ``tileserver convert SLIDE --workers 2`` of the same slide (``bench_convert.py``'s
@@ -210,6 +211,17 @@ class Served:
     pid: int
 
 
+def with_accept(options: ClientOptions, mode: str) -> ClientOptions:
+    if mode == "tiles":
+        return options
+    headers = (*options.headers, ("Accept", FRAMES_ACCEPT))
+    return ClientOptions(headers=headers, cafile=options.cafile)
+
+
+def wrk_headers(mode: str) -> tuple[str, ...]:
+    return () if mode == "tiles" else (f"Accept: {FRAMES_ACCEPT}",)
+
+
 def cold_pass(paths: Sequence[str], base: str, options: ClientOptions, c: int) -> dict[str, Any]:
     """Every path once, ``c`` requests in flight: requests/s from a fresh server's caches."""
 
@@ -226,60 +238,93 @@ def cold_pass(paths: Sequence[str], base: str, options: ClientOptions, c: int) -
     return asyncio.run(go())
 
 
-def measure_mode(
-    mode: str,
-    start: Callable[[], AbstractContextManager[Served]],
-    paths: Sequence[str],
-    paths_file: Path,
-    token: str,
-    args: argparse.Namespace,
+def measure_cold(
+    mode: str, start: Callable[[], AbstractContextManager[Served]], paths: Sequence[str], c: int
 ) -> dict[str, Any]:
+    """A fresh server's first pass over the chunks: chunks/s and server CPU per chunk."""
     per = BATCH if mode == "batch" else 1
-    accept = () if mode == "tiles" else (f"Accept: {FRAMES_ACCEPT}",)
     with start() as server:
-        options = server.options
-        if accept:
-            options = ClientOptions(
-                headers=(*options.headers, ("Accept", FRAMES_ACCEPT)), cafile=options.cafile
-            )
         cpu = cpu_seconds(server.pid)
-        cold = cold_pass(paths, server.base, options, args.concurrency)
-        cold_cpu = cpu_seconds(server.pid) - cpu
-        warmup = argparse.Namespace(**{**vars(args), "wrk_seconds": args.wrk_warmup})
-        run_wrk(server.base, paths_file, token, warmup, accept)
-        cpu = cpu_seconds(server.pid)
-        wrk = run_wrk(server.base, paths_file, token, args, accept)
-        wrk_cpu = cpu_seconds(server.pid) - cpu
-    cold_chunks = cold["ok"] * per
-    wrk_chunks = (wrk["requests"] - wrk["status_errors"]) * per
+        cold = cold_pass(paths, server.base, with_accept(server.options, mode), c)
+        cpu = cpu_seconds(server.pid) - cpu
     record = {
-        "cold": cold,
-        "cold_chunks_per_s": round(cold["tiles_per_s"] * per, 1),
-        "cold_cpu_ms_per_chunk": round(1000 * cold_cpu / max(1, cold_chunks), 3),
-        "wrk": wrk,
-        "warm_chunks_per_s": round(wrk["tiles_per_s"] * per, 1),
-        "warm_cpu_ms_per_chunk": round(1000 * wrk_cpu / max(1, wrk_chunks), 3),
-        "errors": cold["errors"] + wrk["errors"],
+        "pass": cold,
+        "chunks_per_s": round(cold["tiles_per_s"] * per, 1),
+        "cpu_ms_per_chunk": round(1000 * cpu / max(1, cold["ok"] * per), 3),
+        "errors": cold["errors"],
     }
     log(
-        f"{mode}: cold {record['cold_chunks_per_s']:.0f} chunks/s (client CPU "
-        f"{cold['client_cpu_fraction']}), warm {record['warm_chunks_per_s']:.0f} chunks/s, "
-        f"p99 {wrk['p99_us'] / 1000:.1f} ms/request, {record['warm_cpu_ms_per_chunk']:.3f} "
-        f"server CPU ms/chunk, {record['errors']} errors"
+        f"cold {mode}: {record['chunks_per_s']:.0f} chunks/s, p50 "
+        f"{(cold['latency_ms'] or {}).get('p50')} ms/request, {record['cpu_ms_per_chunk']:.3f} "
+        f"server CPU ms/chunk, load client CPU/wall {cold['client_cpu_fraction']}, "
+        f"{cold['errors']} errors"
     )
     return record
 
 
+def measure_warm(
+    order: tuple[str, ...],
+    start: Callable[[], AbstractContextManager[Served]],
+    files: dict[str, Path],
+    token: str,
+    args: argparse.Namespace,
+) -> dict[str, list[dict[str, Any]]]:
+    """One server, every mode warmed up, then ``args.pairs`` alternations of a short wrk run
+    of each mode: neighbouring runs share the machine's noise."""
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in order}
+    with start() as server:
+        warmup = argparse.Namespace(**{**vars(args), "wrk_seconds": args.wrk_warmup})
+        for mode in order:
+            run_wrk(server.base, files[mode], token, warmup, wrk_headers(mode))
+        for i in range(args.pairs):
+            for mode in order[i % len(order) :] + order[: i % len(order)]:
+                per = BATCH if mode == "batch" else 1
+                cpu = cpu_seconds(server.pid)
+                wrk = run_wrk(server.base, files[mode], token, args, wrk_headers(mode))
+                cpu = cpu_seconds(server.pid) - cpu
+                ok = (wrk["requests"] - wrk["status_errors"]) * per
+                runs[mode].append(
+                    {
+                        "wrk": wrk,
+                        "chunks_per_s": round(wrk["tiles_per_s"] * per, 1),
+                        "cpu_ms_per_chunk": round(1000 * cpu / max(1, ok), 3),
+                        "errors": wrk["errors"],
+                    }
+                )
+        line = ", ".join(
+            f"{m} {statistics.median(r['chunks_per_s'] for r in runs[m]):.0f}" for m in order
+        )
+        log(f"warm chunks/s (median of {args.pairs} runs each): {line}")
+    return runs
+
+
+def round_record(cold: dict[str, Any], warm: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One round: the cold pass and the median of the warm runs, per mode."""
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        runs = warm[mode]
+        out[mode] = {
+            "cold": cold[mode],
+            "warm_runs": runs,
+            "warm_chunks_per_s": statistics.median(r["chunks_per_s"] for r in runs),
+            "warm_cpu_ms_per_chunk": statistics.median(r["cpu_ms_per_chunk"] for r in runs),
+            "warm_p50_ms": statistics.median(r["wrk"]["p50_us"] / 1000 for r in runs),
+            "warm_p99_ms": statistics.median(r["wrk"]["p99_us"] / 1000 for r in runs),
+            "errors": cold[mode]["errors"] + sum(r["errors"] for r in runs),
+        }
+    return out
+
+
 FRAME_METRICS: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
-    "cold": ("cold pass chunks/s", lambda r: float(r["cold_chunks_per_s"])),
+    "cold": ("cold pass chunks/s", lambda r: float(r["cold"]["chunks_per_s"])),
     "warm": ("warm (wrk) chunks/s", lambda r: float(r["warm_chunks_per_s"])),
-    "warm_p50": ("warm p50 ms per request", lambda r: r["wrk"]["p50_us"] / 1000),
-    "warm_p99": ("warm p99 ms per request", lambda r: r["wrk"]["p99_us"] / 1000),
-    "cold_cpu": ("server CPU ms per chunk, cold", lambda r: float(r["cold_cpu_ms_per_chunk"])),
+    "warm_p50": ("warm p50 ms per request", lambda r: float(r["warm_p50_ms"])),
+    "warm_p99": ("warm p99 ms per request", lambda r: float(r["warm_p99_ms"])),
+    "cold_cpu": ("server CPU ms per chunk, cold", lambda r: float(r["cold"]["cpu_ms_per_chunk"])),
     "warm_cpu": ("server CPU ms per chunk, warm", lambda r: float(r["warm_cpu_ms_per_chunk"])),
     "client_cpu": (
         "load client CPU / wall, cold",
-        lambda r: float(r["cold"]["client_cpu_fraction"] or 0),
+        lambda r: float(r["cold"]["pass"]["client_cpu_fraction"] or 0),
     ),
 }
 RATIOS = (  # (name, metric, top, bottom, target)
@@ -287,9 +332,13 @@ RATIOS = (  # (name, metric, top, bottom, target)
     ("frames/tiles warm", "warm", "frames", "tiles", TARGET),
     ("batch/tiles cold", "cold", "batch", "tiles", None),
     ("batch/tiles warm", "warm", "batch", "tiles", None),
+    ("frames/tiles server CPU per chunk, cold", "cold_cpu", "frames", "tiles", None),
     ("frames/tiles server CPU per chunk, warm", "warm_cpu", "frames", "tiles", None),
     ("batch/tiles server CPU per chunk, warm", "warm_cpu", "batch", "tiles", None),
 )
+
+
+TARGETS = {name: target for name, _, _, _, target in RATIOS if target is not None}
 
 
 def frames_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -302,6 +351,16 @@ def frames_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         value = FRAME_METRICS[metric][1]
         per_round = [round(value(r[top]) / value(r[bottom]), 3) for r in rounds]
         ratios[name] = {"median": round(statistics.median(per_round), 3), "rounds": per_round}
+    # Every warm alternation on its own (run i of frames over run i of tiles, same server).
+    pairs = [
+        round(f["chunks_per_s"] / t["chunks_per_s"], 3)
+        for r in rounds
+        for f, t in zip(r["frames"]["warm_runs"], r["tiles"]["warm_runs"], strict=True)
+    ]
+    ratios["frames/tiles warm, every alternation"] = {
+        "median": round(statistics.median(pairs), 3),
+        "rounds": pairs,
+    }
     return {"medians": medians, "ratios": ratios}
 
 
@@ -322,9 +381,8 @@ def measure_frames(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
             yield Served(base, server.options, server.pid)
 
     with start() as server:
-        plan = make_plan(
-            reader, f"{server.base}/deepzoom/{slide_id}.dzi", server.options, args.groups
-        )
+        dzi = f"{server.base}/deepzoom/{slide_id}.dzi"
+        plan = make_plan(reader, dzi, server.options, args.groups)
         check_plan(plan, reader, server.base, server.options)
     chunks = sum(len(g) for g in plan.groups)
     log(
@@ -341,9 +399,9 @@ def measure_frames(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
         for r in range(args.rounds):
             order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
             log(f"round {r + 1}/{args.rounds}: {', '.join(order)}")
-            rounds.append(
-                {m: measure_mode(m, start, plan.paths[m], files[m], token, args) for m in order}
-            )
+            cold = {m: measure_cold(m, start, plan.paths[m], args.concurrency) for m in order}
+            warm = measure_warm(order, start, files, token, args)
+            rounds.append(round_record(cold, warm))
             loads.append(load_now())
     w, h = args.size
     return {
@@ -359,7 +417,16 @@ def measure_frames(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, A
         "args": {
             k: v
             for k, v in vars(args).items()
-            if k in ("rounds", "groups", "concurrency", "wrk_threads", "wrk_seconds", "wrk_warmup")
+            if k
+            in (
+                "rounds",
+                "groups",
+                "concurrency",
+                "pairs",
+                "wrk_threads",
+                "wrk_seconds",
+                "wrk_warmup",
+            )
         },
         "rounds": rounds,
         "summary": frames_summary(rounds),
@@ -467,15 +534,17 @@ def frames_markdown(f: dict[str, Any]) -> list[str]:
         "- Server: `tileserver serve --workers 2` over HTTPS, a bearer token scoped to tiles, "
         f"`--rate-limit-tokens {NO_LIMIT} --detect-response bulk_crawl=alert` (as "
         "bench_secure_path's `secure`): authentication, authorization, audit and the detector "
-        f"all run. Restarted for every mode; {a['rounds']} rounds, modes in a rotating order.",
+        f"all run. {a['rounds']} rounds, modes in a rotating order.",
         f"- **tiles**: `{f['example_paths']['tiles']}`; **frames**: "
         f"`{f['example_paths']['frames']}` with `Accept: {FRAMES_ACCEPT}`; **batch**: "
         f"`{f['example_paths']['batch']}` ({BATCH} frames a request, same Accept).",
-        f"- Cold: every chunk once, in order, {a['concurrency']} requests in flight "
-        "(`tileserver.bench.client`, aiohttp; our caches cold, the page cache warm). Warm: wrk "
-        f"(`random_tiles.lua` over the same paths, {a['wrk_threads']} threads, "
-        f"{a['concurrency']} connections, {a['wrk_seconds']} s after a {a['wrk_warmup']} s "
-        "warm-up). A chunk = a tile, a frame, or one eighth of a batch request.",
+        f"- Cold: each mode on a freshly started server, every chunk once, in order, "
+        f"{a['concurrency']} requests in flight (`tileserver.bench.client`, aiohttp; our caches "
+        "cold, the page cache warm). Warm: then one more server, each mode warmed up "
+        f"({a['wrk_warmup']} s of wrk), then {a['pairs']} alternations of a "
+        f"{a['wrk_seconds']} s wrk run of each mode (`random_tiles.lua` over the same paths, "
+        f"{a['wrk_threads']} threads, {a['concurrency']} connections); a round's warm figure is "
+        "the median of its runs. A chunk = a tile, a frame, or one eighth of a batch request.",
         "",
         "Medians over the rounds:",
         "",
@@ -489,8 +558,8 @@ def frames_markdown(f: dict[str, Any]) -> list[str]:
         "| ratio | median | rounds | target | verdict |",
         "|---|---:|---|---|---|",
     ]
-    for name, _, _, _, target in RATIOS:
-        v = r[name]
+    for name, v in r.items():
+        target = TARGETS.get(name)
         rounds = ", ".join(f"{x:g}" for x in v["rounds"])
         shown = f">= {target}" if target is not None else ""
         lines.append(
@@ -552,8 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, default=256, help=f"runs of {BATCH} chunks")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     p.add_argument("--wrk-threads", type=int, default=2)
-    p.add_argument("--wrk-seconds", type=int, default=10)
-    p.add_argument("--wrk-warmup", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=3, help="warm alternations per round")
+    p.add_argument("--wrk-seconds", type=int, default=5, help="per warm run")
+    p.add_argument("--wrk-warmup", type=int, default=2, help="per mode, unrecorded")
     p.add_argument("--export-size", type=parse_size, default=(40_000, 30_000), metavar="WxH")
     p.add_argument("--export-repeats", type=int, default=3)
     p.add_argument("--skip-frames", action="store_true")
