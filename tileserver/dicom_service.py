@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -37,6 +38,7 @@ from tileserver.service import Encoded, NotModified, SlideService, _Plan, _plan_
 from tileserver.store.layout import FILL_VALUE
 
 ENCODED_PHOTOMETRIC = "YBR_FULL_422"  # frames we encode: YCbCr 4:2:0, as our tiles are
+SLIDE_CACHE_ITEMS = 4096  # slides' facts and UIDs (a few KiB each); the study index is apart
 JSON_CACHE_ITEMS = 4096  # instances' DICOM JSON (a few KiB each)
 REFRESH_SECONDS = 2.0  # the library is listed again for an unknown UID at most this often
 PHOTOMETRIC_SCAN = 4096  # chunks looked at for a level's first stored one
@@ -98,7 +100,7 @@ class DicomService:
         self.uid_root = uid_root
         self._studies: dict[str, str] = {}  # study UID -> slide ID
         self._indexed: set[str] = set()
-        self._slides: dict[str, SlideDicom] = {}
+        self._slides: OrderedDict[str, SlideDicom] = OrderedDict()  # bounded, LRU
         self._listed = 0.0
         self._listing: asyncio.Lock | None = None
         self._lock = threading.Lock()
@@ -156,10 +158,13 @@ class DicomService:
         p = await self.service.pyramid(slide_id)
         known = self._slides.get(slide_id)
         if known is not None and known.generation == p.generation:
+            self._slides.move_to_end(slide_id)  # on the event loop only: no lock needed
             return known
         made = await self.service._run(self._describe, p)
-        with self._lock:
-            self._slides[slide_id] = made
+        self._slides[slide_id] = made
+        self._slides.move_to_end(slide_id)
+        while len(self._slides) > SLIDE_CACHE_ITEMS:
+            self._slides.popitem(last=False)
         return made
 
     def _describe(self, p: Pyramid) -> SlideDicom:
