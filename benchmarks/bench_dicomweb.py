@@ -565,7 +565,13 @@ def frames_markdown(f: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {v['median']:g} | {rounds} | {shown} | {verdict(v['median'], target)} |"
         )
+    cpu = r["frames/tiles server CPU per chunk, warm"]["median"]
     lines += [
+        "",
+        f"Server CPU per chunk, warm, frames over tiles: {cpu:g}x, so a server that is the "
+        f"bottleneck would give single frames about {1 / cpu:.2f}x the tiles' throughput; the "
+        "throughput ratios above move with whatever else the machine runs (see its load "
+        "below), the CPU per chunk much less.",
         "",
         f"Errors: {f['errors']} (failed requests of the cold passes, wrk non-2xx, socket errors "
         "and timeouts). Machine load: " + "; ".join(f["loads"]) + ".",
