@@ -18,6 +18,7 @@ from tileserver.security import audit_streams as streams
 from tileserver.security.accounts import ROLES, SCOPES, Accounts
 from tileserver.security.audit import (
     AUDIT_LOG_USED,
+    INSTANCES_ACCESSED,
     SECURITY_CONFIGURATION,
     SECURITY_ROLES_CHANGED,
     USER_SECURITY_ATTRIBUTES_CHANGED,
@@ -36,6 +37,14 @@ from tileserver.security.database import connect
 from tileserver.security.keys import KeyRing, make_private_dir
 from tileserver.security.login import ENROL_TTL, LINK_TTL
 from tileserver.security.signed_urls import signing_keys
+from tileserver.security.slide_labels import (
+    KEEP,
+    LabelStore,
+    SlideLabels,
+    check_case,
+    check_scan_date,
+    check_text,
+)
 from tileserver.slide_ids import is_slide_id
 
 ADMIN = "cli-admin"
@@ -224,7 +233,66 @@ def assign_collection(settings: Settings, slide_id: str, collection: str) -> Non
         audit.close()
 
 
+def label_slide(
+    settings: Settings,
+    slide_id: str,
+    *,
+    case: str | None,
+    block: str | None,
+    stain: str | None,
+    scan_date: str | None,
+) -> SlideLabels:
+    """Set a slide's case (its collection), block, stain and scan date (None: keep, "":
+    clear); checked before anything is written, recorded as an administrative action."""
+    if not is_slide_id(slide_id):
+        raise TileserverError(f"not a slide ID: {slide_id[:40]!r}")
+    new_block = KEEP if block is None else check_text("block", block)
+    new_stain = KEEP if stain is None else check_text("stain", stain)
+    new_date = KEEP if scan_date is None else check_scan_date(scan_date)
+    changes = {
+        name: value or ""
+        for name, value in (("block", new_block), ("stain", new_stain), ("scan_date", new_date))
+        if value is not KEEP
+    }
+    collection = None if case is None else check_case(case)
+    if collection is None and not changes:
+        raise TileserverError("nothing to label: give --case, --block, --stain or --scan-date")
+    if collection is not None:
+        assign_collection(settings, slide_id, collection)
+    accounts, audit = _open(settings)
+    try:
+        store = LabelStore(accounts.db)
+        labels = store.get(slide_id)
+        if changes:
+            labels = store.set(
+                slide_id, block=new_block, stain=new_stain, scan_date=new_date, now=time.time()
+            )
+            audit.append(
+                INSTANCES_ACCESSED,
+                action="U",
+                user=ADMIN,
+                role="admin",
+                obj=slide_id,
+                detail={"change": "labelled", **changes},
+            )
+    finally:
+        audit.close()
+    return labels
+
+
 def cmd_slides(args: argparse.Namespace) -> int:
+    if args.slides_command == "label":
+        labels = label_slide(
+            args.settings,
+            args.slide_id,
+            case=args.case,
+            block=args.block,
+            stain=args.stain,
+            scan_date=args.scan_date,
+        )
+        shown = {"case": args.case, **labels.as_json()} if args.case else labels.as_json()
+        print(f"{args.slide_id}: " + ", ".join(f"{k} {v or '-'}" for k, v in shown.items()))
+        return 0
     for slide_id in args.slide_ids:
         assign_collection(args.settings, slide_id, args.collection)
     print(f"{len(args.slide_ids)} slide(s) assigned to collection {args.collection}")
@@ -417,11 +485,22 @@ def add_commands(sub: Any) -> None:
     ts.add_parser("list", help="tokens (never their values)")
     tokens.set_defaults(func=cmd_tokens)
 
-    slides = sub.add_parser("slides", help="put slides into collections (cases)")
+    slides = sub.add_parser(
+        "slides", help="put slides into collections (cases); label them (block, stain, date)"
+    )
     ss = slides.add_subparsers(dest="slides_command", required=True)
     assign = ss.add_parser("assign", help="assign slide IDs to a collection")
     assign.add_argument("collection")
     assign.add_argument("slide_ids", nargs="+")
+    label = ss.add_parser(
+        "label",
+        help="set a slide's case, block, stain and scan date (an empty value clears a label)",
+    )
+    label.add_argument("slide_id")
+    label.add_argument("--case", help="the case (collection) the slide belongs to")
+    label.add_argument("--block", help="the tissue block, e.g. A2")
+    label.add_argument("--stain", help="the stain, e.g. H&E or Ki-67")
+    label.add_argument("--scan-date", metavar="YYYY-MM-DD", help="the day the slide was scanned")
     slides.set_defaults(func=cmd_slides)
     for commands in (us, ts, ss):  # every command that reads or writes server state
         for command in commands.choices.values():

@@ -79,4 +79,14 @@ CREATE TABLE IF NOT EXISTS annotation_versions (
     PRIMARY KEY (annotation_id, version))
 """,
     ),
+    # What tells a case's slides apart (security/slide_labels.py): block, stain and scan date
+    # an operator set (`tileserver slides label`); the case is the slide's collection. Text as
+    # given, the scan date as YYYY-MM-DD; a label never set is NULL.
+    Migration(
+        6,
+        """
+CREATE TABLE IF NOT EXISTS slide_labels (
+    slide_id TEXT PRIMARY KEY, block TEXT, stain TEXT, scan_date TEXT, updated REAL NOT NULL)
+""",
+    ),
 ]
