@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout
     scripts = {"old": old_js, "new": VIEWER_JS.read_text()}
     results: dict[str, Any] = {
-        "command": "benchmarks/bench_viewer.py " + shlex.join(argv or sys.argv[1:]),
+        "command": ".venv/bin/python benchmarks/bench_viewer.py "
+        + shlex.join(argv or sys.argv[1:]),
         "tree": git_state(),
         "baseline": args.baseline,
         "rounds": args.rounds,
