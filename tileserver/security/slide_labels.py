@@ -17,6 +17,7 @@ from tileserver.errors import TileserverError
 from tileserver.security.database import Database
 
 MAX_LABEL = 64
+LABEL_FIELDS = ("case", "block", "stain", "scan_date")  # as the JSON API names them
 # Printable text, no control characters (they would reach terminals and the audit trail).
 _TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -152,3 +153,19 @@ class LabelStore:
             if r[0] in wanted
         }
         return {slide_id: found.get(slide_id, NONE) for slide_id in wanted}
+
+    def cases(self, slide_ids: Iterable[str]) -> dict[str, str | None]:
+        """The case (collection) of each of ``slide_ids``; None: in no case."""
+        wanted = set(slide_ids)
+        found = {
+            str(r[0]): str(r[1])
+            for r in self.db.read("SELECT slide_id, collection FROM slides")
+            if r[0] in wanted
+        }
+        return {slide_id: found.get(slide_id) for slide_id in wanted}
+
+    def describe(self, slide_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+        """Case, block, stain and scan date of each slide, as the JSON API shows them."""
+        wanted = list(slide_ids)
+        cases, labels = self.cases(wanted), self.of(wanted)
+        return {s: {"case": cases[s], **labels[s].as_json()} for s in wanted}

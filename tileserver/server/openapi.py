@@ -360,6 +360,11 @@ def openapi_document() -> dict[str, Any]:
                         "objective_power": {"type": "number", "nullable": True},
                         "vendor": {"type": "string", "nullable": True},
                         "associated": {"type": "array", "items": {"type": "string"}},
+                        # Which slide is which (`tileserver slides label`); null: not set.
+                        "case": {"type": "string", "nullable": True},
+                        "block": {"type": "string", "nullable": True},
+                        "stain": {"type": "string", "nullable": True},
+                        "scan_date": {"type": "string", "format": "date", "nullable": True},
                         "properties": {
                             "type": "object",
                             "additionalProperties": {"type": "string"},

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 from aiohttp import web
 
 from tileserver.geometry import Region, Size
 from tileserver.security.audit import EXPORT, INSTANCES_ACCESSED, iso_utc
 from tileserver.security.signed_urls import MAX_LIFETIME, SCOPES
+from tileserver.security.slide_labels import LABEL_FIELDS, LabelStore
 from tileserver.server.auth import SECURITY, audit, authorize, principal_of, visible_slides
 from tileserver.server.errors import BadRequest
 from tileserver.server.http import (
@@ -35,6 +37,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         if "metadata" not in principal_of(request).scopes:
             raise web.HTTPForbidden(reason="this token may not list slides")
         items, total = await service.list_slides(offset, limit, await visible_slides(request))
+        await _add_labels(request, items)
         return web.json_response(
             {"items": items, "offset": offset, "limit": limit, "total": total},
             headers={"Cache-Control": "private, no-cache"},
@@ -43,6 +46,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
     async def slide(request: web.Request) -> web.Response:
         authorize(request, request.match_info["slide_id"], "metadata")
         doc = await service.describe(request.match_info["slide_id"])
+        await _add_labels(request, [doc])
         return web.json_response(doc, headers={"Cache-Control": "private, no-cache"})
 
     async def thumbnail(request: web.Request) -> web.Response:
@@ -156,6 +160,21 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         web.post(f"/api/slides/{SLIDE}/share", share),
         web.get("/api/openapi.json", openapi),
     ]
+
+
+async def _add_labels(request: web.Request, items: list[dict[str, Any]]) -> None:
+    """Case, block, stain and scan date into each slide the caller may see the metadata of
+    (the case name under the same rule as the worklist's /viewer/cases); all None without
+    accounts (--no-auth)."""
+    accounts = request.app[SECURITY].accounts
+    ids = [str(item["id"]) for item in items]
+    if accounts is None:
+        found = {slide_id: dict.fromkeys(LABEL_FIELDS) for slide_id in ids}
+    else:
+        store = LabelStore(accounts.db)
+        found = await asyncio.get_running_loop().run_in_executor(None, store.describe, ids)
+    for item in items:
+        item.update(found[str(item["id"])])
 
 
 def _output_size(request: web.Request, l0: Region) -> Size:

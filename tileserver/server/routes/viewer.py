@@ -20,10 +20,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from tileserver.errors import SlideNotFound
+from tileserver.security.accounts import Accounts
+from tileserver.security.slide_labels import NONE, LabelStore, order_key
 from tileserver.server.auth import SECURITY, principal_of, visible_slides
+from tileserver.server.errors import BadRequest
 
 logger = logging.getLogger(__name__)
 
@@ -193,10 +198,11 @@ def routes() -> list[web.RouteDef]:
         return _file_response(path, headers)
 
     async def cases(request: web.Request) -> web.Response:
-        """The caller's worklist order: cases (collections) and their slide IDs.
+        """The caller's worklist order: cases (collections), each with its slide IDs in
+        reading order (block, stain, scan date, ID) and those labels.
 
         Slides metadata comes from ``/api/slides``; this adds only the grouping, which the
-        worklist and the viewer's next/previous share so both show the same order."""
+        worklist and the viewer's next/previous and case strip share: one order for all."""
         from tileserver.server.app import SERVICE  # late: app imports this module
 
         # Slide IDs and case names are metadata: the same scope /api/slides asks for.
@@ -206,25 +212,61 @@ def routes() -> list[web.RouteDef]:
         visible = await visible_slides(request)
         library = request.app[SERVICE].library
 
-        def group() -> dict[str, list[str]]:  # a database read per slide: off the event loop
-            grouped: dict[str, list[str]] = {}
-            for slide_id in library.slide_ids():
-                if visible is not None and slide_id not in visible:
-                    continue
-                collection = (accounts.collection_of(slide_id) if accounts else None) or UNSORTED
-                grouped.setdefault(collection, []).append(slide_id)
-            return grouped
+        def group() -> dict[str, Any]:  # database reads: off the event loop
+            ids = [s for s in library.slide_ids() if visible is None or s in visible]
+            return _cases(accounts, ids)
 
         grouped = await asyncio.get_running_loop().run_in_executor(None, group)
-        return web.json_response(
-            {"cases": [{"name": name, "slides": grouped[name]} for name in sorted(grouped)]},
-            headers={"Cache-Control": "private, no-store"},
-        )
+        return web.json_response(grouped, headers={"Cache-Control": "private, no-store"})
+
+    async def view_case(request: web.Request) -> web.StreamResponse:
+        """``/view?case=CASE-ID`` (an LIS's link): to the case's first slide in the viewer,
+        whose strip shows the rest of the case. A case the caller is not granted is the same
+        404 as one that does not exist."""
+        from tileserver.server.app import SERVICE  # late: app imports this module
+
+        case = request.query.get("case")
+        if case is None:
+            raise BadRequest("/view needs ?case=CASE-ID (a slide opens at /view/SLIDE-ID)")
+        if "metadata" not in principal_of(request).scopes:
+            raise web.HTTPForbidden(reason="this token may not list slides")
+        accounts = request.app[SECURITY].accounts
+        visible = await visible_slides(request)
+        library = request.app[SERVICE].library
+
+        def first() -> str | None:
+            ids = [s for s in library.slide_ids() if visible is None or s in visible]
+            found = [c for c in _cases(accounts, ids)["cases"] if c["name"] == case]
+            return found[0]["slides"][0] if found and accounts is not None else None
+
+        slide_id = await asyncio.get_running_loop().run_in_executor(None, first)
+        if slide_id is None:
+            raise SlideNotFound("no such case")
+        raise web.HTTPSeeOther(f"/view/{slide_id}")
 
     return [
         web.get("/login", login),
         web.get("/", worklist),
         web.get(f"/view/{SLIDE}", view),
+        web.get("/view", view_case),
         web.get("/viewer/cases", cases),
         web.get("/static/{path:.+}", static),
     ]
+
+
+def _cases(accounts: Accounts | None, ids: list[str]) -> dict[str, Any]:
+    """``/viewer/cases``'s body for these slides: cases by name, each case's slides in
+    reading order with their labels (blocking database reads)."""
+    store = None if accounts is None else LabelStore(accounts.db)
+    cases = dict.fromkeys(ids) if store is None else store.cases(ids)
+    labels = dict.fromkeys(ids, NONE) if store is None else store.of(ids)
+    grouped: dict[str, list[str]] = {}
+    for slide_id in ids:
+        grouped.setdefault(cases[slide_id] or UNSORTED, []).append(slide_id)
+    body = []
+    for name in sorted(grouped):
+        members = sorted(grouped[name], key=lambda s: order_key(s, labels[s]))
+        body.append(
+            {"name": name, "slides": members, "labels": {s: labels[s].as_json() for s in members}}
+        )
+    return {"cases": body}
