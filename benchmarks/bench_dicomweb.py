@@ -11,15 +11,15 @@
    chunks: ``--groups`` runs of 8 horizontally adjacent stored chunks (pass-through: edge
    chunks, which DeepZoom crops and re-encodes, and background chunks, never stored, left
    out) of the two finest levels, drawn with a fixed seed. Three ways to fetch exactly those
-   chunks, in a rotating order per round: ``tiles`` (DeepZoom tiles), ``frames`` (one
-   WADO-RS frame per request, ``Accept: multipart/related; type="image/jpeg"``) and ``batch`` (8 frames per request,
-   ``frames/n1,...,n8``). Per round: a cold pass of each way on a freshly started server
-   (every chunk once, in order, ``--concurrency`` requests in flight, through
-   ``tileserver.bench.client``: our caches cold, the page cache warm); then one more server
-   for the warm figures: each way warmed up, then ``--pairs`` alternations of a short wrk run
-   of each (``random_tiles.lua``, the same paths, the token from the environment, the Accept
-   header by ``-H``), so neighbouring runs share the shared machine's noise. The server's
-   CPU time per chunk comes from /proc. Before the rounds, one server is checked:
+   chunks: ``tiles`` (DeepZoom tiles), ``frames`` (one WADO-RS frame per request,
+   ``Accept: multipart/related; type="image/jpeg"``) and ``batch`` (8 frames per request,
+   ``frames/n1,...,n8``). Per round, in a rotating order: a cold pass of each way on a
+   freshly started server (every chunk once, in order, ``--concurrency`` requests in flight,
+   through ``tileserver.bench.client``: our caches cold, the page cache warm); then one more
+   server for the warm figures: each way warmed up, then ``--pairs`` alternations of a short
+   wrk run of each (``random_tiles.lua``, the same paths, the token from the environment,
+   the Accept header by ``-H``), so neighbouring runs share the shared machine's noise. The
+   server's CPU time per chunk comes from /proc. Before the rounds, one server is checked:
    the first group's tiles, single frames and batch parts must all equal the store's chunks.
 2. Export. ``tileserver export SLIDE_ID --dicom OUT`` of the ``--export-size`` slide's store
    against ``tileserver convert SLIDE --workers 2`` of the same slide (``bench_convert.py``'s
@@ -29,7 +29,8 @@
    ``benchmarks/RESULTS.md``. A skipped part keeps its previous figures (from the JSON).
 
 Target (issue 16): single-frame requests >= 0.9x DeepZoom tiles/s for the same chunks.
-Needs Debian's ``wrk`` (``scripts/setup-services.sh``).
+Needs Debian's ``wrk`` (``scripts/setup-services.sh``). About 6 minutes with the defaults
+on 2 cores (frames ~4.5, export ~1.5), plus a conversion of the slide the first time.
 """
 
 from __future__ import annotations
