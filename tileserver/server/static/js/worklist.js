@@ -1,4 +1,5 @@
-/* Worklist: the cases (collections) the user may see, their slides with thumbnails, search. */
+/* Worklist: the cases (collections) the user may see, their slides with thumbnails and labels
+   (block, stain, scan date) in the server's reading order, search. */
 "use strict";
 
 (() => {
@@ -21,8 +22,18 @@
     return slide.objective_power ? `${+slide.objective_power}×` : "—";
   }
 
+  /** Block, stain and scan date: what tells a case's slides apart. */
+  function labelText(slide) {
+    return [
+      slide.block ? `Block ${slide.block}` : "",
+      slide.stain || "",
+      slide.scan_date ? `scanned ${slide.scan_date}` : "",
+    ].filter(Boolean).join(" · ");
+  }
+
   function card(slide, caseName) {
     const id = slide.id;
+    const labels = labelText(slide);
     const available = slide.available !== false;
     const meta = available
       ? [
@@ -48,13 +59,17 @@
       {
         class: "slide-card" + (available ? "" : " unavailable"),
         href: `/view/${id}`,
-        dataset: { id, search: `${id} ${caseName} ${slide.vendor || ""}`.toLowerCase() },
-        title: id,
+        dataset: {
+          id,
+          search: `${id} ${caseName} ${labels} ${slide.vendor || ""}`.toLowerCase(),
+        },
+        title: labels ? `${labels} · ${id}` : id,
       },
       TS.el("div", { class: "thumb-box" }, thumb),
       TS.el(
         "div",
         { class: "slide-meta" },
+        labels ? TS.el("div", { class: "slide-labels-line", text: labels }) : null,
         TS.el("div", { class: "slide-id mono", text: id }),
         TS.el("div", { class: "slide-facts", text: meta.join(" · ") }),
       ),
