@@ -50,6 +50,14 @@
     );
   }
 
+  function putAway() {
+    try {
+      return sessionStorage.getItem(HIDDEN_KEY) === "1";
+    } catch (_) {
+      return false; // no storage: shown
+    }
+  }
+
   /** The thumbnails shown or put away; the strip's title button stays, to bring them back. */
   function setStripShown(shown) {
     $("case-strip").classList.toggle("collapsed", !shown);
@@ -81,12 +89,7 @@
       toggle,
       ...found.slides.map((id) => stripItem(id, (found.labels || {})[id] || {})),
     );
-    let hidden = false;
-    try {
-      hidden = sessionStorage.getItem(HIDDEN_KEY) === "1";
-    } catch (_) { /* no storage: shown */ }
-    strip.classList.remove("hidden");
-    setStripShown(!hidden);
+    setStripShown(!putAway());
     const current = strip.querySelector(".strip-item.current");
     if (current) current.scrollIntoView({ block: "nearest", inline: "nearest" });
   }
@@ -118,6 +121,9 @@
   }
 
   async function init() {
+    // The strip's room is there from the first layout (viewer.html), so the slide is fitted
+    // to its final area: it only goes if the slide turns out to be in no case.
+    $("case-strip").classList.toggle("collapsed", putAway());
     $("macro-panel").addEventListener("click", () => {
       const button = $("macro-toggle");
       if (button) button.click();
@@ -126,10 +132,14 @@
       TS.json(`/api/slides/${slideId}`).catch(() => null),
       TS.json("/viewer/cases").catch(() => null),
     ]);
-    if (!info) return; // viewer.js says why
+    if (!info) { // viewer.js says why
+      $("case-strip").classList.add("hidden");
+      return;
+    }
     showLabels(info);
     const found = ((cases && cases.cases) || []).find((c) => c.slides.includes(slideId));
     if (found && info.case) buildStrip(found); // not in "Unassigned": no case to show
+    else $("case-strip").classList.add("hidden");
     offerMacro(info);
     document.body.dataset.caseStrip = "ready";
   }
