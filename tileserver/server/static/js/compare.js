@@ -197,7 +197,13 @@ const TSCompare = (() => {
   }
 
   function caption(element, text) {
-    element.append(TS.el("div", { class: "pane-caption mono", text }));
+    element.append(TS.el("div", { class: "pane-caption", text }));
+  }
+
+  /** Which slide a pane shows: its block and stain where labelled, else its short ID. */
+  function nameOf(id, info) {
+    const labels = info ? [info.block, info.stain].filter((v) => typeof v === "string" && v) : [];
+    return labels.length ? `${labels.join(" · ")} (${TS.shortId(id)})` : TS.shortId(id);
   }
 
   function openPane(id, index, info) {
@@ -236,7 +242,7 @@ const TSCompare = (() => {
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, flickEnabled: false },
     });
     viewer.addHandler("canvas-key", (event) => { event.preventDefaultAction = true; });
-    caption(element, TS.shortId(id));
+    caption(element, nameOf(id, info));
     const pane = { id, viewer, element, mpp: [1, 1], offset: { x: 0, y: 0 }, adjusting: false,
                    open: false, info };
     panes[index] = pane;
@@ -279,7 +285,7 @@ const TSCompare = (() => {
     whenOpen((viewer) => {
       viewer.forceResize(); // its element changed size with the grid
       const element = $("osd");
-      caption(element, TS.shortId(slideId));
+      caption(element, nameOf(slideId, infos[0]));
       panes[0] = { id: slideId, viewer, element, mpp: [1, 1], offset: { x: 0, y: 0 },
                    adjusting: false, open: true, info: infos[0] };
       wirePane(panes[0]);
