@@ -16,6 +16,7 @@ import pytest
 
 from tests.server.conftest import Server, run_server
 from tests.viewer.conftest import ARTIFACTS, Person, _cli, _token, secret_of
+from tests.viewer.test_responsive import assert_on_screen
 from tests.viewer.test_viewer import poll
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
@@ -241,3 +242,30 @@ def test_the_macro_toggle_is_only_for_the_label_grant(browser: Any, ward: Ward) 
     assert page.is_hidden("#macro-panel")
     assert page.request.get(f"/api/slides/{slide}/associated/macro").status == 404
     page.context.close()
+
+
+def test_on_a_phone_the_labels_and_the_strip_fit(browser: Any, ward: Ward, tmp_path: Path) -> None:
+    if not ward.dana.storage:
+        sign_in(browser, ward.server, ward.dana)
+    context = browser.new_context(
+        base_url=ward.server.base,
+        ignore_https_errors=True,
+        viewport={"width": 390, "height": 844},
+        storage_state=ward.dana.storage,
+        has_touch=True,
+        is_mobile=True,
+    )
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(f"/view/{ward.case[1]}")
+    page.wait_for_selector("body[data-case-strip=ready]")
+    page.wait_for_selector("body[data-open=true]")
+    # The bar has no room for the labels: the current thumbnail's caption shows them.
+    assert page.is_hidden("#slide-labels")
+    assert page.text_content(".strip-item[aria-current=page]") == "A2 · Ki-67"
+    assert page.is_visible(".strip-item[aria-current=page]")
+    page.screenshot(path=str(tmp_path / "phone-case-strip.png"))
+    assert_on_screen(page)  # every control inside the screen, no sideways scrolling
+    page.tap(f".strip-item[data-id='{ward.case[0]}']")
+    page.wait_for_url(re.compile(f"/view/{ward.case[0]}$"))
+    context.close()
