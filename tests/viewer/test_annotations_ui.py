@@ -351,3 +351,35 @@ def test_markup_in_a_label_is_shown_as_text(open_viewer: Any, clinic: Clinic) ->
     assert page.locator("#annotations img, #annotation-layer img").count() == 0
     assert attack not in page.locator("#annotation-layer").text_content()
     assert not page.errors, page.errors
+
+
+def test_a_rectangle_is_reshaped_by_dragging_its_corner(open_viewer: Any, clinic: Clinic) -> None:
+    page = open_viewer("ann")
+    draw(page, "rectangle", "to reshape", [(0.55, 0.62), (0.65, 0.72)])
+    row = next(r for r in items(page) if r["name"] == "to reshape")
+    page.keyboard.press("Escape")  # the tool off
+    page.click(f"[data-id='{row['id']}'] .annotation-name")  # chosen: the view goes to it
+    page.wait_for_timeout(700)  # the view's animation (0.45 s) has started and ended
+    poll(page, "document.getElementById('osd').dataset.sharp === 'true'")
+    handle = page.locator("#annotation-layer .annotation-handle[data-index='2']").bounding_box()
+    x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 80, y + 50, steps=8)
+    page.mouse.up()
+    poll(page, "document.getElementById('annotation-status').textContent === 'Moved.'")
+
+    moved = api(page, clinic, f"/{row['id']}")
+    assert moved["properties"]["version"] == 2 and moved["properties"]["shape"] == "rectangle"
+    ring = moved["geometry"]["coordinates"][0]
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    corner = image_point(page, x + 80, y + 50)
+    assert max(xs) == pytest.approx(corner["x"], abs=1) and max(ys) == pytest.approx(
+        corner["y"], abs=1
+    )
+    mpp_x, mpp_y = page.request.get(f"/api/slides/{clinic.slide}").json()["mpp"]
+    area = (max(xs) - min(xs)) * (max(ys) - min(ys)) * mpp_x * mpp_y
+    assert moved["properties"]["measurements"]["area_um2"] == pytest.approx(area, rel=1e-4)
+    shown = next(r for r in items(page) if r["id"] == row["id"])
+    assert float(shown["areaUm2"]) == pytest.approx(area, rel=1e-4)
+    assert not page.errors, page.errors

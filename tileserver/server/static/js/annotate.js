@@ -1,6 +1,6 @@
 /* Annotations on the slide: draw points, polylines, polygons, rectangles and ellipses, label and
-   colour them, share them with the case; a list with the server's measurements; import and
-   export GeoJSON. The server keeps them (REST API, docs/annotations.md): coordinates are
+   colour them, share them with the case, reshape them by their handles; a list with the
+   server's measurements; import and export GeoJSON. The server keeps them (REST API, docs/annotations.md): coordinates are
    level-0 pixels, every edit a new version, a delete a tombstone.
 
    Drawn on our own SVG layer over OpenSeadragon, as the ruler is: Annotorious 3 (the
@@ -23,12 +23,14 @@
   ];
   const ELLIPSE_VERTICES = 64;
   const NEAR_PX = 4; // a click this close to the previous vertex adds none (double-click)
+  const HANDLE_PX = 9; // a press this close to a handle of the selected annotation drags it
 
   let viewer = null;
   let panel = null;
   let tool = null; // the active drawing tool's name
   let draft = null; // {points: [{x, y}] in level-0 px, moving: {x, y} | null}
   let selected = null; // the selected annotation's ID
+  let moving = null; // a handle being dragged: {feature, index, geometry}
   const items = new Map(); // id -> the server's Feature
 
   function node(tag, attrs) {
@@ -142,12 +144,7 @@
       return;
     }
     try {
-      const response = await TS.api(base, {
-        method: "POST",
-        headers: { "Content-Type": "application/geo+json" },
-        body: JSON.stringify(body),
-      });
-      if (!response.ok) throw new TS.HttpError(response.status, await errorOf(response));
+      await send("POST", base, body, { "Content-Type": "application/geo+json" });
       await load();
       say(`Imported ${file.name}.`);
     } catch (error) {
@@ -188,6 +185,51 @@
     if (geometry.type === "Point") return [[toPoint(geometry.coordinates)]];
     if (geometry.type === "LineString") return [geometry.coordinates.map(toPoint)];
     return geometry.coordinates.map((ring) => ring.map(toPoint));
+  }
+
+  /** The handles of a shape one may drag: its vertices; a rectangle's and an ellipse's
+      box corners (the opposite corner stays). */
+  function handlesOf(feature) {
+    const shape = feature.properties.shape;
+    const first = partsOf(feature.geometry)[0];
+    if (shape === "point" || shape === "polyline") return first;
+    if (shape === "rectangle" || shape === "ellipse") {
+      const xs = first.map((p) => p.x);
+      const ys = first.map((p) => p.y);
+      const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+      return [{ x: x0, y: y0 }, { x: x1, y: y0 }, { x: x1, y: y1 }, { x: x0, y: y1 }];
+    }
+    return first.slice(0, -1); // the exterior ring without its closing position
+  }
+
+  /** ``feature``'s geometry with handle ``index`` moved to ``p``. */
+  function edited(feature, index, p) {
+    const shape = feature.properties.shape;
+    const handles = handlesOf(feature);
+    if (shape === "rectangle" || shape === "ellipse") {
+      return geometryOf(shape, [p, handles[(index + 2) % 4]]);
+    }
+    handles[index] = p;
+    if (shape === "point" || shape === "polyline") return geometryOf(shape, handles);
+    const geometry = geometryOf("polygon", handles);
+    geometry.coordinates.push(...feature.geometry.coordinates.slice(1)); // holes as they were
+    return geometry;
+  }
+
+  async function saveGeometry(feature, geometry) {
+    const props = feature.properties;
+    const body = { type: "Feature", geometry, properties: {
+      label: props.label, color: props.color, shared: props.shared, shape: props.shape } };
+    try {
+      const saved = await send("PUT", `${base}/${feature.id}`, body,
+                               { "If-Match": `"${props.version}"` });
+      items.set(saved.id, saved);
+      say("Moved.");
+    } catch (error) {
+      say(`Not moved: ${error.message}`, "error");
+      if (error.status === 412) await load();
+    }
+    render();
   }
 
   // -- measurements --------------------------------------------------------------------------
@@ -247,12 +289,22 @@
     for (const feature of items.values()) {
       const props = feature.properties;
       const classes = "annotation-shape" + (feature.id === selected ? " selected" : "");
-      const anchor = drawShape(layer, props.shape, partsOf(feature.geometry), props.color, classes);
+      const geometry = moving && moving.feature === feature ? moving.geometry : feature.geometry;
+      const anchor = drawShape(layer, props.shape, partsOf(geometry), props.color, classes);
       if (props.label) {
         const text = node("text", { x: anchor.x + 8, y: anchor.y - 8, class: "annotation-text" });
         text.textContent = props.label;
         layer.append(text);
       }
+    }
+    const chosen = items.get(selected);
+    if (chosen && chosen.properties.own && !tool) {
+      const shown = moving ? { ...chosen, geometry: moving.geometry } : chosen;
+      handlesOf(shown).forEach((p, index) => {
+        const at = toScreen(p);
+        layer.append(node("rect", { x: at.x - 5, y: at.y - 5, width: 10, height: 10,
+                                    class: "annotation-handle", "data-index": index }));
+      });
     }
     if (draft && draft.points.length) {
       const points = draft.moving ? [...draft.points, draft.moving] : draft.points;
@@ -268,9 +320,9 @@
     return { x: p.x, y: p.y };
   }
 
-  function near(a, b) {
+  function near(a, b, limit = NEAR_PX) {
     const [p, q] = [toScreen(a), toScreen(b)];
-    return Math.hypot(p.x - q.x, p.y - q.y) < NEAR_PX;
+    return Math.hypot(p.x - q.x, p.y - q.y) < limit;
   }
 
   function finish() {
@@ -293,11 +345,23 @@
     const drawing = () => tool !== null;
     const dragTool = () => tool === "rectangle" || tool === "ellipse";
     viewer.addHandler("canvas-press", (event) => {
+      const chosen = items.get(selected);
+      if (!tool && chosen && chosen.properties.own) {
+        const p = imagePoint(event.position);
+        const index = handlesOf(chosen).findIndex((h) => near(h, p, HANDLE_PX));
+        if (index >= 0) moving = { feature: chosen, index, geometry: chosen.geometry };
+      }
       if (!dragTool()) return;
       const p = imagePoint(event.position);
       draft = { points: [p, p], moving: null };
     });
     viewer.addHandler("canvas-drag", (event) => {
+      if (moving) {
+        event.preventDefaultAction = true; // the handle moves, not the slide
+        moving.geometry = edited(moving.feature, moving.index, imagePoint(event.position));
+        renderLayer();
+        return;
+      }
       if (!dragTool()) return; // a line or polygon is clicked: dragging still pans
       event.preventDefaultAction = true;
       if (draft) {
@@ -306,9 +370,15 @@
       }
     });
     viewer.addHandler("canvas-drag-end", (event) => {
-      if (dragTool()) event.preventDefaultAction = true; // no flick
+      if (dragTool() || moving) event.preventDefaultAction = true; // no flick
     });
     viewer.addHandler("canvas-release", () => {
+      if (moving) {
+        const { feature, geometry } = moving;
+        moving = null;
+        if (geometry !== feature.geometry) saveGeometry(feature, geometry);
+        return;
+      }
       if (!dragTool() || !draft) return;
       const [a, b] = draft.points;
       if (near(a, b) || Math.abs(toScreen(a).x - toScreen(b).x) < NEAR_PX ||
@@ -372,6 +442,7 @@
     const feature = id ? items.get(id) : null;
     $("annotation-save").disabled = !(feature && feature.properties.own);
     if (feature) {
+      if (feature.properties.own) say("Drag a white handle to reshape it.");
       $("annotation-label").value = feature.properties.label || "";
       $("annotation-color").value = feature.properties.color || "#ffd33d";
       $("annotation-shared").checked = Boolean(feature.properties.shared);
@@ -387,7 +458,7 @@
     const rect = viewer.viewport.imageToViewportRectangle(
       Math.min(...xs) - pad, Math.min(...ys) - pad,
       Math.max(...xs) - Math.min(...xs) + 2 * pad, Math.max(...ys) - Math.min(...ys) + 2 * pad);
-    viewer.viewport.fitBounds(rect);
+    viewer.viewport.fitBoundsWithConstraints(rect); // not beyond the 2x over-zoom
   }
 
   function renderList() {
@@ -488,12 +559,14 @@
 
   function onKey(event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
-    const typing = event.target && ["INPUT", "TEXTAREA"].includes(event.target.tagName);
+    const target = event.target instanceof Element ? event.target : document.body;
+    const typing = ["INPUT", "TEXTAREA"].includes(target.tagName);
+    if (target.closest("#menu, #menu-toggle")) return; // the menu's own keys (Escape closes it)
     let handled = true;
     if (event.key === "Escape" && draft) cancel();
     else if (event.key === "Escape" && tool) setTool(tool);
     else if (typing) handled = false;
-    else if (event.key === "Enter" && draft && !event.target.closest("button, a")) finish();
+    else if (event.key === "Enter" && draft && !target.closest("button, a")) finish();
     else if (event.key === "a" || event.key === "A") togglePanel();
     else handled = false;
     if (handled) {
