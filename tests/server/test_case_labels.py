@@ -4,6 +4,7 @@ a slide's metadata and the worklist's cases (in reading order), and the LIS's la
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,22 @@ def test_the_lis_link_opens_the_first_slide_of_a_granted_case_only(site: Site) -
     assert browser.status == 303
     target = urlsplit(browser.headers["location"])
     assert target.path == "/login" and parse_qs(target.query)["next"] == ["/view?case=S26-0042"]
+
+
+def test_a_case_not_granted_is_audited_as_a_refusal(site: Site) -> None:
+    made = cli(
+        site.home, "tokens", "create", "lis-probe", "--scope", "metadata",
+        "--collection", "S26-0042",
+    )  # fmt: skip
+    bearer = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    assert site.server.get("/view?case=S26-0099", bearer).status == 404
+    assert site.server.get("/view?case=S26-0042", bearer).status == 303
+    records = [
+        json.loads(line) for line in (site.home / "audit" / "audit.jsonl").read_text().splitlines()
+    ]
+    (refused,) = [r for r in records if r["user"] == "lis-probe"]
+    assert refused["object"] == site.ids[4] and refused["detail"] == {"reason": "not_granted"}
+    assert refused["outcome"] == 4
 
 
 def test_the_openapi_document_names_the_labels(server: Server) -> None:

@@ -16,6 +16,7 @@ package that is not installed is a 404 saying how to install it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from aiohttp import web
 from tileserver.errors import SlideNotFound
 from tileserver.security.accounts import Accounts
 from tileserver.security.slide_labels import NONE, LabelStore, order_key
-from tileserver.server.auth import SECURITY, principal_of, visible_slides
+from tileserver.server.auth import SECURITY, authorize, principal_of, visible_slides
 from tileserver.server.errors import BadRequest
 
 logger = logging.getLogger(__name__)
@@ -234,13 +235,24 @@ def routes() -> list[web.RouteDef]:
         visible = await visible_slides(request)
         library = request.app[SERVICE].library
 
-        def first() -> str | None:
-            ids = [s for s in library.slide_ids() if visible is None or s in visible]
-            found = [c for c in _cases(accounts, ids)["cases"] if c["name"] == case]
-            return found[0]["slides"][0] if found and accounts is not None else None
+        def first() -> tuple[str | None, str | None]:
+            """(the first slide the caller may see, else one it may not) of the case."""
+            if accounts is None:  # --no-auth: no cases
+                return None, None
+            store = LabelStore(accounts.db)
+            every = library.slide_ids()
+            members = [s for s, c in store.cases(every).items() if c == case]
+            shown = [s for s in members if visible is None or s in visible]
+            if not shown:
+                return None, min(members, default=None)
+            labels = store.of(shown)
+            return min(shown, key=lambda s: order_key(s, labels[s])), None
 
-        slide_id = await asyncio.get_running_loop().run_in_executor(None, first)
+        slide_id, hidden = await asyncio.get_running_loop().run_in_executor(None, first)
         if slide_id is None:
+            if hidden is not None:  # a case not granted: refused (and audited) as its slide is
+                with contextlib.suppress(SlideNotFound):
+                    authorize(request, hidden, "metadata")
             raise SlideNotFound("no such case")
         raise web.HTTPSeeOther(f"/view/{slide_id}")
 
