@@ -196,6 +196,27 @@ def test_side_by_side_stays_locked_through_pan_zoom_and_rotation(
     assert not page.errors, page.errors
 
 
+def test_a_slide_that_cannot_be_opened_leaves_the_others_locked(
+    clinic: Clinic, open_page: Any
+) -> None:
+    """Three panes, one naming a slide that does not exist (or is not granted: the same 404)."""
+    page = open_page()
+    first, second, third = clinic.slides
+    unknown = "0" * 32
+    page.goto(f"/view/{first}?with={second},{unknown},{third}")
+    until(page, "document.body.dataset.compare === 'ready'")
+    assert page.eval_on_selector(".viewer-main", "n => n.dataset.panes") == "4"
+    page.wait_for_selector("#pane-2[data-open=failed]", state="attached")
+    assert "could not be opened" in (page.text_content("#pane-2") or "")
+    still(page)
+    drag(page, "#osd", -160, 80)
+    a, b, c = view_of(page, "#osd"), view_of(page, "#pane-1"), view_of(page, "#pane-3")
+    for other in (b, c):
+        assert abs(other["cx"] - a["cx"]) < 0.5 and abs(other["cy"] - a["cy"]) < 0.5, (a, other)
+    errors = [e for e in page.errors if "404" not in e]
+    assert not errors, errors
+
+
 def test_an_offset_dragged_with_shift_holds(clinic: Clinic, open_page: Any) -> None:
     page = open_page()
     open_compare(page, clinic)

@@ -90,7 +90,7 @@ const TSCompare = (() => {
   }
 
   function follow(pane) {
-    if (!panes.every((p) => p.open)) return;
+    if (panes.length < 2 || !panes.every((p) => p.open)) return;
     if (pane.adjusting) {
       // Offset mode: this pane moves alone; its offset is where it now is against the rest.
       const w = shared(pane);
@@ -123,7 +123,7 @@ const TSCompare = (() => {
     leader = pane;
     TSAdjust.target(pane.viewer);
     for (const p of panes) p.element.classList.toggle("active-pane", p === pane);
-    if (event && (event.shiftKey || offsetMode) && event.type === "pointerdown") {
+    if (panes.length > 1 && event && (event.shiftKey || offsetMode) && event.type === "pointerdown") {
       pane.adjusting = true;
       pane.element.classList.add("adjusting");
     }
@@ -244,7 +244,7 @@ const TSCompare = (() => {
     viewer.addHandler("canvas-key", (event) => { event.preventDefaultAction = true; });
     caption(element, nameOf(id, info));
     const pane = { id, viewer, element, mpp: [1, 1], offset: { x: 0, y: 0 }, adjusting: false,
-                   open: false, info };
+                   open: false, info, slot: index };
     panes[index] = pane;
     viewer.addHandler("open", () => {
       pane.open = true;
@@ -255,8 +255,11 @@ const TSCompare = (() => {
       start();
     });
     viewer.addHandler("open-failed", () => {
+      // Not found, or not granted (the same 404): the pane says so and leaves the lock.
       element.dataset.open = "failed";
       caption(element, "This slide could not be opened.");
+      panes.splice(panes.indexOf(pane), 1);
+      start();
     });
     wirePane(pane);
   }
@@ -267,8 +270,8 @@ const TSCompare = (() => {
     const mpps = panes.map((p) => mppOf(p.info));
     unit = mpps.every(Boolean) ? "µm" : "px";
     panes.forEach((p, i) => { p.mpp = unit === "µm" ? mpps[i] : [1, 1]; });
-    const offsets = parseOffsets(panes.length - 1);
-    panes.slice(1).forEach((p, i) => { p.offset = offsets[i]; });
+    const offsets = parseOffsets(MAX_PANES - 1);
+    panes.slice(1).forEach((p) => { p.offset = offsets[p.slot - 1]; });
     document.querySelector(".viewer-main").dataset.unit = unit;
     document.body.dataset.compare = "ready";
     lead(panes[0]);
