@@ -318,6 +318,9 @@ def test_brightness_contrast_gamma_and_rotation_change_the_screen(
     still(page)
     assert view_of_rotation(page) == 0
     assert page.eval_on_selector("#osd", "n => n.dataset.bounds") == bounds
+    page.click("#share-toggle")  # the panels share a corner: one at a time
+    assert page.is_hidden("#adjust-panel") and page.is_visible("#share-panel")
+    assert page.get_attribute("#adjust-toggle", "aria-pressed") == "false"
     assert not page.errors, page.errors
 
 

@@ -130,10 +130,22 @@ const TSAdjust = (() => {
     }
   }
 
-  function togglePanel(force) {
-    const panel = $("adjust-panel");
+  /** Shows or hides one of the tools' side panels; showing one hides the others (they share
+      the corner). Returns whether it shows. */
+  function showOnly(panel, force) {
     const show = force === undefined ? panel.classList.contains("hidden") : force;
+    for (const other of document.querySelectorAll(".side-panel")) {
+      if (other === panel || !show || other.classList.contains("hidden")) continue;
+      other.classList.add("hidden");
+      const toggle = document.querySelector(`[aria-controls="${other.id}"]`);
+      if (toggle) toggle.setAttribute("aria-pressed", "false");
+    }
     panel.classList.toggle("hidden", !show);
+    return show;
+  }
+
+  function togglePanel(force) {
+    const show = showOnly($("adjust-panel"), force);
     $("adjust-toggle").setAttribute("aria-pressed", String(show));
     if (show) showPanel();
   }
@@ -183,5 +195,5 @@ const TSAdjust = (() => {
     wirePanel();
   }
 
-  return { NEUTRAL, get, set, target, onChange, normalAngle };
+  return { NEUTRAL, get, set, target, onChange, normalAngle, showOnly };
 })();

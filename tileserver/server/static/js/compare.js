@@ -307,9 +307,7 @@ const TSCompare = (() => {
 
   // -- the panel ---------------------------------------------------------------------------------
   function togglePanel(force) {
-    const panel = $("compare-panel");
-    const show = force === undefined ? panel.classList.contains("hidden") : force;
-    panel.classList.toggle("hidden", !show);
+    const show = TSAdjust.showOnly($("compare-panel"), force);
     $("compare-toggle").setAttribute("aria-pressed", String(show));
   }
 

@@ -120,9 +120,7 @@
   }
 
   function togglePanel(force) {
-    const panel = $("share-panel");
-    const show = force === undefined ? panel.classList.contains("hidden") : force;
-    panel.classList.toggle("hidden", !show);
+    const show = TSAdjust.showOnly($("share-panel"), force);
     $("share-toggle").setAttribute("aria-pressed", String(show));
     if (show) refresh();
   }
