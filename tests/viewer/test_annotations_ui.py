@@ -198,7 +198,7 @@ def by_label(features: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_each_shape_drawn_with_the_mouse_is_kept_and_measured(
-    open_viewer: Any, clinic: Clinic
+    open_viewer: Any, clinic: Clinic, tmp_path: Path
 ) -> None:
     page = open_viewer("ann")
     draw(page, "point", "P mitosis", [(0.30, 0.30)])
@@ -235,6 +235,7 @@ def test_each_shape_drawn_with_the_mouse_is_kept_and_measured(
     poll(page, f"{COUNT} === {len(features)}")
     rows = {row["name"]: row for row in items(page)}
     assert set(wanted) <= set(rows)
+    page.screenshot(path=str(tmp_path / "annotations.png"))
     shapes = page.locator("#annotation-layer .annotation-shape").count()
     texts = page.locator("#annotation-layer .annotation-text").all_text_contents()
     assert shapes == len(features) and set(wanted) <= set(texts)

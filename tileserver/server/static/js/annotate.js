@@ -277,10 +277,7 @@
     return screen[0][0];
   }
 
-  function render() {
-    renderLayer();
-    renderList();
-  }
+  const render = () => { renderLayer(); renderList(); };
 
   function renderLayer() {
     const layer = $("annotation-layer");
@@ -536,16 +533,17 @@
       TS.el("p", { id: "annotation-status", class: "hint", role: "status" }),
       TS.el("ul", { id: "annotation-list", class: "annotation-list" }),
       TS.el("div", { class: "annotation-row" },
+        TS.el("span", { class: "hint", text: "GeoJSON" }),
         TS.el("a", { id: "annotation-export", class: "button", href: `${base}.geojson`,
-                     download: `${slideId}-annotations.geojson`, text: "Export GeoJSON" }),
-        TS.el("button", { id: "annotation-import-button", type: "button",
-                          onclick: () => importInput.click(), text: "Import GeoJSON" }),
+                     download: `${slideId}-annotations.geojson`, text: "Export",
+                     title: "Download what you see as GeoJSON (level-0 pixels, as QuPath)",
+                     "aria-label": "Export GeoJSON" }),
+        TS.el("button", { id: "annotation-import-button", type: "button", text: "Import…",
+                          title: "Add the annotations of a GeoJSON file (e.g. from QuPath)",
+                          "aria-label": "Import GeoJSON", onclick: () => importInput.click() }),
         importInput),
     );
     document.querySelector(".viewer-main").append(panel);
-    const layer = node("svg", { id: "annotation-layer", class: "annotation-layer",
-                                "aria-hidden": "true" });
-    $("osd").after(layer);
   }
 
   function togglePanel(force) {
@@ -578,6 +576,10 @@
   function start() {
     viewer = OpenSeadragon.getViewer($("osd"));
     if (!viewer) return false;
+    // Inside the viewer's canvas, above the image: the layer is where the slide is, whatever
+    // the page's layout does with the viewer (side-by-side panes).
+    viewer.canvas.append(node("svg", { id: "annotation-layer", class: "annotation-layer",
+                                       "aria-hidden": "true" }));
     wireCanvas();
     load();
     return true;
