@@ -239,12 +239,20 @@ def test_an_offset_dragged_with_shift_holds(clinic: Clinic, open_page: Any) -> N
     assert b3["cx"] - a3["cx"] == pytest.approx(dx, abs=0.5)
     assert b3["cy"] - a3["cy"] == pytest.approx(dy, abs=0.5)
 
-    # Reloaded from its URL, the pair keeps the offset.
-    page.goto(page.url)
-    until(page, "document.body.dataset.compare === 'ready'")
-    still(page)
-    a4, b4 = view_of(page, "#osd"), view_of(page, "#pane-1")
+    # The view's shared link keeps the pair, the offset and the place.
+    page.click("#share-toggle")
+    link = page.input_value("#share-link")
+    query = parse_qs(urlsplit(link).query)
+    assert query["with"] == [clinic.slides[1]] and "off" in query, link
+    again = open_page()
+    again.goto(link)
+    until(again, "document.body.dataset.compare === 'ready'")
+    still(again)
+    a4, b4 = view_of(again, "#osd"), view_of(again, "#pane-1")
+    assert a4["cx"] == pytest.approx(a3["cx"], abs=1) and a4["cy"] == pytest.approx(a3["cy"], abs=1)
+    assert a4["zoom"] == pytest.approx(a3["zoom"], rel=1e-3)
     assert b4["cx"] - a4["cx"] == pytest.approx(dx, abs=0.5)
+    assert b4["cy"] - a4["cy"] == pytest.approx(dy, abs=0.5)
     assert not page.errors, page.errors
 
 

@@ -100,8 +100,6 @@ const TSAdjust = (() => {
         }
         canvas.style.filter = `url(#${filter.id})`;
       }
-      canvas.dataset.adjust = isNeutral(next) ? "" :
-        `${next.brightness},${next.contrast},${next.gamma}`;
     }
     if (viewer.viewport && normalAngle(viewer.viewport.getRotation()) !== next.rotation) {
       viewer.viewport.setRotation(next.rotation, true);
