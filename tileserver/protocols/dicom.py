@@ -31,6 +31,7 @@ from pydicom.valuerep import DSfloat
 
 from tileserver.geometry import Size, tile_count
 from tileserver.render.encode import srgb_icc_profile
+from tileserver.sources.codestreams import jpeg_is_frame_header, jpeg_segments
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -163,9 +164,7 @@ def frame_position(facts: SlideFacts, level: int, frame: int) -> tuple[int, int]
 
 # -- JPEG colour --------------------------------------------------------------------------
 
-_APP0, _APP14, _SOS, _EOI = 0xE0, 0xEE, 0xDA, 0xD9
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-_NOT_SOF = frozenset({0xC4, 0xC8, 0xCC})
+_APP0, _APP14 = 0xE0, 0xEE
 
 
 def jpeg_photometric(jpeg: bytes) -> str:
@@ -177,28 +176,12 @@ def jpeg_photometric(jpeg: bytes) -> str:
         raise ValueError("not a JPEG (no SOI marker)")
     jfif = False
     adobe_transform: int | None = None
-    i = 2
-    while i + 4 <= len(jpeg):
-        if jpeg[i] != 0xFF:
-            raise ValueError(f"JPEG marker expected at byte {i}")
-        marker = jpeg[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker in _STANDALONE:
-            i += 2
-            continue
-        if marker in (_SOS, _EOI):
-            break
-        (length,) = struct.unpack_from(">H", jpeg, i + 2)
-        if length < 2:
-            raise ValueError(f"JPEG segment with length {length}")
-        body = jpeg[i + 4 : i + 2 + length]
+    for marker, body in jpeg_segments(jpeg):
         if marker == _APP0 and body.startswith(b"JFIF\x00"):
             jfif = True
         elif marker == _APP14 and body.startswith(b"Adobe") and len(body) >= 12:
             adobe_transform = body[11]
-        elif 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF:
+        elif jpeg_is_frame_header(marker):
             if len(body) < 6:
                 raise ValueError("JPEG frame header is truncated")
             count = body[5]
@@ -215,7 +198,6 @@ def jpeg_photometric(jpeg: bytes) -> str:
             if rgb:
                 return "RGB"
             return "YBR_FULL_422" if len(sampling) > 1 else "YBR_FULL"
-        i += 2 + length
     raise ValueError("JPEG has no frame header before its scan")
 
 

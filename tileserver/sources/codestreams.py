@@ -9,6 +9,7 @@ fixed fields, and no decoder is trusted to read them.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tileserver.geometry import Size
@@ -38,11 +39,15 @@ _NOT_SOF = frozenset({0xC4, 0xC8, 0xCC})
 _SOS, _EOI = 0xDA, 0xD9
 
 
-def jpeg_declared(data: bytes) -> Declared:
-    """The frame size of a JPEG stream (SOI first). ValueError when there is no usable frame
-    header before the first scan."""
-    if not data.startswith(b"\xff\xd8"):
-        raise ValueError("JPEG data does not start with an SOI marker")
+def jpeg_is_frame_header(marker: int) -> bool:
+    """Whether a marker is one of the SOFn frame headers."""
+    return 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF
+
+
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(marker, body)`` of each segment of a JPEG stream after its SOI (the caller checks
+    the SOI), up to the first scan or EOI; the body may be cut short by the end of ``data``.
+    ValueError where a marker is missing or a segment's length is impossible."""
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -55,18 +60,27 @@ def jpeg_declared(data: bytes) -> Declared:
             i += 2
             continue
         if marker in (_SOS, _EOI):
-            break
+            return
         (length,) = struct.unpack_from(">H", data, i + 2)
         if length < 2:
             raise ValueError(f"JPEG segment with length {length}")
-        if 0xC0 <= marker <= 0xCF and marker not in _NOT_SOF:
-            if i + 10 > len(data):
+        yield marker, data[i + 4 : i + 2 + length]
+        i += 2 + length
+
+
+def jpeg_declared(data: bytes) -> Declared:
+    """The frame size of a JPEG stream (SOI first). ValueError when there is no usable frame
+    header before the first scan."""
+    if not data.startswith(b"\xff\xd8"):
+        raise ValueError("JPEG data does not start with an SOI marker")
+    for marker, body in jpeg_segments(data):
+        if jpeg_is_frame_header(marker):
+            if len(body) < 6:
                 break
-            height, width, components = struct.unpack_from(">HHB", data, i + 5)
+            height, width, components = struct.unpack_from(">HHB", body, 1)
             if width == 0 or height == 0:  # height 0 means "see DNL": size unknown
                 raise ValueError(f"JPEG frame declares {width}x{height} pixels")
             return Declared(width, height, components)
-        i += 2 + length
     raise ValueError("JPEG data has no frame header (SOF) before its scan")
 
 
