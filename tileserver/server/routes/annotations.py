@@ -105,11 +105,15 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         assert record.annotation is not None  # tombstones are never shown as features
         return feature(record.annotation, record.id, meta(record, viewer), frame.mpp)
 
-    async def list_annotations(request: web.Request) -> web.Response:
+    async def visible(request: web.Request) -> tuple[str, str, SlideFrame, list[Record]]:
+        """The slide, the caller, the slide's frame and the annotations the caller sees."""
         slide_id, viewer = request.match_info["slide_id"], caller(request)
         store, frame = store_of(request), await frame_of(slide_id)
         key = await _off_loop(data_key, slide_id)
-        records = await _off_loop(store.visible, slide_id, viewer, key)
+        return slide_id, viewer, frame, await _off_loop(store.visible, slide_id, viewer, key)
+
+    async def list_annotations(request: web.Request) -> web.Response:
+        slide_id, viewer, frame, records = await visible(request)
         await audit(
             request,
             INSTANCES_ACCESSED,
@@ -229,10 +233,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         return await _json(history)
 
     async def export(request: web.Request) -> web.Response:
-        slide_id, viewer = request.match_info["slide_id"], caller(request)
-        store, frame = store_of(request), await frame_of(slide_id)
-        key = await _off_loop(data_key, slide_id)
-        records = await _off_loop(store.visible, slide_id, viewer, key)
+        slide_id, _viewer, frame, records = await visible(request)
         await audit(
             request,
             EXPORT,
