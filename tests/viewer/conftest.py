@@ -117,6 +117,30 @@ def viewer_site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -
         yield Site(server, home, a1, a2, b1, alice_setup, alice, bob)
 
 
+def poll(page: Any, expression: str, timeout: float = 20.0) -> Any:
+    """Until ``expression`` is truthy in the page. (Playwright's wait_for_function evaluates
+    strings with eval, which our CSP rightly refuses.)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = page.evaluate(expression)
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)
+
+
+def enrol(server: Server, home: Path, person: Person, *grant: str) -> None:
+    """A user added by the administrator and enrolled over HTTP, then granted ``grant``
+    (the arguments of ``users grant`` after the name)."""
+    token = _token(_cli(home, "users", "add", person.name, "--url", server.base))
+    started = server.post("/auth/enrol", {"token": token, "password": person.password})
+    assert started.status == 200, started.body
+    person.secret = secret_of(started.json()["otpauth_uri"])
+    confirmed = server.post("/auth/enrol/confirm", {"token": token, "code": person.fresh_code()})
+    assert confirmed.status == 200, confirmed.body
+    _cli(home, "users", "grant", person.name, *grant)
+
+
 def enrol_over_http(site: Site, person: Person, collection: str) -> None:
     """A user added by the administrator, enrolled with the API (not the page)."""
     token = _token(_cli(site.home, "users", "add", person.name, "--url", site.server.base))

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import Person, _cli, _token, secret_of
-from tests.viewer.test_viewer import poll
+from tests.viewer.conftest import Person, _cli, _token, poll, secret_of
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing

@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import ARTIFACTS, Person, _cli, _token, secret_of
+from tests.viewer.conftest import ARTIFACTS, Person, _cli, enrol, poll
 from tests.viewer.test_responsive import assert_on_screen
-from tests.viewer.test_viewer import poll
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -49,16 +48,6 @@ class Ward:
     @property
     def case(self) -> list[str]:
         return [self.ids[i] for i in READING_ORDER]
-
-
-def enrol(server: Server, home: Path, person: Person, *grant: str) -> None:
-    token = _token(_cli(home, "users", "add", person.name, "--url", server.base))
-    started = server.post("/auth/enrol", {"token": token, "password": person.password})
-    assert started.status == 200, started.body
-    person.secret = secret_of(started.json()["otpauth_uri"])
-    confirmed = server.post("/auth/enrol/confirm", {"token": token, "code": person.fresh_code()})
-    assert confirmed.status == 200, confirmed.body
-    _cli(home, "users", "grant", person.name, *grant)
 
 
 def sign_in(browser: Any, server: Server, person: Person) -> None:

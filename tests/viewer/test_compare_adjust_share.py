@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import VIEWPORT, Person, _cli, _token, image_stats, secret_of
+from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, image_stats, poll
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -36,16 +35,6 @@ class Clinic:
     slides: list[str]  # one case, three slides
     people: dict[str, Person]
     storage: dict[str, Any]  # carol signed in
-
-
-def _enrol(server: Server, home: Path, person: Person) -> None:
-    token = _token(_cli(home, "users", "add", person.name, "--url", server.base))
-    started = server.post("/auth/enrol", {"token": token, "password": person.password})
-    assert started.status == 200, started.body
-    person.secret = secret_of(started.json()["otpauth_uri"])
-    confirmed = server.post("/auth/enrol/confirm", {"token": token, "code": person.fresh_code()})
-    assert confirmed.status == 200, confirmed.body
-    _cli(home, "users", "grant", person.name, "case-c")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,7 @@ def clinic(
     with run_server(out, home, secure=True) as server:
         people = {name: Person(name, password) for name, password in PASSWORDS.items()}
         for person in people.values():
-            _enrol(server, home, person)
+            enrol(server, home, person, "case-c")
         context = browser.new_context(base_url=server.base, ignore_https_errors=True)
         carol = people["carol"]
         login = {"username": "carol", "password": carol.password, "code": carol.fresh_code()}
@@ -102,17 +91,6 @@ def open_page(browser: Any, clinic: Clinic) -> Iterator[Any]:
     yield make
     for context in contexts:
         context.close()
-
-
-def until(page: Any, expression: str, timeout: float = 20.0) -> Any:
-    """Until ``expression`` is truthy in the page (wait_for_function evals: the CSP refuses)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(expression)
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        page.wait_for_timeout(50)
 
 
 def view_of(page: Any, selector: str) -> dict[str, float]:
@@ -150,7 +128,7 @@ def wheel(page: Any, selector: str, delta: float) -> None:
 def open_compare(page: Any, clinic: Clinic) -> None:
     first, second = clinic.slides[:2]
     page.goto(f"/view/{first}?with={second}")
-    until(page, "document.body.dataset.compare === 'ready'")
+    poll(page, "document.body.dataset.compare === 'ready'")
     page.wait_for_selector("#pane-1[data-fully-loaded=true]", state="attached")
     still(page)
 
@@ -204,7 +182,7 @@ def test_a_slide_that_cannot_be_opened_leaves_the_others_locked(
     first, second, third = clinic.slides
     unknown = "0" * 32
     page.goto(f"/view/{first}?with={second},{unknown},{third}")
-    until(page, "document.body.dataset.compare === 'ready'")
+    poll(page, "document.body.dataset.compare === 'ready'")
     assert page.eval_on_selector(".viewer-main", "n => n.dataset.panes") == "4"
     page.wait_for_selector("#pane-2[data-open=failed]", state="attached")
     assert "could not be opened" in (page.text_content("#pane-2") or "")
@@ -246,7 +224,7 @@ def test_an_offset_dragged_with_shift_holds(clinic: Clinic, open_page: Any) -> N
     assert query["with"] == [clinic.slides[1]] and "off" in query, link
     again = open_page()
     again.goto(link)
-    until(again, "document.body.dataset.compare === 'ready'")
+    poll(again, "document.body.dataset.compare === 'ready'")
     still(again)
     a4, b4 = view_of(again, "#osd"), view_of(again, "#pane-1")
     assert a4["cx"] == pytest.approx(a3["cx"], abs=1) and a4["cy"] == pytest.approx(a3["cy"], abs=1)
@@ -385,7 +363,7 @@ def test_a_signed_link_shows_the_view_without_an_account(clinic: Clinic, open_pa
     page = open_page()
     bounds = a_view_to_share(page, clinic)
     page.click("#share-signed")
-    until(page, "document.getElementById('share-signed-link').value")
+    poll(page, "document.getElementById('share-signed-link').value")
     link = page.input_value("#share-signed-link")
     assert "sig=" in link and "until" in (page.text_content("#share-status") or "")
 

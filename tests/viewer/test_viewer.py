@@ -21,6 +21,7 @@ from tests.viewer.conftest import (
     _cli,
     enrol_over_http,
     image_stats,
+    poll,
     secret_of,
 )
 
@@ -55,18 +56,6 @@ class Traffic:
         bad = [(s, u) for s, u in self.tiles if s not in (200, 304)]
         assert not bad, f"tiles failed: {bad[:5]}"
         assert not [u for u in self.failed if TILE.search(u)], self.failed
-
-
-def poll(page: Any, expression: str, timeout: float = 20.0) -> Any:
-    """Until ``expression`` is truthy in the page. (Playwright's wait_for_function evaluates
-    strings with eval, which our CSP rightly refuses.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(expression)
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        page.wait_for_timeout(50)
 
 
 def next_of(url: str) -> str:

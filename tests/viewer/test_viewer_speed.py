@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.viewer.conftest import VIEWPORT, Person, Site, enrol_over_http, image_stats
+from tests.viewer.conftest import VIEWPORT, Person, Site, enrol_over_http, image_stats, poll
 
 OBJECTIVE = 40  # the synthetic slide: AppMag 40, 0.25 µm/px
 WIDTH, HEIGHT = 3000, 2000
@@ -53,18 +52,6 @@ class Tiles:
 
     def mark(self) -> int:
         return len(self.started)
-
-
-def poll(page: Any, expression: str, timeout: float = 20.0) -> Any:
-    """Until ``expression`` is truthy in the page (wait_for_function would need eval, which
-    the CSP refuses)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = page.evaluate(expression)
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        page.wait_for_timeout(50)
 
 
 def unsharp(page: Any) -> None:
