@@ -152,6 +152,32 @@ const TS = (() => {
     }
   }
 
+  /** OpenSeadragon's options for every slide view (the viewer, its side-by-side panes, a
+   *  signed link's page), ``options`` added or overriding: one look (the overview map top
+   *  right, in the page's colours), one loading policy (benchmarks/bench_viewer.py; the why:
+   *  docs/viewer.md), one mouse behaviour. */
+  function viewerOptions(options) {
+    return {
+      prefixUrl: "/static/vendor/openseadragon/images/",
+      drawer: "canvas",
+      showNavigationControl: false,
+      showNavigator: true,
+      navigatorPosition: "TOP_RIGHT",
+      navigatorAutoFade: false,
+      navigatorBackground: "#1b1f24",
+      navigatorBorderColor: "#3a4048",
+      navigatorDisplayRegionColor: "#4fb3ff",
+      maxTilesPerFrame: 8, // 1 by default: one tile started per animation frame
+      immediateRender: true, // the displayed level first, not every coarser level on the way
+      // A level is fetched once drawn at >= 0.51 screen px per pixel (OpenSeadragon: 0.5), so a
+      // preset on a pyramid level (1:1) does not also fetch the next finer level (0.5:1).
+      minPixelRatio: 0.51,
+      preserveImageSizeOnResize: true,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, flickEnabled: false },
+      ...options,
+    };
+  }
+
   return { safeNext, loginUrl, toLogin, api, json, post, logout, checkSession, el,
-           formatLength, shortId, header, HttpError };
+           formatLength, shortId, header, viewerOptions, HttpError };
 })();

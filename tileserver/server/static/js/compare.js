@@ -215,32 +215,18 @@ const TSCompare = (() => {
       dataset: { slide: id },
     });
     (index === 1 ? $("osd") : $(`pane-${index - 1}`)).after(element);
-    const viewer = OpenSeadragon({
+    const viewer = OpenSeadragon(TS.viewerOptions({
       element,
       tileSources: `/deepzoom/${id}.dzi`,
-      prefixUrl: "/static/vendor/openseadragon/images/",
-      drawer: "canvas",
-      showNavigationControl: false,
-      showNavigator: true,
-      navigatorPosition: "TOP_RIGHT",
       navigatorSizeRatio: 0.15,
-      navigatorAutoFade: false,
-      navigatorBackground: "#1b1f24",
-      navigatorBorderColor: "#3a4048",
-      navigatorDisplayRegionColor: "#4fb3ff",
       maxZoomPixelRatio: 4,
       minZoomImageRatio: 0.05,
       visibilityRatio: 0.1,
       animationTime: 0.45,
       blendTime: 0.05,
       zoomPerScroll: 1.4,
-      maxTilesPerFrame: 8, // as the slide's viewer (docs/viewer.md)
-      immediateRender: true,
-      minPixelRatio: 0.51,
       timeout: 30000,
-      preserveImageSizeOnResize: true,
-      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, flickEnabled: false },
-    });
+    }));
     viewer.addHandler("canvas-key", (event) => { event.preventDefaultAction = true; });
     caption(element, nameOf(id, info));
     const pane = { id, viewer, element, mpp: [1, 1], offset: { x: 0, y: 0 }, adjusting: false,

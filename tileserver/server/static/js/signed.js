@@ -71,7 +71,7 @@
     const marker = document.createElementNS("urn:x-tileserver:inert", "style");
     marker.setAttribute("data-openseadragon-mobile-css", "true");
     document.head.append(marker);
-    const viewer = OpenSeadragon({
+    const viewer = OpenSeadragon(TS.viewerOptions({
       element: $("osd"),
       tileSources: {
         Image: {
@@ -84,25 +84,11 @@
         },
         queryParams: `?${signed}`,
       },
-      prefixUrl: "/static/vendor/openseadragon/images/",
-      drawer: "canvas",
-      showNavigationControl: false,
-      showNavigator: true,
-      navigatorPosition: "TOP_RIGHT",
       navigatorSizeRatio: 0.17,
-      navigatorAutoFade: false,
-      navigatorBackground: "#1b1f24",
-      navigatorBorderColor: "#3a4048",
-      navigatorDisplayRegionColor: "#4fb3ff",
       maxZoomPixelRatio: 2,
       minZoomImageRatio: 0.25,
       visibilityRatio: 0.4,
-      maxTilesPerFrame: 8, // as the viewer (docs/viewer.md)
-      immediateRender: true,
-      minPixelRatio: 0.51,
-      preserveImageSizeOnResize: true,
-      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, flickEnabled: false },
-    });
+    }));
     viewer.world.addHandler("add-item", (event) => {
       event.item.source.downloadTileStart = fetchTile;
       event.item.source.downloadTileAbort = abortTile;

@@ -461,19 +461,10 @@
     marker.setAttribute("data-openseadragon-mobile-css", "true");
     document.head.append(marker);
 
-    viewer = OpenSeadragon({
+    viewer = OpenSeadragon(TS.viewerOptions({
       element: $("osd"),
       tileSources: dzi || `/deepzoom/${slideId}.dzi`, // the URL: OpenSeadragon says what failed
-      prefixUrl: "/static/vendor/openseadragon/images/",
-      drawer: "canvas",
-      showNavigationControl: false,
-      showNavigator: true,
-      navigatorPosition: "TOP_RIGHT",
       navigatorSizeRatio: 0.17,
-      navigatorAutoFade: false,
-      navigatorBackground: "#1b1f24",
-      navigatorBorderColor: "#3a4048",
-      navigatorDisplayRegionColor: "#4fb3ff",
       maxZoomPixelRatio: 2,
       minZoomImageRatio: 0.25,
       visibilityRatio: 0.4,
@@ -481,17 +472,10 @@
       springStiffness: 9,
       blendTime: 0.05,
       zoomPerScroll: 1.4,
-      // Loading tuned for a tile server (benchmarks/bench_viewer.py; the why: docs/viewer.md).
-      maxTilesPerFrame: 8, // 1 by default: one tile started per animation frame
+      // Loading tuned for a tile server beyond TS.viewerOptions (the why: docs/viewer.md).
       imageLoaderLimit: 0, // the browser's per-host limit queues them; stale ones are cancelled
-      immediateRender: true, // the displayed level first, not every coarser level on the way
-      // A level is fetched once drawn at >= 0.51 screen px per pixel (OpenSeadragon: 0.5), so a
-      // preset on a pyramid level (1:1) does not also fetch the next finer level (0.5:1).
-      minPixelRatio: 0.51,
       timeout: 30000,
-      preserveImageSizeOnResize: true,
-      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true, flickEnabled: false },
-    });
+    }));
     // Our own shortcuts handle every key; OpenSeadragon's would act twice.
     viewer.addHandler("canvas-key", (event) => { event.preventDefaultAction = true; });
     viewer.world.addHandler("add-item", (event) => {
