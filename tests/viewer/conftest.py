@@ -129,6 +129,16 @@ def poll(page: Any, expression: str, timeout: float = 20.0) -> Any:
         page.wait_for_timeout(50)
 
 
+def watch_errors(page: Any) -> Any:
+    """``page``, its uncaught exceptions and console errors gathered in ``page.errors`` (a
+    test asserts there are none)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.errors = errors
+    return page
+
+
 def enrol(server: Server, home: Path, person: Person, *grant: str) -> None:
     """A user added by the administrator and enrolled over HTTP, then granted ``grant``
     (the arguments of ``users grant`` after the name)."""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import Person, _cli, _token, poll, secret_of
+from tests.viewer.conftest import Person, _cli, enrol, poll
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -53,14 +53,7 @@ def clinic(
         storage = {}
         for name, password in PASSWORDS.items():
             person = Person(name, password)
-            token = _token(_cli(home, "users", "add", name, "--url", server.base))
-            started = server.post("/auth/enrol", {"token": token, "password": password})
-            assert started.status == 200, started.body
-            person.secret = secret_of(started.json()["otpauth_uri"])
-            code = person.fresh_code()
-            confirmed = server.post("/auth/enrol/confirm", {"token": token, "code": code})
-            assert confirmed.status == 200, confirmed.body
-            _cli(home, "users", "grant", name, "case-n")
+            enrol(server, home, person, "case-n")
             context = browser.new_context(base_url=server.base, ignore_https_errors=True)
             login = {"username": name, "password": password, "code": person.fresh_code()}
             assert context.request.post("/auth/login", data=login).status == 200

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import ARTIFACTS, Person, _cli, enrol, poll
+from tests.viewer.conftest import ARTIFACTS, Person, _cli, enrol, poll, watch_errors
 from tests.viewer.test_responsive import assert_on_screen
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
@@ -91,11 +91,7 @@ def new_page(browser: Any, ward: Ward, person: Person | None = None) -> Any:
         storage_state=person.storage if person and person.storage else None,
     )
     context.set_default_timeout(20_000)
-    page = context.new_page()
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(f"page error: {e}"))
-    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-    return page
+    return watch_errors(context.new_page())
 
 
 def strip_ids(page: Any) -> list[str]:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, image_stats, poll
+from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, image_stats, poll, watch_errors
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -81,12 +81,7 @@ def open_page(browser: Any, clinic: Clinic) -> Iterator[Any]:
         )
         context.set_default_timeout(20_000)
         contexts.append(context)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.errors = errors
-        return page
+        return watch_errors(context.new_page())
 
     yield make
     for context in contexts:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import Person, _cli, _token, secret_of
+from tests.viewer.conftest import Person, _cli, enrol, watch_errors
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -84,14 +84,7 @@ def ward(
     _cli(home, "slides", "assign", "case-r", *slides)
     with run_server(out, home, secure=True) as server:
         robin = Person("robin", PASSWORD)
-        token = _token(_cli(home, "users", "add", "robin", "--url", server.base))
-        started = server.post("/auth/enrol", {"token": token, "password": PASSWORD})
-        assert started.status == 200, started.body
-        robin.secret = secret_of(started.json()["otpauth_uri"])
-        code = robin.fresh_code()
-        confirmed = server.post("/auth/enrol/confirm", {"token": token, "code": code})
-        assert confirmed.status == 200, confirmed.body
-        _cli(home, "users", "grant", "robin", "case-r", "--labels")
+        enrol(server, home, robin, "case-r", "--labels")
         context = browser.new_context(base_url=server.base, ignore_https_errors=True)
         login = {"username": "robin", "password": PASSWORD, "code": robin.fresh_code()}
         assert context.request.post("/auth/login", data=login).status == 200
@@ -110,12 +103,7 @@ def open_page(browser: Any, ward: Ward, screen: str, signed_in: bool = True, **e
         **extra,
     )
     context.set_default_timeout(20_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.errors = errors
-    return page
+    return watch_errors(context.new_page())
 
 
 def wait_viewer(page: Any) -> None:
