@@ -90,6 +90,19 @@ class Stores:
     cmu: str | None
 
 
+def converted(
+    slide: Path, out: Path, keyring: KeyRing | None, options: ConvertOptions | None = None
+) -> str:
+    """The ID of a new slide: ``slide`` converted into ``out/<ID>`` (encrypted unless
+    ``keyring`` is None)."""
+    slide_id = new_slide_id()
+    with open_slide(slide) as source:
+        convert(
+            source, LocalObjects(out / slide_id), slide_id, options or ConvertOptions(), keyring
+        )
+    return slide_id
+
+
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Stores:
     root = tmp_path_factory.mktemp("served")
@@ -102,10 +115,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Sto
     if (SLIDES / "svs" / "CMU-1-Small-Region.svs").exists():
         slides["cmu"] = SLIDES / "svs" / "CMU-1-Small-Region.svs"
     for name, path in slides.items():
-        slide_id = new_slide_id()
-        with open_slide(path) as source:
-            convert(source, LocalObjects(out / slide_id), slide_id, ConvertOptions(), keyring)
-        ids[name] = slide_id
+        ids[name] = converted(path, out, keyring)
     return Stores(out, home, ids["synthetic"], ids.get("cmu"))
 
 

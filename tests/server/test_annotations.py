@@ -17,15 +17,10 @@ import numpy as np
 import pytest
 
 from tests.cli import cli
-from tests.server.conftest import Response, Server, Stores, run_server
+from tests.server.conftest import Response, Server, Stores, converted, run_server
 from tests.server.test_security import PASSWORD_A, PASSWORD_B, Person, enrol, last_line_token
 from tileserver.annotations import MAX_BODY_BYTES
-from tileserver.pyramid.builder import convert
-from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
-from tileserver.slide_ids import new_slide_id
-from tileserver.sources import open_slide
-from tileserver.store.local import LocalObjects
 
 PASSWORD_C = "correct horse battery staple C"  # test-only, generated for this suite
 LABEL = "margin-9c41e"  # distinctive: looked for in the audit trail
@@ -53,11 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     KeyRing(home).initialise()
     ids = []
     for encrypted in (True, True, False):
-        slide_id = new_slide_id()
-        with open_slide(synthetic_svs) as source:
-            keyring = KeyRing(home) if encrypted else None
-            convert(source, LocalObjects(out / slide_id), slide_id, ConvertOptions(), keyring)
-        ids.append(slide_id)
+        ids.append(converted(synthetic_svs, out, KeyRing(home) if encrypted else None))
     slide, other, plain = ids
     assert cli(home, "slides", "assign", "case-a", slide, plain).returncode == 0
     assert cli(home, "slides", "assign", "case-b", other).returncode == 0

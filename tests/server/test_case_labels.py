@@ -13,14 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.cli import cli
-from tests.server.conftest import Server, Stores, run_server
+from tests.server.conftest import Server, Stores, converted, run_server
 from tests.server.test_security import Person, enrol, last_line_token
-from tileserver.pyramid.builder import convert
-from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
-from tileserver.slide_ids import new_slide_id
-from tileserver.sources import open_slide
-from tileserver.store.local import LocalObjects
 
 PASSWORD = "correct horse battery staple C"  # test-only, generated for this suite
 # Labels given in an order that is not the reading order: (case, block, stain, scan date).
@@ -49,9 +44,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     KeyRing(home).initialise()
     ids = []
     for case, block, stain, date in LABELS:
-        slide_id = new_slide_id()
-        with open_slide(synthetic_svs) as source:
-            convert(source, LocalObjects(out / slide_id), slide_id, ConvertOptions(), KeyRing(home))
+        slide_id = converted(synthetic_svs, out, KeyRing(home))
         labelled = cli(
             home, "slides", "label", slide_id, "--case", case, "--block", block,
             "--stain", stain, "--scan-date", date,

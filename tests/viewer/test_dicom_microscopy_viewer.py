@@ -15,15 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.server.conftest import Server, run_server
+from tests.server.conftest import Server, converted, run_server
 from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, _cli, _token, image_stats, secret_of
-from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
 from tileserver.server.routes.viewer import WORKER_CSP
-from tileserver.slide_ids import new_slide_id
-from tileserver.sources import open_slide
-from tileserver.store.local import LocalObjects
 
 DICOM_JSON = {"Accept": "application/dicom+json"}
 STUDY_UID, SERIES_UID, SOP_INSTANCE = "0020000D", "0020000E", "00080018"
@@ -97,11 +93,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     KeyRing(home).initialise()
     ids = []
     for codec in ("jpeg", "zstd", "jpeg"):
-        slide_id = new_slide_id()
-        with open_slide(synthetic_svs) as source:
-            store = LocalObjects(stores / slide_id)
-            convert(source, store, slide_id, ConvertOptions(codec=codec), KeyRing(home))
-        ids.append(slide_id)
+        ids.append(converted(synthetic_svs, stores, KeyRing(home), ConvertOptions(codec=codec)))
     a1, a2, b1 = ids
     _cli(home, "slides", "assign", "case-a", a1, a2)
     _cli(home, "slides", "assign", "case-b", b1)
