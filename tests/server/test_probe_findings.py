@@ -128,7 +128,15 @@ def test_the_worklist_needs_the_metadata_scope(tmp_path: Path, stores: Stores) -
     assert replies["signed"][0] in (401, 403)
     status, body, _ = replies["metadata"]  # the same answer as /api/slides gives it
     assert status == 200
-    assert body == {"cases": [{"name": "case-secret-name", "slides": [stores.synthetic]}]}
+    assert body == {
+        "cases": [
+            {
+                "name": "case-secret-name",
+                "slides": [stores.synthetic],
+                "labels": {stores.synthetic: {"block": None, "stain": None, "scan_date": None}},
+            }
+        ]
+    }
 
 
 # -- (c) a tiles-scope signed link opens tiles only ---------------------------------------------
