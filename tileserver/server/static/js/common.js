@@ -152,6 +152,35 @@ const TS = (() => {
     }
   }
 
+  /** The DZI descriptor ``text`` of ``slideId`` as the object form OpenSeadragon takes (it
+   *  then does not fetch the descriptor again); null when it is not a usable DZI. */
+  function dziSource(text, slideId) {
+    if (!text) return null;
+    const image = new DOMParser().parseFromString(text, "application/xml").documentElement;
+    const size = image.getElementsByTagName("Size")[0];
+    if (!image || image.localName !== "Image" || !size) return null;
+    return {
+      Image: {
+        xmlns: image.namespaceURI,
+        Url: `/deepzoom/${slideId}_files/`,
+        Format: image.getAttribute("Format"),
+        Overlap: image.getAttribute("Overlap"),
+        TileSize: image.getAttribute("TileSize"),
+        Size: { Width: size.getAttribute("Width"), Height: size.getAttribute("Height") },
+      },
+    };
+  }
+
+  /** OpenSeadragon adds a small <style> for touch screens unless one marked
+   *  data-openseadragon-mobile-css exists; the CSP refuses inline styles (even empty ones), so
+   *  its rule lives in app.css and the marker is a "style" element outside the HTML and SVG
+   *  namespaces: the selector matches it, and no browser treats it as a style sheet. */
+  function markOsdMobileCss() {
+    const marker = document.createElementNS("urn:x-tileserver:inert", "style");
+    marker.setAttribute("data-openseadragon-mobile-css", "true");
+    document.head.append(marker);
+  }
+
   /** OpenSeadragon's options for every slide view (the viewer, its side-by-side panes, a
    *  signed link's page), ``options`` added or overriding: one look (the overview map top
    *  right, in the page's colours), one loading policy (benchmarks/bench_viewer.py; the why:
@@ -179,5 +208,6 @@ const TS = (() => {
   }
 
   return { safeNext, loginUrl, toLogin, api, json, post, logout, checkSession, el,
-           formatLength, shortId, header, viewerOptions, HttpError };
+           formatLength, shortId, header, viewerOptions, dziSource,
+           markOsdMobileCss, HttpError };
 })();

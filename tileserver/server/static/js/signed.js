@@ -64,26 +64,15 @@
         : "The slide could not be opened.");
       return;
     }
-    const image = new DOMParser().parseFromString(await response.text(), "application/xml").documentElement;
-    const size = image.getElementsByTagName("Size")[0];
-    // OpenSeadragon's touch-screen <style> is refused by the CSP: as viewer.js, a marker
-    // element tells it the rule is there already (it is, in app.css).
-    const marker = document.createElementNS("urn:x-tileserver:inert", "style");
-    marker.setAttribute("data-openseadragon-mobile-css", "true");
-    document.head.append(marker);
+    const source = TS.dziSource(await response.text(), slideId);
+    if (!source) {
+      message("The slide could not be opened.");
+      return;
+    }
+    TS.markOsdMobileCss();
     const viewer = OpenSeadragon(TS.viewerOptions({
       element: $("osd"),
-      tileSources: {
-        Image: {
-          xmlns: image.namespaceURI,
-          Url: `/deepzoom/${slideId}_files/`,
-          Format: image.getAttribute("Format"),
-          Overlap: image.getAttribute("Overlap"),
-          TileSize: image.getAttribute("TileSize"),
-          Size: { Width: size.getAttribute("Width"), Height: size.getAttribute("Height") },
-        },
-        queryParams: `?${signed}`,
-      },
+      tileSources: { ...source, queryParams: `?${signed}` },
       navigatorSizeRatio: 0.17,
       maxZoomPixelRatio: 2,
       minZoomImageRatio: 0.25,

@@ -433,33 +433,8 @@
     $("slide-facts").textContent = parts.join(" · ");
   }
 
-  /** The DZI, fetched alongside the slide's facts, as the object form OpenSeadragon takes: it
-      then does not fetch it again after them (a round trip fewer before the first tile). */
-  function dziSource(text) {
-    if (!text) return null;
-    const image = new DOMParser().parseFromString(text, "application/xml").documentElement;
-    const size = image.getElementsByTagName("Size")[0];
-    if (!image || image.localName !== "Image" || !size) return null;
-    return {
-      Image: {
-        xmlns: image.namespaceURI,
-        Url: `/deepzoom/${slideId}_files/`,
-        Format: image.getAttribute("Format"),
-        Overlap: image.getAttribute("Overlap"),
-        TileSize: image.getAttribute("TileSize"),
-        Size: { Width: size.getAttribute("Width"), Height: size.getAttribute("Height") },
-      },
-    };
-  }
-
   function startViewer(dzi) {
-    // OpenSeadragon adds a small <style> for touch screens unless one marked
-    // data-openseadragon-mobile-css exists; the CSP refuses inline styles (even empty ones), so
-    // its rule lives in app.css and the marker is a "style" element outside the HTML and SVG
-    // namespaces: the selector matches it, and no browser treats it as a style sheet.
-    const marker = document.createElementNS("urn:x-tileserver:inert", "style");
-    marker.setAttribute("data-openseadragon-mobile-css", "true");
-    document.head.append(marker);
+    TS.markOsdMobileCss();
 
     viewer = OpenSeadragon(TS.viewerOptions({
       element: $("osd"),
@@ -559,7 +534,7 @@
       : (mpp ? Math.round(10 / mpp[0]) : null); // ~10 µm/px at 1×
     buildPresets();
     facts(info);
-    startViewer(dziSource(await dziPromise));
+    startViewer(TS.dziSource(await dziPromise, slideId)); // no second fetch of the DZI
     loadLabel(info);
     wireCase((await casesPromise || {}).cases);
   }
