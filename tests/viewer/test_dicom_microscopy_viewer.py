@@ -6,7 +6,6 @@ user finds the series with QIDO, as a DICOMweb client would."""
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from tests.server.conftest import Server, converted, run_server
 from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, _cli, _token, image_stats, secret_of
+from tests.viewer.conftest import poll as viewer_poll
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
 from tileserver.server.routes.viewer import WORKER_CSP
@@ -32,16 +32,9 @@ WORKER = f"{DMV}dataLoader.worker.min.js"
 REFUSED_TOOLTIP_STYLE = "Applying inline style violates the following Content Security Policy"
 
 
-def poll(page: Any, expression: str, timeout: float = 30.0) -> Any:
-    """Until ``expression`` is truthy in the page (Playwright's wait_for_function uses eval,
-    which the page's CSP refuses)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = page.evaluate(expression)
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        page.wait_for_timeout(50)
+def poll(page: Any, expression: str) -> Any:
+    """conftest's poll, waiting up to 30 s as this module always has."""
+    return viewer_poll(page, expression, timeout=30.0)
 
 
 def value(dataset: dict[str, Any], tag: str) -> Any:
