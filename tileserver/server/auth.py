@@ -321,7 +321,7 @@ async def _caller(
     route also what it may do with that slide, so ``authorize`` answers from the cache."""
     authz = authenticator.authz
     loop = asyncio.get_running_loop()
-    generation = await _read_generation(request, authenticator)
+    generation = await read_generation(request, authenticator)
     found = authenticator.cached_principal(session, bearer, certificate, generation)
     if found is Lookup.MISS:
         found = await loop.run_in_executor(
@@ -369,7 +369,7 @@ async def _check_suspended(
     key = principal_key(principal, request)
     if monitor.throttling():
         await _check_throttle(request, monitor, key)
-    generation = await _read_generation(request, authenticator)
+    generation = await read_generation(request, authenticator)
     suspended = monitor.suspended(key, generation)
     if suspended is None:  # the suspension list changed: read it again, off the loop
         await asyncio.get_running_loop().run_in_executor(None, monitor.refresh, generation)
@@ -447,7 +447,7 @@ def authorize(request: web.Request, slide_id: str, scope: str) -> Principal:
     return principal
 
 
-async def _read_generation(request: web.Request, authenticator: Authenticator) -> int:
+async def read_generation(request: web.Request, authenticator: Authenticator) -> int:
     """The change counter, read once per request (a signed URL's first read is the
     suspension check's) and kept on the request for the cached answers."""
     known: int | None = request.get(GENERATION)
@@ -516,6 +516,8 @@ def view_tile(
     now = time.time()
     if security.monitor is not None:
         m = request.match_info
+        if col is None and "col" in m:
+            col, row = int(m["col"]), int(m["row"])
         peer = None  # machines' certificates: a token used with a new one is an alert
         if principal.kind == "token" and request.transport is not None:
             peer = request.transport.get_extra_info("peercert")
@@ -527,8 +529,8 @@ def view_tile(
                 source,
                 slide_id,
                 level,
-                col if col is not None else int(m["col"]) if "col" in m else None,
-                row if row is not None else int(m["row"]) if "row" in m else None,
+                col,
+                row,
                 certificate=str(peer["serialNumber"]) if peer and "serialNumber" in peer else None,
                 session=principal.session,
             )

@@ -25,13 +25,13 @@ from tileserver.protocols import dicomweb as dw
 from tileserver.security.accounts import Principal
 from tileserver.security.audit import INSTANCES_ACCESSED, QUERY
 from tileserver.server.auth import (
-    GENERATION,
     PRINCIPAL,
     SECURITY,
     SIGNED_URL,
     audit,
     authorize,
     principal_of,
+    read_generation,
     view_tile,
     visible_slides,
 )
@@ -59,9 +59,7 @@ def routes(service: SlideService, uid_root: str = "2.25") -> list[web.RouteDef]:
         if authenticator is None or principal is None or principal is SIGNED_URL:
             return None
         authz = authenticator.authz
-        generation: int | None = request.get(GENERATION)
-        if generation is None:
-            generation = authz.generation()
+        generation = await read_generation(request, authenticator)
         if not authz.knows(principal, slide_id, generation):
             await asyncio.get_running_loop().run_in_executor(
                 None, authz.learn, principal, slide_id, generation
