@@ -11,6 +11,24 @@ import os
 import secrets
 
 TMP_PREFIX = ".tmp-"
+_ORPHAN_AGE = 3600.0  # seconds; a temporary this old is abandoned whoever wrote it
+
+
+def is_orphan(name: str, age: float) -> bool:
+    """Whether the temporary file ``name`` (from ``write_atomic``), ``age`` seconds old, was
+    left by a writer that is gone: one still running (a concurrent converter) keeps its own.
+    The writer's process ID is in the name; on a shared disk another host's ID means nothing
+    here, so age alone decides past an hour."""
+    pid = name.removeprefix(TMP_PREFIX).partition("-")[0]
+    if age > _ORPHAN_AGE or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def write_atomic(
@@ -20,7 +38,7 @@ def write_atomic(
     ``exclusive`` and the file already exists. ``durable`` fsyncs the file and its directory,
     for what must survive a power cut (markers, keys). Raises OSError."""
     parent, _, name = path.rpartition("/")
-    tmp = f"{parent}/{TMP_PREFIX}{secrets.token_hex(6)}-{name}"
+    tmp = f"{parent}/{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-{name}"
     # A bare descriptor: Python's file objects add three syscalls and a buffer per file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:

@@ -183,10 +183,15 @@ def test_two_converters_racing_on_one_slide_make_one_store(
         for _ in range(2)
     ]
     outputs = []
-    for racer in racers:
-        said, err = racer.communicate(timeout=300)
-        assert racer.returncode == 0, err
-        outputs.append(said)
+    try:
+        for racer in racers:
+            said, err = racer.communicate(timeout=300)
+            assert racer.returncode == 0, err
+            outputs.append(said)
+    finally:  # a failed racer must not leave the other running into later tests
+        for racer in racers:
+            racer.kill()
+            racer.communicate()
     (slide_id,) = complete_stores(out)
     assert all(slide_id in said for said in outputs)  # the same slide ID for both
     assert [p.name for p in (keyring.root / "slides").iterdir()] == [f"{slide_id}.json"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from tileserver.errors import StoreError
-from tileserver.files import TMP_PREFIX, describe, write_atomic
+from tileserver.files import TMP_PREFIX, describe, is_orphan, write_atomic
 from tileserver.store.objects import check_key, check_prefix
 
 # Never readable by others: even sealed, stores and the journal say which slides exist.
@@ -124,6 +125,10 @@ class LocalObjects:
         return LocalObjects(self.root / check_prefix(prefix).rstrip("/"))
 
     def remove_temporaries(self) -> None:
-        """Drop leftovers of writes a killed process never finished."""
+        """Drop leftovers of writes a killed process never finished (not the temporaries of
+        a writer still at work on the same store)."""
+        now = time.time()
         for path in self.root.rglob(f"{TMP_PREFIX}*"):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if is_orphan(path.name, now - path.stat().st_mtime):
+                    path.unlink(missing_ok=True)

@@ -71,7 +71,10 @@ class StoreWriter:
             store.remove_temporaries()
         docs = metadata_documents(layout, source)
         writer = cls(objects, layout, {})
-        if all(writer._existing(key) == doc for key, doc in docs.items()):
+        # A document missing is a store just begun (perhaps by a converter racing this one
+        # on the same slide, whose objects must stay); only a different one means other
+        # settings.
+        if all(writer._existing(key) in (None, doc) for key, doc in docs.items()):
             writer = cls(objects, layout, writer._finished_shards())
         else:
             for key in list(store.list_keys()):

@@ -1,0 +1,48 @@
+"""The local store's clean-up of unfinished writes spares a writer still at work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tileserver.files import TMP_PREFIX
+from tileserver.store.local import LocalObjects
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_only_orphaned_temporaries_are_removed(tmp_path: Path) -> None:
+    store = LocalObjects(tmp_path)
+    store.put("0/c/0/0", b"chunk")
+    live = tmp_path / "0" / f"{TMP_PREFIX}{os.getpid()}-00aa-zarr.json"
+    dead = tmp_path / "0" / f"{TMP_PREFIX}{_dead_pid()}-00bb-zarr.json"
+    stale = tmp_path / "0" / f"{TMP_PREFIX}{os.getpid()}-00cc-zarr.json"
+    unnamed = tmp_path / f"{TMP_PREFIX}00dd-zarr.json"  # before writers named themselves
+    for path in (live, dead, stale, unnamed):
+        path.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    store.remove_temporaries()
+    assert sorted(p.name for p in tmp_path.rglob(f"{TMP_PREFIX}*")) == [live.name]
+    assert store.get("0/c/0/0") == b"chunk"
+
+
+def test_temporaries_name_their_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalObjects(tmp_path)
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        seen.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    store.put("zarr.json", b"{}")
+    assert seen and seen[0].startswith(f"{TMP_PREFIX}{os.getpid()}-")
