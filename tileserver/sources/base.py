@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from tileserver.errors import RegionError
+from tileserver.errors import RegionError, UnsupportedFeature
 from tileserver.geometry import Region, Size
 
 # A region read allocates width*height*3 bytes: refuse sizes that would exhaust memory.
@@ -34,9 +34,27 @@ class Level:
     tile: Size | None  # the file's tile (or strip) size, when it is chunked
 
 
+# Sample types a channel slide may hold; anything else is refused at open.
+CHANNEL_DTYPES = ("uint8", "uint16")
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel of a fluorescence / multiplex slide (one sample per pixel)."""
+
+    name: str
+    color: str | None = None  # "RRGGBB" hex display colour, when the file gives one
+    emission_nm: float | None = None  # emission wavelength in nanometres, when given
+
+
 @dataclass(frozen=True)
 class SlideInfo:
-    """What a slide is, parsed once at open. ``properties`` holds allowlisted metadata only."""
+    """What a slide is, parsed once at open. ``properties`` holds allowlisted metadata only.
+
+    ``channels`` empty means an RGB (brightfield) slide; otherwise each pixel holds one
+    sample per channel, of ``dtype``. ``planes`` are the focal planes' z offsets in
+    micrometres (empty: one plane).
+    """
 
     backend: str
     vendor: str
@@ -46,10 +64,30 @@ class SlideInfo:
     associated: tuple[str, ...]
     icc_profile: bytes | None = field(repr=False)
     properties: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    channels: tuple[Channel, ...] = ()
+    dtype: str = "uint8"  # of read_channels' samples: one of CHANNEL_DTYPES
+    planes: tuple[float, ...] = ()
+    best_plane: int | None = None  # the declared best focus, if any
 
     @property
     def dimensions(self) -> Size:
         return self.levels[0].size
+
+    @property
+    def is_channels(self) -> bool:
+        """A channel (fluorescence / multiplex) slide rather than RGB brightfield."""
+        return bool(self.channels)
+
+    @property
+    def plane_count(self) -> int:
+        return max(1, len(self.planes))
+
+    @property
+    def default_plane(self) -> int:
+        """The plane shown by default: the declared best focus, else the middle one."""
+        if self.best_plane is not None and 0 <= self.best_plane < self.plane_count:
+            return self.best_plane
+        return (self.plane_count - 1) // 2
 
 
 @dataclass(frozen=True)
@@ -75,12 +113,19 @@ class SlideSource(ABC):
         return self.path.name
 
     @abstractmethod
-    def read_region(self, level: int, l_region: Region) -> np.ndarray:
-        """uint8 RGB pixels (height, width, 3) of a region in level pixels.
+    def read_region(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        """uint8 RGB pixels (height, width, 3) of a region in level pixels, of plane ``z``.
 
-        Parts outside the level are white. Raises ``RegionError`` for a bad level or an
-        oversized region and ``CorruptSlide`` when the file's pixel data is broken.
+        Parts outside the level are white. Raises ``RegionError`` for a bad level, plane or
+        an oversized region and ``CorruptSlide`` when the file's pixel data is broken.
+        Channel slides raise ``UnsupportedFeature``: their pixels come from read_channels.
         """
+
+    def read_channels(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        """(height, width, C) samples of ``info.dtype`` of a region in level pixels, of plane
+        ``z``; C = len(info.channels). Parts outside the level are 0 (dark background).
+        Only channel slides have channels: RGB sources raise ``UnsupportedFeature``."""
+        raise UnsupportedFeature(f"{self.name}: an RGB slide has no channels to read")
 
     @abstractmethod
     def read_associated(self, name: str) -> np.ndarray:
@@ -107,17 +152,23 @@ class SlideSource(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check_region(self, level: int, l_region: Region) -> None:
+    def check_region(self, level: int, l_region: Region, z: int = 0) -> None:
         """Validate a read request before allocating anything."""
         if not 0 <= level < len(self.info.levels):
             last = len(self.info.levels) - 1
             raise RegionError(f"{self.name}: level {level} out of range 0..{last}")
+        if not 0 <= z < self.info.plane_count:
+            raise RegionError(f"{self.name}: plane {z} out of range 0..{self.info.plane_count - 1}")
         if l_region.width <= 0 or l_region.height <= 0:
             raise RegionError(f"{self.name}: empty region {l_region.width}x{l_region.height}")
-        if l_region.width * l_region.height > MAX_REGION_PIXELS:
+        # The cap is on bytes allocated: RGB's 3 bytes a pixel, so wide or 16-bit channel
+        # slides allow proportionally fewer pixels.
+        per_pixel = max(3, len(self.info.channels)) * np.dtype(self.info.dtype).itemsize
+        cap = MAX_REGION_PIXELS * 3 // per_pixel
+        if l_region.width * l_region.height > cap:
             raise RegionError(
                 f"{self.name}: region {l_region.width}x{l_region.height} exceeds the cap of "
-                f"{MAX_REGION_PIXELS} pixels"
+                f"{cap} pixels"
             )
 
 

@@ -77,8 +77,8 @@ class OpenSlideSource(SlideSource):
             properties=MappingProxyType(allowlisted(props)),
         )
 
-    def read_region(self, level: int, l_region: Region) -> np.ndarray:
-        self.check_region(level, l_region)
+    def read_region(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        self.check_region(level, l_region, z)
         downsample = self.info.levels[level].downsample
         # OpenSlide takes the top-left corner in level-0 pixels and the size in level pixels.
         l0_x = round(l_region.x * downsample)

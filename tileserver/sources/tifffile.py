@@ -241,8 +241,8 @@ class TiffSource(SlideSource):
             )
         return data
 
-    def read_region(self, level: int, l_region: Region) -> np.ndarray:
-        self.check_region(level, l_region)
+    def read_region(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        self.check_region(level, l_region, z)
         return self._read(self._pages[level], self.info.levels[level].size, l_region)
 
     def _read(self, lp: _LevelPage, size: Size, l_region: Region) -> np.ndarray:
