@@ -20,7 +20,7 @@ from numba import njit
 
 from tileserver.pyramid.contracts import check_downsample_args, check_image
 
-__all__ = ["downsample_2x", "is_uniform"]
+__all__ = ["composite_kernel", "downsample_2x", "is_uniform"]
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -125,3 +125,41 @@ def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
     except ValueError:  # strides do not allow a view; never copy a tile just to scan it
         return bool(_is_uniform_3d(tile, lo, hi))
     return bool(_is_uniform_rows(rows, lo, hi))
+
+
+# -- composite of display channels (served, not built; H5) ---------------------------------
+# Kept here so Numba has one importer. The checked wrapper and its NumPy twin live in
+# tileserver.render.composite; this kernel trusts them for shapes, dtypes and windows.
+
+
+@njit(nogil=True, cache=True)
+def composite_kernel(
+    planes: np.ndarray, starts: np.ndarray, scales: np.ndarray, colors: np.ndarray, out: np.ndarray
+) -> None:
+    """Additive composite of ``planes`` (h, w, k) into ``out`` (h, w, 3) uint8.
+
+    Per channel ``v = clip((x - start) * scale, 0, 1)``, ``rgb += v * color``, then rounded
+    half up and clipped to 255. All arithmetic is float32 in the same order as the twin, so
+    both give identical bytes (no fastmath: fused multiply-adds would round differently).
+    """
+    h, w, k = planes.shape
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    for y in range(h):
+        for x in range(w):
+            r = zero
+            g = zero
+            b = zero
+            for c in range(k):
+                v = (np.float32(planes[y, x, c]) - starts[c]) * scales[c]
+                if v < zero:
+                    v = zero
+                elif v > one:
+                    v = one
+                r += v * colors[c, 0]
+                g += v * colors[c, 1]
+                b += v * colors[c, 2]
+            out[y, x, 0] = np.uint8(min(int(r + half), 255))
+            out[y, x, 1] = np.uint8(min(int(g + half), 255))
+            out[y, x, 2] = np.uint8(min(int(b + half), 255))
