@@ -1,0 +1,261 @@
+"""Display parameters of channel and multi-plane slides: ``channels``, ``colors``,
+``windows`` and ``z``, parsed against what the slide has, with its stored display settings
+as defaults. Pure: a query mapping and the slide's description in, a ``Display`` out.
+
+    channels=0,2,5                     indices into the slide's channels, no repeats
+    colors=0000ff,00ff00,ff0000        one RRGGBB per chosen channel
+    windows=100-4000,0-255,0-65535     one start-end per chosen channel (sample values)
+    z=1                                focal plane index
+
+Unset parameters take the stored settings: the active channels, their colours and windows,
+and the default (best-focus) plane. Anything else is a ``DisplayError`` naming the parameter
+(HTTP 400 through RegionError's row in the server's table).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tileserver.errors import RegionError
+
+__all__ = [
+    "PARAMETERS",
+    "Display",
+    "DisplayChannel",
+    "DisplayError",
+    "SlideDisplay",
+    "parse_display",
+    "slide_display",
+]
+
+PARAMETERS = ("channels", "colors", "windows", "z")
+RGB = tuple[int, int, int]
+Window = tuple[float, float]
+DTYPE_MAX = {"uint8": 255, "uint16": 65535}
+# Colours for channels stored without one: by emission band where known, else in turn.
+_PALETTE: tuple[RGB, ...] = (
+    (0, 0, 255),
+    (0, 255, 0),
+    (255, 0, 0),
+    (255, 255, 0),
+    (255, 0, 255),
+    (0, 255, 255),
+    (255, 128, 0),
+    (255, 255, 255),
+)
+_BANDS: tuple[tuple[float, RGB], ...] = (
+    (500.0, (0, 0, 255)),  # DAPI, Hoechst
+    (560.0, (0, 255, 0)),  # FITC, GFP
+    (600.0, (255, 255, 0)),  # Cy3, TRITC
+    (680.0, (255, 0, 0)),  # Cy5
+    (float("inf"), (255, 0, 255)),  # Cy7 and beyond
+)
+_INDEX = re.compile(r"\d{1,3}")
+_HEX = re.compile(r"[0-9a-fA-F]{6}")
+_NUMBER = r"\d{1,6}(?:\.\d{1,6})?"
+_WINDOW = re.compile(rf"({_NUMBER})-({_NUMBER})")
+
+
+class DisplayError(RegionError):
+    """A display parameter that is malformed or outside the slide (the message names it)."""
+
+
+@dataclass(frozen=True)
+class DisplayChannel:
+    name: str
+    color: RGB
+    window: Window  # default display window, in sample values
+    active: bool = True
+    emission_nm: float | None = None
+
+
+@dataclass(frozen=True)
+class SlideDisplay:
+    """What a slide offers to display: no channels means RGB (brightfield)."""
+
+    channels: tuple[DisplayChannel, ...] = ()
+    dtype: str = "uint8"
+    planes: tuple[float, ...] = ()  # focal planes' z offsets in µm; empty: one plane
+    default_plane: int = 0
+
+    @property
+    def plane_count(self) -> int:
+        return max(1, len(self.planes))
+
+
+@dataclass(frozen=True)
+class Display:
+    """A resolved request: which plane, which channels in what colours and windows."""
+
+    z: int
+    channels: tuple[int, ...] = ()
+    colors: tuple[RGB, ...] = ()
+    windows: tuple[Window, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Canonical text: equal displays give equal keys (cache keys, ETags)."""
+        parts = [
+            f"{c}:{_hex(rgb)}:{_num(w[0])}-{_num(w[1])}"
+            for c, rgb, w in zip(self.channels, self.colors, self.windows, strict=True)
+        ]
+        return f"z{self.z};" + ";".join(parts)
+
+    def query(self) -> dict[str, str]:
+        """The query parameters that ask for exactly this display."""
+        q = {"z": str(self.z)}
+        if self.channels:
+            q["channels"] = ",".join(map(str, self.channels))
+            q["colors"] = ",".join(map(_hex, self.colors))
+            q["windows"] = ",".join(f"{_num(a)}-{_num(b)}" for a, b in self.windows)
+        return q
+
+
+def _hex(rgb: RGB) -> str:
+    return "{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _num(value: float) -> str:
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+def _items(name: str, raw: str) -> list[str]:
+    items = raw.split(",")
+    if not raw or any(not item for item in items):
+        raise DisplayError(f"query parameter {name!r} must be a comma-separated list")
+    return items
+
+
+def parse_display(query: Mapping[str, str], slide: SlideDisplay) -> Display:
+    """The display ``query`` asks for on ``slide``, defaults filled in."""
+    z = _parse_z(query.get("z"), slide)
+    given = [name for name in ("channels", "colors", "windows") if name in query]
+    if not slide.channels:
+        if given:
+            raise DisplayError(f"query parameter {given[0]!r}: this slide has no channels (RGB)")
+        return Display(z)
+    chosen = _parse_channels(query.get("channels"), slide)
+    colors = _parse_colors(query.get("colors"), slide, chosen)
+    windows = _parse_windows(query.get("windows"), slide, chosen)
+    return Display(z, chosen, colors, windows)
+
+
+def _parse_z(raw: str | None, slide: SlideDisplay) -> int:
+    if raw is None:
+        return slide.default_plane
+    if not _INDEX.fullmatch(raw):
+        raise DisplayError(f"query parameter 'z' must be a plane index, not {raw[:20]!r}")
+    z = int(raw)
+    if z >= slide.plane_count:
+        raise DisplayError(f"query parameter 'z' must be in 0..{slide.plane_count - 1}")
+    return z
+
+
+def _parse_channels(raw: str | None, slide: SlideDisplay) -> tuple[int, ...]:
+    n = len(slide.channels)
+    if raw is None:
+        active = tuple(i for i, ch in enumerate(slide.channels) if ch.active)
+        return active or tuple(range(n))
+    chosen: list[int] = []
+    for item in _items("channels", raw):
+        if not _INDEX.fullmatch(item) or int(item) >= n:
+            raise DisplayError(
+                f"query parameter 'channels': {item[:20]!r} is not a channel index in 0..{n - 1}"
+            )
+        if int(item) in chosen:
+            raise DisplayError(f"query parameter 'channels' repeats channel {int(item)}")
+        chosen.append(int(item))
+    return tuple(chosen)
+
+
+def _parse_colors(raw: str | None, slide: SlideDisplay, chosen: Sequence[int]) -> tuple[RGB, ...]:
+    if raw is None:
+        return tuple(slide.channels[c].color for c in chosen)
+    items = _items("colors", raw)
+    if len(items) != len(chosen):
+        raise DisplayError(
+            f"query parameter 'colors' needs one RRGGBB per chosen channel ({len(chosen)}), "
+            f"got {len(items)}"
+        )
+    colors = []
+    for item in items:
+        if not _HEX.fullmatch(item):
+            raise DisplayError(f"query parameter 'colors': {item[:20]!r} is not RRGGBB hex")
+        colors.append(_rgb(item))
+    return tuple(colors)
+
+
+def _parse_windows(
+    raw: str | None, slide: SlideDisplay, chosen: Sequence[int]
+) -> tuple[Window, ...]:
+    if raw is None:
+        return tuple(slide.channels[c].window for c in chosen)
+    items = _items("windows", raw)
+    if len(items) != len(chosen):
+        raise DisplayError(
+            f"query parameter 'windows' needs one start-end per chosen channel ({len(chosen)}), "
+            f"got {len(items)}"
+        )
+    top = DTYPE_MAX[slide.dtype]
+    windows = []
+    for item in items:
+        m = _WINDOW.fullmatch(item)
+        if m is None:
+            raise DisplayError(f"query parameter 'windows': {item[:20]!r} is not start-end")
+        start, end = float(m[1]), float(m[2])
+        if not start < end <= top:
+            raise DisplayError(
+                f"query parameter 'windows': {item!r} must have start < end <= {top}"
+            )
+        windows.append((start, end))
+    return tuple(windows)
+
+
+def _rgb(text: str) -> RGB:
+    value = int(text, 16)
+    return (value >> 16) & 255, (value >> 8) & 255, value & 255
+
+
+def default_color(index: int, emission_nm: float | None) -> RGB:
+    """A channel's colour when the slide stores none: by emission band, else in turn."""
+    if emission_nm is not None and emission_nm > 0:
+        return next(rgb for limit, rgb in _BANDS if emission_nm < limit)
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def slide_display(info: Mapping[str, Any]) -> SlideDisplay:
+    """The display description from a store's ``tileserver`` attributes (or a summary):
+    ``kind``, ``dtype``, ``channels`` [{name, color, emission_nm, window, active?}],
+    ``planes`` (µm offsets) and ``default_plane``. Missing keys mean an RGB single plane."""
+    dtype = str(info.get("dtype") or "uint8")
+    if dtype not in DTYPE_MAX:
+        raise DisplayError(f"sample type {dtype!r} cannot be displayed")
+    top = float(DTYPE_MAX[dtype])
+    channels = []
+    if info.get("kind", "channels" if info.get("channels") else "rgb") == "channels":
+        for i, ch in enumerate(info.get("channels") or ()):
+            emission = ch.get("emission_nm")
+            color = ch.get("color")
+            window = ch.get("window") or (0.0, top)
+            start, end = float(window[0]), float(window[1])
+            if not start < end:  # a flat channel: any window shows it flat
+                start, end = min(start, top - 1), min(start, top - 1) + 1
+            channels.append(
+                DisplayChannel(
+                    name=str(ch.get("name") or f"Channel {i}"),
+                    color=_rgb(color)
+                    if color and _HEX.fullmatch(color)
+                    else default_color(i, emission),
+                    window=(start, end),
+                    active=bool(ch.get("active", True)),
+                    emission_nm=float(emission) if emission is not None else None,
+                )
+            )
+    planes = tuple(float(p) for p in info.get("planes") or ())
+    default = info.get("default_plane")
+    if default is None or not 0 <= int(default) < max(1, len(planes)):
+        default = (max(1, len(planes)) - 1) // 2  # the middle, as sources/base.py chooses
+    return SlideDisplay(tuple(channels), dtype, planes, int(default))
