@@ -21,6 +21,7 @@ import numpy as np
 
 from tileserver.errors import SlideError, SlideNotFound
 from tileserver.geometry import Region, Size
+from tileserver.protocols.display import SlideDisplay, layout_display, source_display
 from tileserver.render.encode import decode, resize
 from tileserver.slide_ids import is_slide_id
 from tileserver.sources import open_slide
@@ -46,6 +47,7 @@ class Pyramid(Protocol):
     codec: str | None  # codec of ``chunk_bytes``, or None when chunks are never stored
     generation: str  # changes whenever the slide's pixels may have changed (ETags)
     metadata: dict[str, Any]  # vendor, mpp, objective_power, properties
+    display: SlideDisplay  # channels (none: RGB) and focal planes, with display defaults
 
     @property
     def associated(self) -> tuple[str, ...]: ...
@@ -72,6 +74,7 @@ class StorePyramid:
         # The marker is rewritten (with a fresh nonce when sealed) whenever a store is rebuilt.
         self.generation = hashlib.sha256(self.reader.generation_bytes).hexdigest()[:16]
         self.metadata = dict(self.reader.source)
+        self.display = layout_display(layout)
         kept = self.reader.summary().get("associated", [])
         self._associated = tuple(sorted(kept))
 
@@ -115,6 +118,7 @@ class SourcePyramid:
             :16
         ]
         info = source.info
+        self.display = source_display(info)
         self.metadata = {
             "vendor": info.vendor,
             "mpp": list(info.mpp) if info.mpp else None,

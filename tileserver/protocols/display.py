@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tileserver.errors import RegionError
+from tileserver.sources.base import SlideInfo
+from tileserver.store.layout import StoreLayout
 
 __all__ = [
     "PARAMETERS",
@@ -27,8 +29,10 @@ __all__ = [
     "DisplayChannel",
     "DisplayError",
     "SlideDisplay",
+    "layout_display",
     "parse_display",
     "slide_display",
+    "source_display",
 ]
 
 PARAMETERS = ("channels", "colors", "windows", "z")
@@ -259,3 +263,37 @@ def slide_display(info: Mapping[str, Any]) -> SlideDisplay:
     if default is None or not 0 <= int(default) < max(1, len(planes)):
         default = (max(1, len(planes)) - 1) // 2  # the middle, as sources/base.py chooses
     return SlideDisplay(tuple(channels), dtype, planes, int(default))
+
+
+def layout_display(layout: StoreLayout) -> SlideDisplay:
+    """What a store offers to display (its layout was validated when the store opened)."""
+    channels = tuple(
+        DisplayChannel(
+            name=info.name,
+            color=_rgb(info.color),
+            window=info.display_window(layout.dtype),
+            active=info.active,
+            emission_nm=info.emission_nm,
+        )
+        for info in (layout.channel_info if layout.kind == "channels" else ())
+    )
+    planes = layout.plane_offsets if layout.planes > 1 else ()
+    return SlideDisplay(channels, layout.dtype, planes, layout.default_plane)
+
+
+def source_display(info: SlideInfo) -> SlideDisplay:
+    """What a slide file read directly offers: its own colours, full-range windows (no
+    histogram is taken when serving a file as it is)."""
+    top = float(DTYPE_MAX.get(info.dtype, 255))
+    channels = tuple(
+        DisplayChannel(
+            name=ch.name or f"Channel {i}",
+            color=_rgb(ch.color)
+            if ch.color and _HEX.fullmatch(ch.color)
+            else default_color(i, ch.emission_nm),
+            window=(0.0, top),
+            emission_nm=ch.emission_nm,
+        )
+        for i, ch in enumerate(info.channels)
+    )
+    return SlideDisplay(channels, info.dtype, info.planes, info.default_plane)
