@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sample_data.icc import wide_gamut_profile
 from sample_data.synthetic import write_svs, write_tiff
 
 
@@ -34,15 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--compression", default="jpeg", help="tiff/ome-tiff codec: jpeg, zlib, none"
     )
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument(
+        "--icc", action="store_true", help="tag with a synthetic wide-gamut ICC profile"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     width, height = args.size
-    common = {"quality": args.quality, "seed": args.seed, "mpp": args.mpp}
+    common: dict[str, object] = {"quality": args.quality, "seed": args.seed, "mpp": args.mpp}
     if args.tile is not None:
         common["tile"] = args.tile
+    if args.icc:
+        common["iccprofile"] = wide_gamut_profile()
     try:
         if args.format == "svs":
             path = write_svs(args.out, width, height, progress=args.progress, **common)

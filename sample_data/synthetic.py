@@ -163,12 +163,14 @@ def write_svs(
     mpp: float = 0.25,
     app_mag: int = 40,
     progress: bool = False,
+    iccprofile: bytes | None = None,
 ) -> Path:
     """Write an Aperio-style SVS (tiled JPEG pyramid + thumbnail, label and macro images).
 
     The ImageDescription carries planted identifiers (``Filename = CANARY_PATIENT``,
     ``Barcode = CANARY_BARCODE``, date, user, ...) and the label/macro images show them as
-    text, for de-identification tests.  Returns the path written.
+    text, for de-identification tests.  ``iccprofile`` tags level 0 (sample_data.icc).
+    Returns the path written.
     """
     _check(width, height, tile, quality, mpp)
     path = Path(path)
@@ -205,6 +207,7 @@ def write_svs(
                 _tiles(w, h, tile, float(ds), seed, bar),
                 shape=(h, w, 3),
                 description=desc,
+                iccprofile=iccprofile if index == 0 else None,
                 **tiled,
             )
             if index == 0:  # OpenSlide takes the second directory as the thumbnail
@@ -243,6 +246,7 @@ def write_tiff(
     ome: bool = False,
     compression: str = "jpeg",
     progress: bool = False,
+    iccprofile: bytes | None = None,
 ) -> Path:
     """Write a tiled pyramidal TIFF (levels at 2x steps) or, with ``ome=True``, an OME-TIFF.
 
@@ -250,7 +254,8 @@ def write_tiff(
     opens it as ``generic-tiff``).  OME-TIFF: lower levels live in SubIFDs of the full-size
     page (``tifffile.TiffFile(path).series[0].levels``).  ``compression`` is ``"jpeg"``
     (with ``quality``), ``"zlib"``, ``"none"`` or any other codec name tifffile accepts.
-    Resolution tags (and OME PhysicalSize) are set from ``mpp``.  Returns the path written.
+    Resolution tags (and OME PhysicalSize) are set from ``mpp``; ``iccprofile`` tags level 0
+    (sample_data.icc).  Returns the path written.
     """
     _check(width, height, tile, quality, mpp)
     path = Path(path)
@@ -292,6 +297,7 @@ def write_tiff(
                 _tiles(w, h, tile, float(ds), seed, f"TIFF level {index}" if progress else None),
                 shape=(h, w, 3),
                 resolution=(res, res),
+                iccprofile=iccprofile if index == 0 else None,
                 **opts,
                 **extra,
             )

@@ -30,7 +30,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import DSfloat
 
 from tileserver.geometry import Size, tile_count
-from tileserver.render.encode import srgb_icc_profile
+from tileserver.render.colour import srgb_icc_profile
 from tileserver.sources.codestreams import jpeg_is_frame_header, jpeg_segments
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"

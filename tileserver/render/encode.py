@@ -1,15 +1,14 @@
 """Pixels -> image bytes, resizing and pixel-level transforms. The only importer of Pillow
-and simplejpeg in the package (the store's own chunk codec lives in store/chunks.py)."""
+and simplejpeg in the package (the store's own chunk codec lives in store/chunks.py; colour
+management, Pillow's ImageCms, in render/colour.py)."""
 
 from __future__ import annotations
 
 import io
-import struct
-from functools import cache
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageCms
+from PIL import Image
 
 from tileserver.geometry import Size
 from tileserver.sources.base import MAX_DECODE_PIXELS
@@ -20,17 +19,22 @@ MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
-def encode(pixels: np.ndarray, fmt: str, quality: int = 85) -> bytes:
-    """Encode (h, w, 3) RGB or (h, w) gray/bitonal uint8 pixels as ``fmt``."""
+def encode(
+    pixels: np.ndarray, fmt: str, quality: int = 85, icc_profile: bytes | None = None
+) -> bytes:
+    """Encode (h, w, 3) RGB or (h, w) gray/bitonal uint8 pixels as ``fmt``, with
+    ``icc_profile`` embedded (RGB only: an RGB profile does not describe gray pixels)."""
     image = Image.fromarray(np.ascontiguousarray(pixels))
     out = io.BytesIO()
     options: dict[str, object] = {}
+    if icc_profile is not None and image.mode == "RGB":
+        options["icc_profile"] = icc_profile
     if fmt == "jpeg":
-        options = {"quality": quality}
+        options["quality"] = quality
     elif fmt == "webp":
-        options = {"quality": quality, "method": 2}
+        options.update(quality=quality, method=2)
     elif fmt == "png":
-        options = {"compress_level": 3}  # speed over the last few percent of size
+        options["compress_level"] = 3  # speed over the last few percent of size
     image.save(out, _PIL_FORMATS[fmt], **options)
     return out.getvalue()
 
@@ -106,17 +110,6 @@ def rotate(pixels: np.ndarray, degrees: int, mirror: bool) -> np.ndarray:
     if degrees % 360:
         pixels = np.rot90(pixels, k=-(degrees // 90))
     return np.ascontiguousarray(pixels)
-
-
-@cache
-def srgb_icc_profile() -> bytes:
-    """An sRGB ICC profile (LittleCMS's, through Pillow): what a colour image's pixels mean
-    when the source gave no profile (DICOM WSI requires one for colour images). The header's
-    creation date is fixed so the bytes are the same in every process (ETags, digests)."""
-    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
-    profile[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
-    profile[84:100] = bytes(16)  # a profile ID (MD5) would cover the date: zero is "none"
-    return bytes(profile)
 
 
 def encode_jpeg_as(pixels: np.ndarray, photometric: str, quality: int = 90) -> bytes:
