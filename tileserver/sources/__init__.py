@@ -1,8 +1,28 @@
 """Slide sources: one interface (``SlideSource``) over OpenSlide and tifffile.
 
-``open_slide`` picks the backend: tifffile first for TIFF files (it can hand out stored
-JPEG tiles for copying), OpenSlide for everything else and for NDPI (it synthesises more
-levels). ``backend=`` overrides the choice.
+``open_slide`` picks the backend (``backend=`` overrides it). Non-TIFF files go to
+OpenSlide first. A TIFF file is routed on the vendor OpenSlide's detector names for it
+(``detect_vendor``, header and metadata only):
+
+- ``aperio`` (SVS) and ``generic-tiff``, and TIFFs OpenSlide does not claim (OME-TIFF,
+  QPTIFF, plain or strip TIFF): **tifffile first**. tifffile reads these as their writers
+  meant (SVS: baseline pyramid, label, macro, thumbnail, MPP from the description; OME:
+  SubIFD pyramids OpenSlide does not see) and can hand out stored JPEG tiles for copying
+  without re-encoding.
+- every other vendor, OpenSlide first: tifffile would convert the wrong image or lose
+  the geometry. Evidence, from ``sample_data.vendors`` files laid out as the vendors do
+  (tifffile 2026.3, OpenSlide 4.0.1; tests/sources/test_routing.py):
+  ``leica`` (SCN): tifffile's first series is the macro (1280x431 photo of the glass),
+  so the macro would be converted as the slide, and the MPP is lost; OpenSlide gives the
+  main image placed in the collection's frame, its MPP and the macro as associated.
+  ``ventana`` (BIF): tifffile does not stitch tiles by the ``EncodeInfo`` joints, reports
+  padded level sizes inconsistent with level 0 (768x768 for 1536x1280 / 2), and loses
+  the MPP (``ScanRes`` in the XMP). ``philips`` (Philips TIFF): tifffile reads the pixels
+  but loses the MPP, which is only in the XML (``DICOM_PIXEL_SPACING``).
+  ``hamamatsu`` (NDPI): OpenSlide synthesises more levels from the JPEG restart markers.
+  ``trestle`` and any vendor OpenSlide adds later: its reader knows the layout, tifffile's
+  generic one does not.
+  tifffile stays the fallback for all of them (a file OpenSlide names but cannot open).
 """
 
 from __future__ import annotations
@@ -18,7 +38,7 @@ from tileserver.errors import (
     UnsupportedFormat,
 )
 from tileserver.sources.base import Level, RawTile, SlideInfo, SlideSource
-from tileserver.sources.openslide import OpenSlideSource
+from tileserver.sources.openslide import OpenSlideSource, detect_vendor
 from tileserver.sources.tifffile import TiffSource, is_tiff
 
 # Each backend opens a path, or raises UnsupportedFormat when the file is not its kind.
@@ -30,9 +50,15 @@ BACKENDS: dict[str, Callable[[Path], SlideSource]] = {
 __all__ = ["BACKENDS", "Level", "RawTile", "SlideInfo", "SlideSource", "open_slide"]
 
 
+# OpenSlide vendors whose TIFF files tifffile reads right (see the module docstring).
+TIFFFILE_VENDORS = frozenset({"aperio", "generic-tiff"})
+
+
 def _candidates(path: Path) -> tuple[str, ...]:
-    if is_tiff(path) and path.suffix.lower() != ".ndpi":
-        return ("tifffile", "openslide")
+    if is_tiff(path):
+        vendor = detect_vendor(path)
+        if vendor is None or vendor in TIFFFILE_VENDORS:
+            return ("tifffile", "openslide")
     return ("openslide", "tifffile")
 
 

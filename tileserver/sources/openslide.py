@@ -25,6 +25,17 @@ from tileserver.sources.base import (
 from tileserver.sources.metadata import allowlisted, parse_float
 
 
+def detect_vendor(path: Path) -> str | None:
+    """OpenSlide's name for the file's format ("aperio", "leica", ...), None if it reads none.
+
+    Reads only the file's header and metadata (no pixels), so routing can ask cheaply.
+    """
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except (openslide.OpenSlideError, OSError, UnicodeError):
+        return None
+
+
 class OpenSlideSource(SlideSource):
     """A slide read through OpenSlide. Thread-safe: OpenSlide locks its own caches."""
 

@@ -1,0 +1,106 @@
+"""Backend routing: vendor TIFFs to OpenSlide, Aperio / generic / OME TIFF to tifffile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sample_data import render_tile
+from sample_data._associated import MACRO_SIZE
+from sample_data.vendors import VENDORS
+from tests.corpus import require_corpus
+from tileserver.geometry import Region
+from tileserver.sources import _candidates, open_slide
+from tileserver.sources.openslide import detect_vendor
+
+SIZE = (1100, 700)  # level-0 pixels asked of each writer
+MPP = 0.25
+# sample_data format -> (OpenSlide's vendor name, level-0 (x, y) of the texture's origin)
+VENDOR_FILES = {
+    "scn": ("leica", (32, 32)),
+    "bif": ("ventana", (0, 0)),
+    "philips": ("philips", (0, 0)),
+}
+
+
+@pytest.fixture(scope="module")
+def vendor_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("vendors")
+    return {fmt: write(out / f"slide.{fmt}", *SIZE, mpp=MPP) for fmt, write in VENDORS.items()}
+
+
+@pytest.mark.parametrize("fmt", sorted(VENDOR_FILES))
+def test_vendor_tiff_goes_to_openslide_with_its_geometry(
+    vendor_files: dict[str, Path], fmt: str
+) -> None:
+    vendor, (x0, y0) = VENDOR_FILES[fmt]
+    path = vendor_files[fmt]
+    assert detect_vendor(path) == vendor
+    assert _candidates(path)[0] == "openslide"
+    with open_slide(path) as source:
+        info = source.info
+        assert (info.backend, info.vendor) == ("openslide", vendor)
+        assert info.mpp == pytest.approx((MPP, MPP))
+        assert "macro" in info.associated
+        assert info.dimensions.width >= SIZE[0] and info.dimensions.height >= SIZE[1]
+        # The main image, not the macro, at level 0 where the vendor's metadata puts it.
+        pixels = source.read_region(0, Region(x0, y0, 256, 256))
+    expected = render_tile(0, 0, 256, 256).astype(np.int16)
+    assert np.abs(pixels.astype(np.int16) - expected).mean() < 4
+
+
+def test_tifffile_alone_would_convert_the_scn_macro(vendor_files: dict[str, Path]) -> None:
+    # Why SCN must not go to tifffile: its first series is directory 0, the glass photo.
+    with open_slide(vendor_files["scn"], backend="tifffile") as source:
+        assert source.info.mpp is None
+        assert tuple(source.info.dimensions) == MACRO_SIZE
+
+
+def test_tifffile_alone_loses_the_bif_and_philips_pixel_size(
+    vendor_files: dict[str, Path],
+) -> None:
+    for fmt in ("bif", "philips"):
+        with open_slide(vendor_files[fmt], backend="tifffile") as source:
+            assert source.info.mpp is None, fmt
+
+
+@pytest.mark.parametrize(
+    ("name", "vendor", "first"),
+    [
+        ("svs/CMU-1-Small-Region.svs", "aperio", "tifffile"),
+        ("svs/tcga-cr-7395-01a-01-ts1.svs", "aperio", "tifffile"),
+        ("generic-tiff/wsi-service_CMU-0-small.tiff", "generic-tiff", "tifffile"),
+        ("edge-cases/yb10kx5k.zstd.tiff", "generic-tiff", "tifffile"),
+        ("ome-tiff/multi-channel-z-series.ome.tif", None, "tifffile"),
+        ("qptiff/small_vectra.qptiff", None, "tifffile"),
+        ("generic-tiff/kidney-48-5.tif", None, "tifffile"),
+        ("ndpi/test3-DAPI-2-(387).ndpi", "hamamatsu", "openslide"),
+        ("dicom/highdicom-sm_image/sm_image.dcm", "dicom", "openslide"),
+        ("broken/histolab_broken.svs", None, "openslide"),
+    ],
+)
+def test_corpus_routing(name: str, vendor: str | None, first: str) -> None:
+    path = require_corpus() / name
+    assert detect_vendor(path) == vendor
+    assert _candidates(path)[0] == first
+
+
+def test_corpus_slides_open_with_the_first_candidate() -> None:
+    corpus = require_corpus()
+    for name, backend in [
+        ("svs/CMU-1-Small-Region.svs", "tifffile"),
+        ("generic-tiff/wsi-service_CMU-0-small.tiff", "tifffile"),
+        ("ndpi/test3-DAPI-2-(387).ndpi", "openslide"),
+    ]:
+        with open_slide(corpus / name) as source:
+            assert source.info.backend == backend, name
+
+
+def test_detect_vendor_of_unreadable_paths_is_none(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tiff"
+    junk.write_bytes(b"II*\x00" + b"\xff" * 60)
+    assert detect_vendor(junk) is None
+    assert detect_vendor(tmp_path / "missing.scn") is None
+    assert _candidates(junk) == ("tifffile", "openslide")
