@@ -48,6 +48,7 @@ class Pyramid(Protocol):
     generation: str  # changes whenever the slide's pixels may have changed (ETags)
     metadata: dict[str, Any]  # vendor, mpp, objective_power, properties
     display: SlideDisplay  # channels (none: RGB) and focal planes, with display defaults
+    icc_profile: bytes | None  # what the pixels' colours mean (render/colour.py); None: sRGB
 
     @property
     def associated(self) -> tuple[str, ...]: ...
@@ -75,6 +76,7 @@ class StorePyramid:
         self.generation = hashlib.sha256(self.reader.generation_bytes).hexdigest()[:16]
         self.metadata = dict(self.reader.source)
         self.display = layout_display(layout)
+        self.icc_profile = self.reader.icc_profile()  # read once: a few kilobytes
         kept = self.reader.summary().get("associated", [])
         self._associated = tuple(sorted(kept))
 
@@ -119,6 +121,7 @@ class SourcePyramid:
         ]
         info = source.info
         self.display = source_display(info)
+        self.icc_profile = info.icc_profile
         self.metadata = {
             "vendor": info.vendor,
             "mpp": list(info.mpp) if info.mpp else None,

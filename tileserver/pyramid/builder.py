@@ -25,6 +25,7 @@ from tileserver.pyramid.plan import ConvertOptions, plan_layout
 from tileserver.render.encode import decode_jpeg_half
 from tileserver.sources.base import SlideSource
 from tileserver.store.chunks import decode_chunk, encode_chunk
+from tileserver.store.icc import put_profile
 from tileserver.store.layout import FILL_VALUE, StoreLayout
 from tileserver.store.objects import ObjectStore
 from tileserver.store.writer import StoreWriter
@@ -288,6 +289,8 @@ def convert(
         for name in source.info.associated:
             pixels = source.read_associated(name)
             writer.objects.put(f"associated/{name}.jpg", encode_chunk(pixels, "jpeg", 90))
+    icc = source.info.icc_profile
+    icc_entry = put_profile(writer.objects, icc) if icc else {}  # sealed, listed in the marker
     seconds = time.perf_counter() - started
     result = ConvertResult(
         slide_id, store.url, source.info.dimensions.pixels, seconds, builder.counts
@@ -299,6 +302,7 @@ def convert(
             "chunks": builder.counts,
             "level0_copied": copy_level0,
             "associated": list(source.info.associated) if options.keep_associated else [],
+            **icc_entry,
         }
     )
     return result

@@ -14,15 +14,16 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tileserver.errors import IntegrityError, RegionError, StoreError
+from tileserver.errors import IntegrityError, RegionError, StoreError, UnsupportedFeature
 from tileserver.geometry import Region
-from tileserver.store.chunks import decode_chunk
+from tileserver.store.chunks import decode_channel_chunk, decode_chunk
 from tileserver.store.encrypted import objects_for_reading, parts
+from tileserver.store.icc import get_profile
 from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, GROUP_METADATA, StoreLayout
 from tileserver.store.objects import ObjectStore
 from tileserver.store.shards import EMPTY, decode_index, index_bytes, index_digest, index_name
@@ -93,12 +94,17 @@ class StoreReader:
         return cls(objects_for_reading(store, slide_id, keyring), slide_id)
 
     # -- chunks ------------------------------------------------------------------------------
-    def chunk_bytes(self, level: int, t_col: int, t_row: int) -> bytes | None:
-        """The stored chunk, or None for a background chunk that was never written."""
-        self._check_chunk(level, t_col, t_row)
+    def chunk_bytes(
+        self, level: int, t_col: int, t_row: int, *, c: int = 0, z: int = 0
+    ) -> bytes | None:
+        """The stored chunk, or None for a background chunk that was never written.
+        ``c`` names a channel of a channel store (RGB chunks hold all three: c = 0), ``z`` a
+        focal plane."""
+        self._check_chunk(level, t_col, t_row, c, z)
+        name = self.layout.chunk_key(level, t_col, t_row, c=c, z=z)
         if self.layout.format_version == 1:
-            return self.objects.get(self.layout.chunk_key(level, t_col, t_row))
-        key, i = self.layout.locate(level, t_col, t_row)
+            return self.objects.get(name)
+        key, i = self.layout.locate(level, t_col, t_row, c=c, z=z)
         entries = self._cached_index(key)
         if entries is ...:
             blob = self.raw.get_range(key, 0, self._index_length)
@@ -106,14 +112,17 @@ class StoreReader:
         span = _span(entries, i)
         if span is None:
             return None
-        return self._open_chunk(level, t_col, t_row, key, span, self.raw.get_range(key, *span))
+        return self._open_chunk(name, key, span, self.raw.get_range(key, *span))
 
-    async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None:
+    async def chunk_bytes_async(
+        self, level: int, t_col: int, t_row: int, *, c: int = 0, z: int = 0
+    ) -> bytes | None:
         """``chunk_bytes`` with the backend's reads awaited (S3: never blocking the loop)."""
-        self._check_chunk(level, t_col, t_row)
+        self._check_chunk(level, t_col, t_row, c, z)
+        name = self.layout.chunk_key(level, t_col, t_row, c=c, z=z)
         if self.layout.format_version == 1:
-            return await self.objects.get_async(self.layout.chunk_key(level, t_col, t_row))
-        key, i = self.layout.locate(level, t_col, t_row)
+            return await self.objects.get_async(name)
+        key, i = self.layout.locate(level, t_col, t_row, c=c, z=z)
         entries = self._cached_index(key)
         if entries is ...:
             blob = await self.raw.get_range_async(key, 0, self._index_length)
@@ -122,7 +131,7 @@ class StoreReader:
         if span is None:
             return None
         data = await self.raw.get_range_async(key, *span)
-        return self._open_chunk(level, t_col, t_row, key, span, data)
+        return self._open_chunk(name, key, span, data)
 
     def _cached_index(self, key: str) -> Any:
         """The shard's entries, None for a background shard, or ``...`` when not cached."""
@@ -150,26 +159,20 @@ class StoreReader:
                 self._indexes.popitem(last=False)
         return entries
 
-    def _open_chunk(
-        self,
-        level: int,
-        t_col: int,
-        t_row: int,
-        key: str,
-        span: tuple[int, int],
-        blob: bytes | None,
-    ) -> bytes:
+    def _open_chunk(self, name: str, key: str, span: tuple[int, int], blob: bytes | None) -> bytes:
         if blob is None or len(blob) != span[1]:
             raise IntegrityError(
                 f"{self.name}: shard {key} is {'missing' if blob is None else 'truncated'}"
             )
-        return self.sealing.open(self.layout.chunk_key(level, t_col, t_row), blob)
+        return self.sealing.open(name, blob)
 
-    def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
-        return self.decode(level, t_col, t_row, self.chunk_bytes(level, t_col, t_row))
+    def read_chunk(self, level: int, t_col: int, t_row: int, z: int = 0) -> np.ndarray:
+        """(tile, tile, 3) uint8 RGB pixels of a chunk of an RGB store, plane ``z``."""
+        self._require("rgb")
+        return self.decode(level, t_col, t_row, self.chunk_bytes(level, t_col, t_row, z=z))
 
     def decode(self, level: int, t_col: int, t_row: int, data: bytes | None) -> np.ndarray:
-        """Pixels of a chunk from its stored bytes (None: background)."""
+        """Pixels of an RGB chunk from its stored bytes (None: background)."""
         tile = self.layout.tile
         if data is None:
             return np.full((tile, tile, 3), FILL_VALUE, dtype=np.uint8)
@@ -178,33 +181,111 @@ class StoreReader:
         except StoreError as exc:
             raise StoreError(f"{self.name}: level {level} chunk ({t_col}, {t_row}): {exc}") from exc
 
-    def read_region(self, level: int, l_region: Region) -> np.ndarray:
-        """uint8 RGB pixels of a region in level pixels; outside the level is white."""
-        if not 0 <= level < len(self.layout.levels):
-            raise RegionError(f"{self.name}: level {level} out of range")
-        if l_region.width <= 0 or l_region.height <= 0:
-            raise RegionError(f"{self.name}: empty region")
-        if l_region.width * l_region.height > MAX_REGION_PIXELS:
-            raise RegionError(f"{self.name}: region exceeds the cap of {MAX_REGION_PIXELS} pixels")
+    def read_channel_chunk(
+        self, level: int, t_col: int, t_row: int, c: int, z: int = 0
+    ) -> np.ndarray:
+        """(tile, tile) samples of channel ``c`` (plane ``z``) of a channel store's chunk;
+        background chunks are 0."""
+        self._require("channels")
+        data = self.chunk_bytes(level, t_col, t_row, c=c, z=z)
+        return self.decode_channel(level, t_col, t_row, data)
+
+    def decode_channel(self, level: int, t_col: int, t_row: int, data: bytes | None) -> np.ndarray:
+        """Samples of a channel chunk from its stored bytes (None: background)."""
+        tile, dtype = self.layout.tile, self.layout.dtype
+        if data is None:
+            return np.zeros((tile, tile), dtype=dtype)
+        try:
+            return decode_channel_chunk(data, dtype, tile)
+        except StoreError as exc:
+            raise StoreError(f"{self.name}: level {level} chunk ({t_col}, {t_row}): {exc}") from exc
+
+    def read_region(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        """uint8 RGB pixels of a region in level pixels, plane ``z``; outside the level is
+        white. RGB stores only (a channel store's pixels are composited by the renderer)."""
+        self._require("rgb")
+        self._check_region(level, l_region, 1)
+        self._check_plane(z)
         out = np.full((l_region.height, l_region.width, 3), FILL_VALUE, dtype=np.uint8)
         inside = l_region.intersect(self.layout.levels[level])
         if inside.width and inside.height:
             x, y = inside.x - l_region.x, inside.y - l_region.y
             out[y : y + inside.height, x : x + inside.width] = compose(
-                lambda t_col, t_row: self.read_chunk(level, t_col, t_row), self.layout.tile, inside
+                lambda t_col, t_row: self.read_chunk(level, t_col, t_row, z),
+                self.layout.tile,
+                inside,
             )
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """The completion marker's record of the conversion."""
-        return dict(self.marker)
+    def read_channels(
+        self, level: int, l_region: Region, channels: Sequence[int], z: int = 0
+    ) -> np.ndarray:
+        """(height, width, len(channels)) samples of the store's dtype, in the order asked,
+        of a region in level pixels, plane ``z``; outside the level is 0."""
+        self._require("channels")
+        picked = list(channels)
+        if not picked:
+            raise RegionError(f"{self.name}: no channels asked for")
+        for c in picked:
+            self._check_channel(c)
+        self._check_plane(z)
+        # The cap counts samples: a region of 8 channels costs what 8 / 3 RGB regions do.
+        self._check_region(level, l_region, max(1, len(picked) // 3))
+        out = np.zeros((l_region.height, l_region.width, len(picked)), dtype=self.layout.dtype)
+        inside = l_region.intersect(self.layout.levels[level])
+        if inside.width and inside.height:
+            x, y = inside.x - l_region.x, inside.y - l_region.y
+            for i, c in enumerate(picked):
 
-    def _check_chunk(self, level: int, t_col: int, t_row: int) -> None:
+                def chunk(t_col: int, t_row: int, c: int = c) -> np.ndarray:
+                    return self.read_channel_chunk(level, t_col, t_row, c, z)[:, :, None]
+
+                part = compose(chunk, self.layout.tile, inside, 1, self.layout.dtype)
+                out[y : y + inside.height, x : x + inside.width, i] = part[:, :, 0]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What the pixels are: kind, dtype, channels (names, colours, emission, display
+        windows, active), planes (z offsets in micrometres) and the default plane."""
+        return self.layout.image_attributes()
+
+    def icc_profile(self) -> bytes | None:
+        """The slide's ICC profile (unsealed, digest checked), or None when it has none."""
+        return get_profile(self.objects, self.marker, self.name)
+
+    def summary(self) -> dict[str, Any]:
+        """The completion marker's record of the conversion, with ``describe()``."""
+        return {**self.marker, **self.describe()}
+
+    def _require(self, kind: str) -> None:
+        if self.layout.kind != kind:
+            what = "RGB pixels" if kind == "rgb" else "channels"
+            raise UnsupportedFeature(f"{self.name}: a {self.layout.kind} store has no {what}")
+
+    def _check_region(self, level: int, l_region: Region, weight: int) -> None:
+        if not 0 <= level < len(self.layout.levels):
+            raise RegionError(f"{self.name}: level {level} out of range")
+        if l_region.width <= 0 or l_region.height <= 0:
+            raise RegionError(f"{self.name}: empty region")
+        if l_region.width * l_region.height * weight > MAX_REGION_PIXELS:
+            raise RegionError(f"{self.name}: region exceeds the cap of {MAX_REGION_PIXELS} pixels")
+
+    def _check_channel(self, c: int) -> None:
+        if not 0 <= c < len(self.layout.chunk_channels):
+            raise RegionError(f"{self.name}: channel {c} out of range")
+
+    def _check_plane(self, z: int) -> None:
+        if not 0 <= z < self.layout.planes:
+            raise RegionError(f"{self.name}: plane {z} out of range")
+
+    def _check_chunk(self, level: int, t_col: int, t_row: int, c: int = 0, z: int = 0) -> None:
         if not 0 <= level < len(self.layout.levels):
             raise RegionError(f"{self.name}: level {level} out of range")
         grid = self.layout.grid(level)
         if not (0 <= t_col < grid.width and 0 <= t_row < grid.height):
             raise RegionError(f"{self.name}: chunk ({t_col}, {t_row}) outside level {level}")
+        self._check_channel(c)
+        self._check_plane(z)
 
 
 def _span(entries: np.ndarray | None, i: int) -> tuple[int, int] | None:
@@ -214,10 +295,15 @@ def _span(entries: np.ndarray | None, i: int) -> tuple[int, int] | None:
 
 
 def compose(
-    read_chunk: Callable[[int, int], np.ndarray], tile: int, l_region: Region
+    read_chunk: Callable[[int, int], np.ndarray],
+    tile: int,
+    l_region: Region,
+    channels: int = 3,
+    dtype: str = "uint8",
 ) -> np.ndarray:
-    """Pixels of a region inside a level, copied out of the (tile x tile) chunks it touches."""
-    out = np.empty((l_region.height, l_region.width, 3), np.uint8)
+    """Samples of a region inside a level, copied out of the (tile x tile) chunks it touches
+    (each (tile, tile, channels) of ``dtype``)."""
+    out = np.empty((l_region.height, l_region.width, channels), dtype)
     for t_row in range(l_region.y // tile, -(-(l_region.y + l_region.height) // tile)):
         for t_col in range(l_region.x // tile, -(-(l_region.x + l_region.width) // tile)):
             chunk = read_chunk(t_col, t_row)
