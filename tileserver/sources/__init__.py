@@ -1,8 +1,9 @@
-"""Slide sources: one interface (``SlideSource``) over OpenSlide and tifffile.
+"""Slide sources: one interface (``SlideSource``) over OpenSlide, tifffile and wsidicom.
 
-``open_slide`` picks the backend (``backend=`` overrides it). Non-TIFF files go to
-OpenSlide first. A TIFF file is routed on the vendor OpenSlide's detector names for it
-(``detect_vendor``, header and metadata only):
+``open_slide`` picks the backend (``backend=`` overrides it). DICOM files (and folders
+holding a DICOM series) go to wsidicom first (``dicom.py``: the whole series, true colours).
+Other non-TIFF files go to OpenSlide first. A TIFF file is routed on the vendor
+OpenSlide's detector names for it (``detect_vendor``, header and metadata only):
 
 - ``aperio`` (SVS) and ``generic-tiff``, and TIFFs OpenSlide does not claim (OME-TIFF,
   QPTIFF, plain or strip TIFF): **tifffile first**. tifffile reads these as their writers
@@ -38,6 +39,7 @@ from tileserver.errors import (
     UnsupportedFormat,
 )
 from tileserver.sources.base import Level, RawTile, SlideInfo, SlideSource
+from tileserver.sources.dicom import DicomSource, holds_dicom, is_dicom
 from tileserver.sources.openslide import OpenSlideSource, detect_vendor
 from tileserver.sources.tifffile import TiffSource, is_tiff
 
@@ -45,6 +47,7 @@ from tileserver.sources.tifffile import TiffSource, is_tiff
 BACKENDS: dict[str, Callable[[Path], SlideSource]] = {
     "tifffile": TiffSource,
     "openslide": OpenSlideSource,
+    "dicom": DicomSource,
 }
 
 __all__ = ["BACKENDS", "Level", "RawTile", "SlideInfo", "SlideSource", "open_slide"]
@@ -55,6 +58,10 @@ TIFFFILE_VENDORS = frozenset({"aperio", "generic-tiff"})
 
 
 def _candidates(path: Path) -> tuple[str, ...]:
+    if is_dicom(path):
+        # wsidicom reads the whole series, decodes JPEG frames in their true colours and
+        # reads what OpenSlide refuses; its refusals of VL WSI files are final (typed).
+        return ("dicom", "openslide")
     if is_tiff(path):
         vendor = detect_vendor(path)
         if vendor is None or vendor in TIFFFILE_VENDORS:
@@ -63,10 +70,13 @@ def _candidates(path: Path) -> tuple[str, ...]:
 
 
 def open_slide(path: str | Path, backend: str = "auto") -> SlideSource:
-    """Open a slide file with the named backend, or the first that reads it (``auto``)."""
+    """Open a slide file with the named backend, or the first that reads it (``auto``).
+    A folder holding a DICOM series opens as that series."""
     path = Path(path)
     if not path.exists():
         raise SlideNotFound(f"{path.name}: no such file")
+    if path.is_dir() and backend in ("auto", "dicom") and holds_dicom(path):
+        return DicomSource(path)
     if not path.is_file():
         raise UnsupportedFormat(f"{path.name}: not a regular file")
     if backend != "auto":

@@ -1,0 +1,571 @@
+"""Slide source over wsidicom: a DICOM VL Whole Slide Microscopy series as one slide.
+
+The only module that imports ``wsidicom``. A slide is every VL WSI instance of one Series
+Instance UID in one folder: the pyramid levels (VOLUME), the label and the overview
+("macro"). It opens from the folder or from any of its files.
+
+JPEG frames are decoded, and handed out for copying, as their own markers say: a JFIF
+marker means YCbCr and an Adobe marker states its transform, whatever the dataset's
+PhotometricInterpretation claims (converters write JFIF YCbCr frames into series declared
+RGB, which OpenSlide then shows in false colour). Only frames that say nothing follow the
+declaration, with an Adobe marker added when it is RGB, so that every decoder agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from wsidicom import WsiDicom  # type: ignore[import-untyped]
+from wsidicom.config import Settings  # type: ignore[import-untyped]
+from wsidicom.errors import (  # type: ignore[import-untyped]
+    WsiDicomError,
+    WsiDicomFileError,
+    WsiDicomNotFoundError,
+    WsiDicomNotSupportedError,
+    WsiDicomOutOfBoundsError,
+)
+from wsidicom.file.io import WsiDicomReader  # type: ignore[import-untyped]
+from wsidicom.file.wsidicom_stream_opener import (  # type: ignore[import-untyped]
+    WsiDicomStreamOpener,
+)
+from wsidicom.geometry import Point  # type: ignore[import-untyped]
+from wsidicom.tags import SOPInstanceUIDTag  # type: ignore[import-untyped]
+
+from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
+from tileserver.geometry import Region, Size
+from tileserver.render.encode import decode
+from tileserver.sources.base import (
+    MAX_DECODE_PIXELS,
+    Level,
+    RawTile,
+    SlideInfo,
+    SlideSource,
+    to_rgb,
+)
+from tileserver.sources.codestreams import (
+    j2k_declared,
+    jpeg_declared,
+    jpeg_is_frame_header,
+    jpeg_segments,
+)
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_JPEG_2000 = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+_HTJ2K = frozenset(
+    {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+)
+_JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
+_UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+_ASSOCIATED = {"LABEL": "label", "OVERVIEW": "macro", "THUMBNAIL": "thumbnail"}
+_APP0, _APP14, _SOF55 = 0xE0, 0xEE, 0xF7
+# Adobe APP14 marker with transform 0: tells decoders the 3 components are RGB, not YCbCr.
+_APP14_RGB = bytes.fromhex("ffee000e41646f626500640000000000")
+# A level's physical extent may differ from level 0's by rounding: up to one level pixel.
+_EXTENT_SLACK = 1.01
+# Non-uniform tile sizes across levels are normal (converters write small levels whole).
+_SETTINGS = Settings(strict_tile_size_check=False)
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM Part 10 file: "DICM" after the 128-byte preamble."""
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def holds_dicom(directory: Path) -> bool:
+    """A folder with at least one DICOM file in it (not below it)."""
+    try:
+        return any(p.is_file() and is_dicom(p) for p in directory.iterdir())
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What grouping and checking a series needs of one file, read from its header."""
+
+    path: Path
+    series_uid: str
+    image_type: str  # VOLUME, LABEL, OVERVIEW or THUMBNAIL
+    size: Size  # total pixel matrix
+    tile: Size
+    spacing_mm: tuple[float, float] | None  # (x, y) pixel spacing
+
+
+def read_instance(path: Path) -> Instance:
+    """The header of one VL WSI file. UnsupportedFormat for a file that is not DICOM or not a
+    VL WSI image; UnsupportedFeature, naming what is missing, for one wsidicom cannot read."""
+    opened = list(WsiDicomStreamOpener().open(path))
+    if not opened:
+        raise UnsupportedFormat(f"{path.name}: not a DICOM file")
+    stream = opened[0]
+    try:
+        sop_class = str(stream.media_storage_sop_class_uid)
+        if sop_class != WSI_SOP_CLASS:
+            raise UnsupportedFormat(
+                f"{path.name}: DICOM, but not a VL Whole Slide Microscopy image "
+                f"(SOP class {sop_class})"
+            )
+        try:
+            reader = WsiDicomReader(stream)
+        except WsiDicomNotSupportedError as exc:
+            raise UnsupportedFeature(f"{path.name}: {_refusal(stream, exc)}") from exc
+        dataset = reader.dataset
+        spacing = dataset.pixel_spacing
+        return Instance(
+            path=path,
+            series_uid=str(dataset.uids.slide.series_instance),
+            image_type=reader.image_type.name,
+            size=Size(dataset.image_size.width, dataset.image_size.height),
+            tile=Size(dataset.tile_size.width, dataset.tile_size.height),
+            spacing_mm=(float(spacing.width), float(spacing.height)) if spacing else None,
+        )
+    except (WsiDicomFileError, WsiDicomError, ValueError, KeyError, AttributeError) as exc:
+        raise CorruptSlide(f"{path.name}: broken DICOM header: {exc}") from exc
+    finally:
+        stream.close()
+
+
+def _refusal(stream: Any, exc: Exception) -> str:
+    """Why wsidicom turned an instance away, as precisely as its first elements tell."""
+    elements: dict[Any, Any] = {}
+    try:
+        stream.read_elements_until(SOPInstanceUIDTag, elements)
+    except Exception:  # a header too broken to say more: wsidicom's own words will do
+        return str(exc)
+    image_type = elements.get(0x00080008)
+    if image_type is None:
+        return (
+            "lacks Image Type (0008,0008), which the VL Whole Slide Microscopy IOD requires: "
+            "it cannot tell a pyramid level from a label or an overview"
+        )
+    return (
+        "a VL Whole Slide Microscopy image wsidicom cannot read: an attribute it needs is "
+        "missing, or its image type or pixel format is not supported"
+    )
+
+
+def _dicom_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_file() and is_dicom(p))
+
+
+def _instances(files: Iterable[Path], wanted: Path | None) -> list[Instance]:
+    """The readable VL WSI instances among ``files``. Other files are skipped (annotations,
+    other modalities), except ``wanted``, whose refusal is the caller's answer."""
+    found = []
+    refusals: list[UnsupportedFormat] = []
+    for path in files:
+        try:
+            found.append(read_instance(path))
+        except UnsupportedFormat as exc:
+            if path == wanted:
+                raise
+            refusals.append(exc)
+    if not found and refusals:
+        raise refusals[0]
+    return found
+
+
+def series_groups(directory: Path) -> dict[str, tuple[Path, ...]]:
+    """The DICOM series in a folder: Series Instance UID -> its files, sorted. Unreadable
+    files are left out (listing must not fail on one bad file)."""
+    groups: dict[str, list[Path]] = {}
+    for path in _dicom_files(directory):
+        try:
+            instance = read_instance(path)
+        except (UnsupportedFormat, CorruptSlide):
+            continue
+        groups.setdefault(instance.series_uid, []).append(path)
+    return {uid: tuple(paths) for uid, paths in groups.items()}
+
+
+def series_instances(path: Path) -> list[Instance]:
+    """The instances of the series ``path`` names: a folder holding one series, or any file
+    of a series (its folder's files with the same Series Instance UID)."""
+    if path.is_dir():
+        instances = _instances(_dicom_files(path), None)
+        if not instances:
+            raise UnsupportedFormat(f"{path.name}: no DICOM whole-slide image in the folder")
+        first = instances[0]
+        for other in instances[1:]:
+            if other.series_uid != first.series_uid:
+                raise UnsupportedFeature(
+                    f"{other.path.name}: belongs to another DICOM series than "
+                    f"{first.path.name} in {path.name}: open one of the files instead"
+                )
+        return instances
+    if not is_dicom(path):
+        raise UnsupportedFormat(f"{path.name}: not a DICOM file")
+    own = read_instance(path)
+    others = _instances((p for p in _dicom_files(path.parent) if p != path), None)
+    return [own] + [i for i in others if i.series_uid == own.series_uid]
+
+
+def check_series(instances: list[Instance]) -> None:
+    """Refuse a series whose levels cannot form one pyramid: no level at all, or a level
+    whose geometry contradicts level 0's. Pure; messages name the file."""
+    levels = sorted(
+        (i for i in instances if i.image_type == "VOLUME"), key=lambda i: -i.size.pixels
+    )
+    if not levels:
+        kinds = ", ".join(sorted({i.image_type.lower() for i in instances}))
+        raise UnsupportedFeature(
+            f"{instances[0].path.name}: the DICOM series holds no pyramid level (VOLUME "
+            f"image), only: {kinds}"
+        )
+    base = levels[0]
+    for level in levels:
+        if level.size.width <= 0 or level.size.height <= 0 or level.tile.pixels <= 0:
+            raise CorruptSlide(f"{level.path.name}: level of {level.size} in {level.tile} tiles")
+        if level.tile.pixels > MAX_DECODE_PIXELS:
+            raise UnsupportedFeature(
+                f"{level.path.name}: {level.tile.width}x{level.tile.height} frames, over the cap "
+                f"of {MAX_DECODE_PIXELS} pixels for one decode"
+            )
+        if level.size.width > base.size.width or level.size.height > base.size.height:
+            raise CorruptSlide(
+                f"{level.path.name}: level {level.size.width}x{level.size.height} is wider or "
+                f"taller than level 0 ({base.size.width}x{base.size.height}, {base.path.name})"
+            )
+        if base.spacing_mm and level.spacing_mm:
+            for axis, (b_px, l_px) in enumerate(
+                ((base.size.width, level.size.width), (base.size.height, level.size.height))
+            ):
+                b_extent = b_px * base.spacing_mm[axis]
+                l_extent = l_px * level.spacing_mm[axis]
+                if abs(b_extent - l_extent) > level.spacing_mm[axis] * _EXTENT_SLACK:
+                    raise CorruptSlide(
+                        f"{level.path.name}: level {level.size.width}x{level.size.height} at "
+                        f"{level.spacing_mm[axis] * 1000:.4g} um/px spans {l_extent:.4g} mm, "
+                        f"level 0 ({base.path.name}) spans {b_extent:.4g} mm: conflicting "
+                        "geometry"
+                    )
+    same_size: dict[Size, Instance] = {}
+    for level in levels:
+        seen = same_size.setdefault(level.size, level)
+        if seen.tile != level.tile or seen.spacing_mm != level.spacing_mm:
+            raise CorruptSlide(
+                f"{level.path.name}: a level of {level.size.width}x{level.size.height} pixels "
+                f"like {seen.path.name}, but with other tiles or pixel spacing: conflicting "
+                "geometry"
+            )
+
+
+def frame_colour(jpeg: bytes) -> str | None:
+    """What a 3-component JPEG's own markers say its components are: "RGB", "YBR", or None
+    when it says nothing (no JFIF or Adobe marker, component IDs not 'R','G','B').
+    ValueError for data that is not a JPEG."""
+    if not jpeg.startswith(b"\xff\xd8"):
+        raise ValueError("not a JPEG (no SOI marker)")
+    for marker, body in jpeg_segments(jpeg):
+        if marker == _APP0 and body.startswith(b"JFIF\x00"):
+            return "YBR"  # JFIF allows only YCbCr (or grayscale)
+        if marker == _APP14 and body.startswith(b"Adobe") and len(body) >= 12:
+            return "RGB" if body[11] == 0 else "YBR"
+        if jpeg_is_frame_header(marker):
+            ids = bytes(body[6 + 3 * k] for k in range(3)) if len(body) >= 15 else b""
+            return "RGB" if ids == b"RGB" else None
+    return None
+
+
+def copyable_jpeg(frame: bytes, declared_rgb: bool) -> bytes:
+    """The frame as a JPEG every decoder shows in its true colours: unchanged when its
+    markers state its colour model, else flagged RGB (Adobe marker) if the dataset says so."""
+    if frame_colour(frame) is None and declared_rgb:
+        return frame[:2] + _APP14_RGB + frame[2:]
+    return frame
+
+
+def _jpeg_ls_declared(data: bytes) -> Size:
+    for marker, body in jpeg_segments(data):
+        if marker == _SOF55 and len(body) >= 6:
+            return Size(int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
+    raise ValueError("JPEG-LS data has no frame header (SOF55)")
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One image the slide reads tile by tile: a level or an associated image."""
+
+    where: str  # "level 2", "associated image label": for messages
+    group: Any  # wsidicom's level/label/overview group
+    size: Size
+    tile: Size
+    transfer_syntax: str
+    declared_rgb: bool  # PhotometricInterpretation RGB
+    components: int
+    mismatch: bool  # JPEG frames' markers contradict the PhotometricInterpretation
+
+
+class DicomSource(SlideSource):
+    """A DICOM WSI series read through wsidicom. Thread-safe: wsidicom's file readers lock
+    their streams, and frames are decoded here without shared state."""
+
+    backend = "dicom"
+
+    def __init__(self, path: Path) -> None:
+        instances = series_instances(path)
+        check_series(instances)
+        self.files = tuple(sorted(i.path for i in instances))
+        try:
+            self._wsi = WsiDicom.open(list(self.files), settings=_SETTINGS)
+        except (WsiDicomError, WsiDicomNotFoundError, WsiDicomFileError, ValueError) as exc:
+            raise CorruptSlide(f"{path.name}: wsidicom cannot open the series: {exc}") from exc
+        try:
+            info, self._levels, self._assoc = self._parse(path, instances)
+        except Exception:
+            self._wsi.close()
+            raise
+        super().__init__(path, info)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def _parse(
+        self, path: Path, instances: list[Instance]
+    ) -> tuple[SlideInfo, tuple[_Image, ...], dict[str, _Image]]:
+        wsi = self._wsi
+        if len(wsi.pyramids) > 1:
+            raise UnsupportedFeature(
+                f"{path.name}: the DICOM series holds {len(wsi.pyramids)} pyramids (different "
+                "image origins or depth of field); one is supported"
+            )
+        volume_sizes = {i.size for i in instances if i.image_type == "VOLUME"}
+        pyramid = wsi.pyramid
+        read_sizes = {Size(lv.size.width, lv.size.height) for lv in pyramid.levels}
+        for lost in sorted(volume_sizes - read_sizes, key=lambda s: -s.pixels):
+            file = next(i.path.name for i in instances if i.size == lost)
+            raise CorruptSlide(f"{file}: wsidicom left this level out of the pyramid")
+        levels = tuple(self._image(lv, f"level {k}", path) for k, lv in enumerate(pyramid.levels))
+        l0 = levels[0].size
+        slide_levels = tuple(
+            Level(im.size, (l0.width / im.size.width + l0.height / im.size.height) / 2, im.tile)
+            for im in levels
+        )
+        assoc: dict[str, _Image] = {}
+        series = (
+            (wsi.labels, "label"),
+            (wsi.overviews, "macro"),
+            (pyramid.thumbnails, "thumbnail"),
+        )
+        for groups, kind in series:
+            if groups is not None and len(groups) > 0:
+                assoc[kind] = self._image(groups[0], f"associated image {kind}", path)
+        for name, image in assoc.items():
+            if image.size.pixels > MAX_DECODE_PIXELS:
+                raise CorruptSlide(f"{path.name}: associated image {name} is {image.size}")
+        base_dataset = pyramid.levels[0].default_instance.dataset.as_dataset()
+        spacing = pyramid.levels[0].pixel_spacing
+        mpp = (float(spacing.width) * 1000, float(spacing.height) * 1000) if spacing else None
+        info = SlideInfo(
+            backend=self.backend,
+            vendor="dicom",
+            levels=slide_levels,
+            mpp=mpp,
+            objective_power=_objective_power(base_dataset),
+            associated=tuple(sorted(assoc)),
+            icc_profile=_icc_profile(base_dataset),
+            properties=MappingProxyType({}),
+        )
+        return info, levels, assoc
+
+    def _image(self, group: Any, where: str, path: Path) -> _Image:
+        instance = group.default_instance
+        data = instance.image_data
+        syntax = str(data.transfer_syntax)
+        photometric = str(data.photometric_interpretation)
+        samples = int(data.samples_per_pixel)
+        if int(data.bits) != 8:
+            raise UnsupportedFeature(
+                f"{path.name}: {where} has {int(data.bits)}-bit samples; 8-bit is supported"
+            )
+        image = _Image(
+            where=where,
+            group=group,
+            size=Size(group.size.width, group.size.height),
+            tile=Size(data.tile_size.width, data.tile_size.height),
+            transfer_syntax=syntax,
+            declared_rgb=photometric == "RGB",
+            components=samples,
+            mismatch=False,
+        )
+        if syntax == JPEG_BASELINE and samples == 3:
+            frame = self._frame(image, 0, 0, 0)
+            if frame is not None:
+                try:
+                    said = frame_colour(frame)
+                except ValueError as exc:
+                    raise CorruptSlide(f"{path.name}: {where} frame 0 is corrupt: {exc}") from exc
+                declared = "RGB" if image.declared_rgb else "YBR"
+                if said is not None and said != declared:
+                    image = _Image(**{**image.__dict__, "mismatch": True})
+        return image
+
+    def _frame(self, image: _Image, t_col: int, t_row: int, z: int) -> bytes | None:
+        """The stored frame's bytes, or None for a tile a sparse image leaves out."""
+        z_value, path = self._plane(image, z)
+        point = Point(t_col, t_row)
+        try:
+            data = image.group.get_instance(z_value, path).image_data
+            if data.is_sparse(point, z_value, path):
+                return None
+            return bytes(data.get_encoded_tile(point, z_value, path))
+        except (WsiDicomError, WsiDicomOutOfBoundsError, WsiDicomNotFoundError, OSError) as exc:
+            raise CorruptSlide(
+                f"{self.name}: {image.where} frame ({t_col}, {t_row}) cannot be read: {exc}"
+            ) from exc
+
+    @staticmethod
+    def _plane(image: _Image, z: int) -> tuple[float, str]:
+        planes = sorted(image.group.focal_planes)
+        if not 0 <= z < len(planes):
+            raise IndexError(f"focal plane {z} out of range 0..{len(planes) - 1}")
+        return planes[z], image.group.optical_paths[0]
+
+    def _decode(self, image: _Image, t_col: int, t_row: int, z: int) -> np.ndarray | None:
+        frame = self._frame(image, t_col, t_row, z)
+        if frame is None:
+            return None
+        what = f"{self.name}: {image.where} frame ({t_col}, {t_row})"
+        syntax = image.transfer_syntax
+        try:
+            if syntax == JPEG_BASELINE or syntax in _JPEG_2000 or syntax in _HTJ2K:
+                declared = (jpeg_declared if syntax == JPEG_BASELINE else j2k_declared)(frame)
+                if not declared.fits(image.tile):
+                    raise CorruptSlide(
+                        f"{what} declares {declared} in a {image.tile.width}x"
+                        f"{image.tile.height} tile: refused before decoding"
+                    )
+            elif syntax in _JPEG_LS:
+                size = _jpeg_ls_declared(frame)
+                if size.width > image.tile.width or size.height > image.tile.height:
+                    raise CorruptSlide(f"{what} declares {size} pixels: refused before decoding")
+            elif syntax not in _UNCOMPRESSED:
+                raise UnsupportedFeature(f"{what}: transfer syntax {syntax} is not supported")
+            if syntax == JPEG_BASELINE and image.components == 3:
+                return decode(copyable_jpeg(frame, image.declared_rgb))
+            data = image.group.default_instance.image_data
+            return to_rgb(np.asarray(data.decoder.decode(frame)))
+        except (CorruptSlide, UnsupportedFeature):
+            raise
+        except Exception as exc:  # codecs raise many types; all mean broken data here
+            raise CorruptSlide(f"{what} cannot be decoded: {exc}") from exc
+
+    def _read(self, image: _Image, l_region: Region, z: int) -> np.ndarray:
+        out = np.full((l_region.height, l_region.width, 3), 255, dtype=np.uint8)
+        inside = l_region.intersect(image.size)
+        if inside.width == 0 or inside.height == 0:
+            return out
+        tile = image.tile
+        rows = range(inside.y // tile.height, (inside.y + inside.height - 1) // tile.height + 1)
+        cols = range(inside.x // tile.width, (inside.x + inside.width - 1) // tile.width + 1)
+        for t_row in rows:
+            for t_col in cols:
+                pixels = self._decode(image, t_col, t_row, z)
+                if pixels is None:
+                    continue  # a tile a sparse image leaves out is background
+                l_x, l_y = t_col * tile.width, t_row * tile.height
+                x0, y0 = max(l_x, inside.x), max(l_y, inside.y)
+                x1 = min(l_x + pixels.shape[1], inside.x + inside.width)
+                y1 = min(l_y + pixels.shape[0], inside.y + inside.height)
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = pixels[
+                    y0 - l_y : y1 - l_y, x0 - l_x : x1 - l_x
+                ]
+        return out
+
+    def read_region(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        self.check_region(level, l_region)
+        image = self._levels[level]
+        try:
+            return self._read(image, l_region, z)
+        except IndexError as exc:
+            raise CorruptSlide(f"{self.name}: {image.where}: {exc}") from exc
+
+    def read_associated(self, name: str) -> np.ndarray:
+        if name not in self._assoc:
+            raise KeyError(name)
+        image = self._assoc[name]
+        return self._read(image, Region(0, 0, image.size.width, image.size.height), 0)
+
+    def jpeg_colour_mismatch(self, level: int) -> bool:
+        """Whether the level's JPEG frames contradict the declared PhotometricInterpretation
+        (they are decoded and copied as their markers say)."""
+        return self._levels[level].mismatch
+
+    def raw_tile_codec(self, level: int) -> str | None:
+        image = self._levels[level]
+        copyable = image.transfer_syntax == JPEG_BASELINE and image.components == 3
+        return "jpeg" if copyable and len(image.group.focal_planes) == 1 else None
+
+    def raw_tile(self, level: int, t_col: int, t_row: int) -> RawTile | None:
+        if self.raw_tile_codec(level) is None:
+            return None
+        image = self._levels[level]
+        grid = Size(
+            -(-image.size.width // image.tile.width), -(-image.size.height // image.tile.height)
+        )
+        if not (0 <= t_col < grid.width and 0 <= t_row < grid.height):
+            raise IndexError(f"tile ({t_col}, {t_row}) outside the {grid} grid")
+        frame = self._frame(image, t_col, t_row, 0)
+        if frame is None:
+            return None
+        what = f"{self.name}: level {level} tile ({t_col}, {t_row})"
+        try:
+            declared = jpeg_declared(frame)
+            if not frame.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                raise ValueError("JPEG data does not end with an EOI marker (truncated?)")
+        except ValueError as exc:
+            raise CorruptSlide(f"{what} is corrupt: {exc}") from exc
+        if not declared.fits(image.tile):
+            raise CorruptSlide(f"{what} declares {declared}: refused")
+        return RawTile(copyable_jpeg(frame, image.declared_rgb), "jpeg", image.tile)
+
+    def close(self) -> None:
+        wsi, self._wsi = getattr(self, "_wsi", None), None
+        if wsi is not None:
+            wsi.close()
+
+
+def _icc_profile(dataset: Any) -> bytes | None:
+    """The first optical path's ICC profile (PS3.3 C.8.12.5), if the series has one."""
+    for item in dataset.get("OpticalPathSequence", None) or ():
+        icc = item.get("ICCProfile", None)
+        if icc:
+            return bytes(icc)
+    return None
+
+
+def _objective_power(dataset: Any) -> float | None:
+    for item in dataset.get("OpticalPathSequence", None) or ():
+        power = item.get("ObjectiveLensPower", None)
+        try:
+            if power is not None and float(power) > 0:
+                return float(power)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+__all__ = [
+    "DicomSource",
+    "check_series",
+    "copyable_jpeg",
+    "frame_colour",
+    "holds_dicom",
+    "is_dicom",
+    "series_groups",
+    "series_instances",
+]
