@@ -6,6 +6,7 @@ import hashlib
 
 from aiohttp import web
 
+from tileserver.render.colour import parse_choice
 from tileserver.render.encode import FORMATS
 from tileserver.server.auth import PRINCIPAL, SIGNED, SIGNED_URL
 from tileserver.server.errors import BadRequest
@@ -52,6 +53,14 @@ def format_param(value: str | None, name: str = "format", default: str = "jpeg")
     if fmt is None:
         raise BadRequest(f"{name} must be one of jpeg, png, webp, not {value[:20]!r}")
     return fmt
+
+
+def icc_param(request: web.Request) -> str | None:
+    """``icc=none|embed|srgb`` (render/colour.py); None when absent: the default applies."""
+    try:
+        return parse_choice(request.query.get("icc"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def if_none_match(request: web.Request) -> frozenset[str]:
