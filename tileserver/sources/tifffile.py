@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,13 +26,16 @@ import tifffile
 from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
 from tileserver.geometry import Region, Size
 from tileserver.sources.base import (
+    CHANNEL_DTYPES,
     MAX_DECODE_PIXELS,
+    Channel,
     Level,
     RawTile,
     SlideInfo,
     SlideSource,
     to_rgb,
 )
+from tileserver.sources.channel_metadata import default_names, parse_ome, parse_qpi
 from tileserver.sources.codestreams import (
     Declared,
     j2k_declared,
@@ -45,6 +48,21 @@ from tileserver.sources.metadata import allowlisted, parse_aperio_description, p
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _JPEG = 7
 _PHOTOMETRIC_RGB = 2
+_PHOTOMETRIC_YCBCR = 6
+# Axes a slide may have beyond Y, X and samples (S): channels (C; tifffile calls a generic
+# stack of same-sized pages I or Q) and focal planes (Z). Others are refused by name.
+_CHANNEL_AXES = frozenset("CIQ")
+_AXIS_NAMES = {
+    "T": "time points",
+    "A": "angles",
+    "P": "phases",
+    "H": "lifetime bins",
+    "E": "wavelength bins",
+    "L": "exposures",
+    "V": "views",
+    "R": "tiles",
+    "M": "mosaic positions",
+}
 _ASSOCIATED = {"Thumbnail": "thumbnail", "Label": "label", "Macro": "macro"}
 # Adobe APP14 marker with transform 0: tells decoders the 3 components are RGB, not YCbCr.
 _APP14_RGB = bytes.fromhex("ffee000e41646f626500640000000000")
@@ -86,6 +104,89 @@ class _LevelPage:
     whole_jpeg: bool  # each segment is a complete JPEG stream (not NDPI restart pieces)
     raw_jpeg: bool  # stored tiles are baseline JPEG we can copy
     rgb_jpeg: bool  # JPEG data in RGB colour space (Aperio), needs an APP14 marker
+    rgb: bool = True  # decoded to uint8 RGB; else to (h, w, samples) of the file's dtype
+    samples: int = 3  # channels one decode yields (channel pages only)
+    first_segment: int = 0  # planar samples: this sample plane's first segment index
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How the file's pages map onto levels, focal planes and channels."""
+
+    rgb: bool
+    dtype: np.dtype[Any]
+    planes: int  # Z
+    page_axes: str  # the axes indexing pages (channel axes and Z), outermost first
+    page_shape: tuple[int, ...]
+    samples: int  # samples per pixel in each page
+    planar: bool  # samples stored one plane after another (PlanarConfiguration 2)
+
+    def _channel_dims(self) -> list[int]:
+        return [n for a, n in zip(self.page_axes, self.page_shape, strict=True) if a != "Z"]
+
+    @property
+    def channel_pages(self) -> int:
+        return int(np.prod(self._channel_dims()))
+
+    def page_index(self, channel_page: int, z: int) -> int:
+        """Index into a level's page list of one channel page (outer axes first) at plane z."""
+        dims = self._channel_dims()
+        position = [int(i) for i in np.unravel_index(channel_page, dims)] if dims else []
+        if "Z" in self.page_axes:
+            position.insert(self.page_axes.index("Z"), z)
+        if not position:
+            return 0
+        return int(np.ravel_multi_index(position, self.page_shape))
+
+
+def _sample_problem(dtype: np.dtype[Any]) -> str | None:
+    """Why samples of this type are refused, or None for uint8 / uint16."""
+    if dtype.name in CHANNEL_DTYPES:
+        return None
+    bits = dtype.itemsize * 8
+    kinds = {"f": "floating-point", "c": "complex", "i": "signed integer", "u": "unsigned integer"}
+    if dtype.kind == "b":
+        return "1-bit bilevel samples"
+    return f"{bits}-bit {kinds.get(dtype.kind, dtype.kind)} samples ({dtype.name})"
+
+
+def _layout(tif: tifffile.TiffFile, series: Any, path: Path) -> _Layout:
+    """Classify the first series: an RGB slide (8-bit RGB or gray, as always) or a channel
+    slide, refusing sample formats and axes no reader here renders faithfully."""
+    dtype, axes, shape = np.dtype(series.dtype), str(series.axes), tuple(series.shape)
+    page0 = series.levels[0].keyframe
+    problems = [
+        f"{n} {_AXIS_NAMES.get(a, f'planes along axis {a}')} ({a})"
+        for a, n in zip(axes, shape, strict=True)
+        if a not in "YXSCZIQ" and n > 1
+    ]
+    sample = _sample_problem(dtype)
+    if sample:
+        problems.append(sample)
+    if problems or not (axes.endswith("YX") or axes.endswith("YXS")):
+        # A vendor TIFF may still be OpenSlide's to read: let open_slide try it.
+        vendor = tif.is_scn or tif.is_philips or tif.is_bif or tif.is_svs or tif.is_ndpi
+        error = UnsupportedFormat if vendor else UnsupportedFeature
+        what = " and ".join(problems) or f"an image with axes {axes}"
+        raise error(f"{path.name}: {what} are not supported (axes {axes}, {dtype})")
+    contig = axes.endswith("S")
+    lead = axes[:-3] if contig else axes[:-2]
+    lead_shape = shape[: len(lead)]
+    planar = "S" in lead
+    page_axes = lead.replace("S", "")
+    page_shape = tuple(n for a, n in zip(lead, lead_shape, strict=True) if a != "S")
+    samples = int(page0.samplesperpixel)
+    planes = page_shape[page_axes.index("Z")] if "Z" in page_axes else 1
+    colour = int(page0.photometric) in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR) and samples >= 3
+    microscopy = tif.is_ome or tif.is_qpi  # declare channels: even one 8-bit gray is a channel
+    rgb = (
+        dtype == np.uint8
+        and not _CHANNEL_AXES & set(page_axes)
+        and (colour or (samples <= 2 and not microscopy))
+    )
+    if rgb and planar:
+        raise UnsupportedFormat(f"{path.name}: planar (separate) samples")
+    return _Layout(rgb, dtype, planes, page_axes, page_shape, samples, planar)
 
 
 class TiffSource(SlideSource):
@@ -101,13 +202,15 @@ class TiffSource(SlideSource):
         except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
             raise CorruptSlide(f"{path.name}: broken TIFF structure: {exc}") from exc
         try:
-            info, self._pages, self._assoc, self._all = self._parse(tif, path)
+            info, self._stack, self._assoc, self._all = self._parse(tif, path)
         except (tifffile.TiffFileError, ValueError, IndexError, KeyError, TypeError) as exc:
             tif.close()
             raise CorruptSlide(f"{path.name}: broken TIFF structure: {exc}") from exc
         except Exception:
             tif.close()
             raise
+        # Plane 0 of each level of an RGB slide: what raw tiles are copied from.
+        self._pages = tuple(planes[0][0] for planes in self._stack)
         self._tif = tif
         self._file_size = path.stat().st_size
         self._fd = os.open(path, os.O_RDONLY)
@@ -115,33 +218,30 @@ class TiffSource(SlideSource):
 
     def _parse(
         self, tif: tifffile.TiffFile, path: Path
-    ) -> tuple[SlideInfo, tuple[_LevelPage, ...], dict[str, Any], dict[str, str]]:
+    ) -> tuple[
+        SlideInfo, tuple[tuple[tuple[_LevelPage, ...], ...], ...], dict[str, Any], dict[str, str]
+    ]:
         if not tif.series:
             raise UnsupportedFormat(f"{path.name}: TIFF without images")
         series = tif.series[0]
-        if series.dtype != np.uint8 or series.axes not in ("YXS", "YX"):
-            raise UnsupportedFormat(
-                f"{path.name}: not an 8-bit RGB or grayscale 2-D image "
-                f"(axes {series.axes}, {series.dtype})"
-            )
+        layout = _layout(tif, series, path)
         orientation = series.levels[0].keyframe.tags.valueof(274, 1)
         if orientation not in (0, 1):  # 0 is invalid; readers treat it as the default, 1
             # libtiff (under OpenSlide) flips each tile on its own: refuse rather than mislead.
             msg = f"{path.name}: TIFF Orientation {int(orientation)} is not supported"
             raise UnsupportedFeature(msg)
         file_size = path.stat().st_size
-        pages, levels = [], []
+        stack, levels = [], []
         l0_width = l0_height = 0
         for i, level in enumerate(series.levels):
-            page = level.keyframe
-            height, width = level.shape[:2]
+            height, width = int(level.keyframe.imagelength), int(level.keyframe.imagewidth)
             if width <= 0 or height <= 0:
                 raise CorruptSlide(f"{path.name}: level {i} has a zero dimension {width}x{height}")
             if i == 0:
                 l0_width, l0_height = width, height
-            pages.append(self._level_page(page, path, f"level {i}", file_size))
+            stack.append(self._level_planes(level, layout, path, f"level {i}", file_size))
             downsample = (l0_width / width + l0_height / height) / 2
-            levels.append(Level(Size(width, height), downsample, pages[-1].segment))
+            levels.append(Level(Size(width, height), downsample, stack[-1][0][0].segment))
         page0 = series.levels[0].keyframe
         props = _properties(tif, page0)
         vendor = (
@@ -149,27 +249,83 @@ class TiffSource(SlideSource):
             if tif.is_svs
             else "hamamatsu"
             if tif.is_ndpi
-            else ("ome" if tif.is_ome else "generic-tiff")
+            else "ome"
+            if tif.is_ome
+            else ("qptiff" if tif.is_qpi else "generic-tiff")
         )
         assoc = {_ASSOCIATED[s.name]: s for s in tif.series[1:] if s.name in _ASSOCIATED}
         mpp = _mpp(tif, page0, props)
+        objective = parse_float(props.get("aperio.AppMag") or props.get("hamamatsu.SourceLens"))
+        channels: tuple[Channel, ...] = ()
+        planes: tuple[float, ...] = ()
+        z_spacing = None
+        if tif.is_ome and tif.ome_metadata:
+            z_spacing = parse_ome(tif.ome_metadata).z_spacing_um
+        if not layout.rgb:
+            channels, qpi_mpp, qpi_mag = _channels(tif, series, layout)
+            mpp = (qpi_mpp, qpi_mpp) if qpi_mpp else mpp
+            objective = qpi_mag or objective
+        if layout.planes > 1:
+            # Unknown spacing: nominal 1 um steps, so the planes stay ordered and distinct.
+            planes = tuple(round(z * (z_spacing or 1.0), 6) for z in range(layout.planes))
         icc_tag = page0.tags.get(34675)
         info = SlideInfo(
             backend=self.backend,
             vendor=vendor,
             levels=tuple(levels),
             mpp=mpp,
-            objective_power=parse_float(
-                props.get("aperio.AppMag") or props.get("hamamatsu.SourceLens")
-            ),
+            objective_power=objective,
             associated=tuple(sorted(assoc)),
             icc_profile=bytes(icc_tag.value) if icc_tag is not None else None,
             properties=MappingProxyType(allowlisted(props)),
+            channels=channels,
+            dtype=layout.dtype.name,
+            planes=planes,
         )
-        return info, tuple(pages), assoc, props
+        return info, tuple(stack), assoc, props
+
+    def _level_planes(
+        self, level: Any, layout: _Layout, path: Path, where: str, file_size: int
+    ) -> tuple[tuple[_LevelPage, ...], ...]:
+        """Per focal plane, the segment tables that fill the level's samples in order."""
+        pages = level.pages
+        planes = []
+        for z in range(layout.planes):
+            parts: list[_LevelPage] = []
+            for c in range(layout.channel_pages):
+                page = pages[layout.page_index(c, z)]
+                label = where if layout.rgb and layout.planes == 1 else f"{where} page ({c}, z {z})"
+                if page is None:
+                    raise CorruptSlide(f"{path.name}: {label} is missing")
+                page = page.aspage() if hasattr(page, "aspage") else page
+                if np.dtype(page.dtype) != layout.dtype or page.samplesperpixel != layout.samples:
+                    raise CorruptSlide(
+                        f"{path.name}: {label} holds {page.samplesperpixel} x {page.dtype} "
+                        f"samples, level 0 {layout.samples} x {layout.dtype}"
+                    )
+                parts.extend(self._page_parts(page, path, label, file_size, layout))
+            planes.append(tuple(parts))
+        return tuple(planes)
+
+    @classmethod
+    def _page_parts(
+        cls, page: Any, path: Path, where: str, file_size: int, layout: _Layout
+    ) -> list[_LevelPage]:
+        lp = cls._level_page(page, path, where, file_size, rgb=layout.rgb)
+        if layout.rgb:
+            return [lp]
+        if not layout.planar:
+            return [replace(lp, samples=layout.samples)]
+        per_plane = lp.grid.pixels
+        if len(lp.offsets) != per_plane * layout.samples:
+            msg = f"{path.name}: {where} has {len(lp.offsets)} segments, not {per_plane} per sample"
+            raise CorruptSlide(msg)
+        return [replace(lp, samples=1, first_segment=s * per_plane) for s in range(layout.samples)]
 
     @staticmethod
-    def _level_page(page: Any, path: Path, where: str, file_size: int) -> _LevelPage:
+    def _level_page(
+        page: Any, path: Path, where: str, file_size: int, rgb: bool = True
+    ) -> _LevelPage:
         compression = int(page.compression)
         if compression not in _KNOWN_COMPRESSION:
             msg = f"{path.name}: {where} uses unknown TIFF compression {compression}"
@@ -179,8 +335,11 @@ class TiffSource(SlideSource):
                 f"{path.name}: {where} uses TIFF compression {page.compression.name}, whose "
                 "decoded size cannot be checked before decoding"
             )
-        if page.planarconfig != 1 and page.samplesperpixel > 1:
+        planar = page.planarconfig != 1 and page.samplesperpixel > 1
+        if planar and rgb:
             raise UnsupportedFormat(f"{path.name}: planar (separate) samples")
+        if int(getattr(page, "imagedepth", 1) or 1) > 1:
+            raise UnsupportedFeature(f"{path.name}: {where} is a volume (ImageDepth > 1)")
         offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
         for offset, count in zip(offsets, counts, strict=True):
             if count and offset + count > file_size:
@@ -190,14 +349,20 @@ class TiffSource(SlideSource):
                 )
         chunks, chunked = page.chunks, page.chunked
         segment = Size(int(chunks[1]), int(chunks[0]))
-        grid = Size(int(chunked[1]), int(chunked[0]))
+        # tifffile counts planar segments as (samples, rows, columns), contiguous (rows, ...).
+        grid = (
+            Size(int(chunked[-1]), int(chunked[-2]))
+            if planar
+            else Size(int(chunked[1]), int(chunked[0]))
+        )
         if segment.pixels > MAX_DECODE_PIXELS:
             raise UnsupportedFormat(
                 f"{path.name}: {where} is stored in {segment.width}x{segment.height} segments, "
                 f"over the cap of {MAX_DECODE_PIXELS} pixels for one decode"
             )
         raw_jpeg = (
-            page.is_tiled
+            rgb
+            and page.is_tiled
             and page.compression == _JPEG
             and page.samplesperpixel == 3
             and not page.is_ndpi
@@ -215,11 +380,12 @@ class TiffSource(SlideSource):
             whole_jpeg=page.compression == _JPEG and not page.is_ndpi,
             raw_jpeg=raw_jpeg,
             rgb_jpeg=raw_jpeg and page.photometric == _PHOTOMETRIC_RGB,
+            rgb=rgb,
         )
 
     def _segment_bytes(self, lp: _LevelPage, t_col: int, t_row: int) -> bytes | None:
         """The segment's bytes, checked to declare no more pixels than the segment holds."""
-        index = t_row * lp.grid.width + t_col
+        index = lp.first_segment + t_row * lp.grid.width + t_col
         count = lp.bytecounts[index]
         if count == 0:
             return None
@@ -243,13 +409,35 @@ class TiffSource(SlideSource):
 
     def read_region(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
         self.check_region(level, l_region, z)
-        return self._read(self._pages[level], self.info.levels[level].size, l_region)
+        if self.info.channels:
+            raise UnsupportedFeature(
+                f"{self.name}: a slide of {len(self.info.channels)} {self.info.dtype} channels "
+                "has no RGB pixels: read it with read_channels"
+            )
+        return self._read(self._stack[level][z][0], self.info.levels[level].size, l_region)
+
+    def read_channels(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        if not self.info.channels:
+            return super().read_channels(level, l_region, z)
+        self.check_region(level, l_region, z)
+        size = self.info.levels[level].size
+        out = np.zeros((l_region.height, l_region.width, len(self.info.channels)), self.info.dtype)
+        first = 0
+        for lp in self._stack[level][z]:
+            self._paint(lp, size, l_region, out[:, :, first : first + lp.samples])
+            first += lp.samples
+        return out
 
     def _read(self, lp: _LevelPage, size: Size, l_region: Region) -> np.ndarray:
         out = np.full((l_region.height, l_region.width, 3), 255, dtype=np.uint8)
+        self._paint(lp, size, l_region, out)
+        return out
+
+    def _paint(self, lp: _LevelPage, size: Size, l_region: Region, out: np.ndarray) -> None:
+        """Decode the segments under ``l_region`` into ``out`` (the region's pixels)."""
         inside = l_region.intersect(size)
         if inside.width == 0 or inside.height == 0:
-            return out
+            return
         seg = lp.segment
         t_col0, t_row0 = inside.x // seg.width, inside.y // seg.height
         t_col1 = (inside.x + inside.width - 1) // seg.width
@@ -270,10 +458,9 @@ class TiffSource(SlideSource):
                 out[y0 - l_region.y : y1 - l_region.y, x0 - l_region.x : x1 - l_region.x] = pixels[
                     y0 - l_y : y1 - l_y, x0 - l_x : x1 - l_x
                 ]
-        return out
 
     def _decode_segment(self, lp: _LevelPage, t_col: int, t_row: int) -> np.ndarray | None:
-        index = t_row * lp.grid.width + t_col
+        index = lp.first_segment + t_row * lp.grid.width + t_col
         data = self._segment_bytes(lp, t_col, t_row)
         if data is None:
             return None
@@ -289,7 +476,8 @@ class TiffSource(SlideSource):
             ) from exc
         if segment is None:
             return None
-        return to_rgb(np.asarray(segment).reshape(segment.shape[-3:]))
+        pixels = np.asarray(segment).reshape(segment.shape[-3:])
+        return to_rgb(pixels) if lp.rgb else pixels
 
     def read_associated(self, name: str) -> np.ndarray:
         # Read like a level, segment by segment, so each segment is checked before decoding.
@@ -304,11 +492,14 @@ class TiffSource(SlideSource):
         return self._read(lp, size, Region(0, 0, size.width, size.height))
 
     def raw_tile_codec(self, level: int) -> str | None:
+        # A z-stack's planes are read with read_region(z): plane 0's tiles alone would mislead.
+        if self.info.planes:
+            return None
         return "jpeg" if self._pages[level].raw_jpeg else None
 
     def raw_tile(self, level: int, t_col: int, t_row: int) -> RawTile | None:
         lp = self._pages[level]
-        if not lp.raw_jpeg:
+        if not lp.raw_jpeg or self.info.planes:
             return None
         if not (0 <= t_col < lp.grid.width and 0 <= t_row < lp.grid.height):
             raise IndexError(f"tile ({t_col}, {t_row}) outside the {lp.grid} grid")
@@ -330,6 +521,24 @@ class TiffSource(SlideSource):
         if fd >= 0:  # closing twice must not close a descriptor someone else now owns
             os.close(fd)
             self._tif.close()
+
+
+def _channels(
+    tif: tifffile.TiffFile, series: Any, layout: _Layout
+) -> tuple[tuple[Channel, ...], float | None, float | None]:
+    """The channels' names and colours (OME-XML, QPTIFF page XML, else numbered), and
+    QPTIFF's pixel size and magnification."""
+    count = layout.channel_pages * layout.samples
+    colour = int(series.levels[0].keyframe.photometric) in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR)
+    if tif.is_ome and tif.ome_metadata:
+        declared = parse_ome(tif.ome_metadata).channels
+        if len(declared) == count:
+            return declared, None, None
+    if tif.is_qpi and layout.samples == 1:
+        pages = series.levels[0].pages
+        qpi = [parse_qpi(pages[layout.page_index(c, 0)].description, c) for c in range(count)]
+        return tuple(q.channel for q in qpi), qpi[0].mpp, qpi[0].magnification
+    return default_names(count, colour), None, None
 
 
 def standalone_jpeg(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
