@@ -43,3 +43,24 @@ def decode_chunk(data: bytes, codec: str, tile: int) -> np.ndarray:
     if pixels.shape != (tile, tile, 3):
         raise StoreError(f"chunk decodes to {pixels.shape}, expected {(tile, tile, 3)}")
     return pixels
+
+
+def encode_channel_chunk(pixels: np.ndarray) -> bytes:
+    """One channel's (tile, tile) uint8/uint16 samples: little-endian bytes, C order, zstd
+    (zarr's bytes + zstd codecs)."""
+    data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
+    return bytes(imagecodecs.zstd_encode(data.tobytes(), level=3))
+
+
+def decode_channel_chunk(data: bytes, dtype: str, tile: int) -> np.ndarray:
+    """(tile, tile) samples of ``dtype`` (native order); StoreError for bytes that are not
+    such a chunk. Decompression stops at the chunk's size, so no bytes can make it allocate
+    more (a zstd bomb)."""
+    stored = np.dtype(dtype).newbyteorder("<")
+    try:
+        raw = imagecodecs.zstd_decode(data, out=tile * tile * stored.itemsize)
+    except Exception as exc:  # codec errors come in many types; all mean bad bytes
+        raise StoreError(f"undecodable zstd chunk: {exc}") from exc
+    if len(raw) != tile * tile * stored.itemsize:
+        raise StoreError(f"channel chunk holds {len(raw)} bytes, expected a {tile}x{tile} {dtype}")
+    return np.frombuffer(raw, dtype=stored).reshape(tile, tile).astype(dtype, copy=False)

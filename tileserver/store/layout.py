@@ -305,7 +305,7 @@ class StoreLayout:
                     "codec": self.codec,
                     "levels": [list(size) for size in self.levels],
                     "source": source,
-                    **({} if self.default else self._our_image_attributes()),
+                    **({} if self.default else self.image_attributes()),
                 },
             },
         }
@@ -324,8 +324,9 @@ class StoreLayout:
             "rdefs": {"defaultZ": self.default_plane, "model": "color"},
         }
 
-    def _our_image_attributes(self) -> dict[str, Any]:
-        """What a channel or z-stack store adds to ``attributes.tileserver``."""
+    def image_attributes(self) -> dict[str, Any]:
+        """What a channel or z-stack store adds to ``attributes.tileserver`` (and what the
+        reader's ``describe()`` says of any store)."""
         return {
             "kind": self.kind,
             "dtype": self.dtype,

@@ -62,7 +62,7 @@ def migrate_store(store: ObjectStore, slide_id: str, keyring: KeyRing | None, sh
         old_marker = objects.get(COMPLETE_MARKER)
         assert old_marker is not None
         marker = {
-            **old.summary(),
+            **old.marker,
             "format_version": 2,
             "shard": shard,
             "shards": dict(sorted(writer.shards.items())),

@@ -23,7 +23,7 @@ from tileserver.store.shards import assemble, decode_index, index_bytes, index_d
 if TYPE_CHECKING:
     from tileserver.security.keys import KeyRing
 
-_SHARD_KEY = re.compile(r"\d+/c\.0\.\d+\.\d+")
+_SHARD_KEY = re.compile(r"\d+/c\.\d+\.\d+\.\d+(\.\d+)?")  # level/c.c[.z].row.col
 _Chunk = tuple[str, bytes] | None
 
 
@@ -38,6 +38,27 @@ def metadata_documents(layout: StoreLayout, source: dict[str, Any]) -> dict[str,
     return docs
 
 
+def _same(key: str, existing: bytes | None, doc: bytes) -> bool:
+    """Whether an existing document is one this conversion writes (or none yet). A root
+    document may differ in display windows alone: the builder rewrites them at the end."""
+    if existing is None or existing == doc:
+        return True
+    if key != GROUP_METADATA:
+        return False
+    try:
+        return _without_windows(json.loads(existing)) == _without_windows(json.loads(doc))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
+
+
+def _without_windows(doc: dict[str, Any]) -> dict[str, Any]:
+    for channel in doc["attributes"]["ome"].get("omero", {}).get("channels", []):
+        channel.pop("window")
+    for channel in doc["attributes"]["tileserver"].get("channels", []):
+        channel.pop("window")
+    return doc
+
+
 class StoreWriter:
     """Not thread-safe: one thread writes chunks (the builder's writer thread)."""
 
@@ -49,7 +70,8 @@ class StoreWriter:
         self.raw, self.sealing = parts(objects)
         self.shards = dict(kept)  # shard key -> digest of its index, for the marker
         self._kept = frozenset(kept)
-        self._pending: dict[tuple[int, int], dict[int, list[_Chunk]]] = {}
+        # (level, z, shard row) -> (c, shard column) -> the shard's chunks so far
+        self._pending: dict[tuple[int, int, int], dict[tuple[int, int], list[_Chunk]]] = {}
         self._index_length = index_bytes(layout.chunks_per_shard) + self.sealing.overhead
 
     @classmethod
@@ -66,6 +88,7 @@ class StoreWriter:
         one begun with the same settings keeps its finished shards."""
         if store.exists(COMPLETE_MARKER):
             raise StoreError(f"{layout.slide_id}: store is already complete")
+        layout.check_image_fields()
         objects = objects_for_writing(store, layout.slide_id, keyring)
         if isinstance(store, LocalObjects):
             store.remove_temporaries()
@@ -74,7 +97,7 @@ class StoreWriter:
         # A document missing is a store just begun (perhaps by a converter racing this one
         # on the same slide, whose objects must stay); only a different one means other
         # settings.
-        if all(writer._existing(key) in (None, doc) for key, doc in docs.items()):
+        if all(_same(key, writer._existing(key), doc) for key, doc in docs.items()):
             writer = cls(objects, layout, writer._finished_shards())
         else:
             for key in list(store.list_keys()):
@@ -107,30 +130,46 @@ class StoreWriter:
             found[key] = index_digest(index)
         return found
 
-    def has_shard(self, level: int, t_col: int, t_row: int) -> bool:
+    def has_shard(self, level: int, t_col: int, t_row: int, *, c: int = 0, z: int = 0) -> bool:
         """Whether the chunk's shard was finished by an earlier run (skip encoding it)."""
-        return bool(self._kept) and self.layout.locate(level, t_col, t_row)[0] in self._kept
+        if not self._kept:
+            return False
+        return self.layout.locate(level, t_col, t_row, c=c, z=z)[0] in self._kept
 
-    def write_chunk(self, level: int, t_col: int, t_row: int, data: bytes) -> None:
+    def write_chunk(
+        self, level: int, t_col: int, t_row: int, data: bytes, *, c: int = 0, z: int = 0
+    ) -> None:
         shard = self.layout.shard
-        row = self._pending.setdefault((level, t_row // shard), {})
-        chunks = row.setdefault(t_col // shard, [None] * self.layout.chunks_per_shard)
+        row = self._pending.setdefault((level, z, t_row // shard), {})
+        chunks = row.setdefault((c, t_col // shard), [None] * self.layout.chunks_per_shard)
         chunks[(t_row % shard) * shard + t_col % shard] = (
-            self.layout.chunk_key(level, t_col, t_row),
+            self.layout.chunk_key(level, t_col, t_row, c=c, z=z),
             data,
         )
 
-    def end_row(self, level: int, t_row: int) -> None:
-        """Chunk row ``t_row`` of ``level`` is complete: write the shards it completes."""
+    def end_row(self, level: int, t_row: int, *, z: int = 0) -> None:
+        """Chunk row ``t_row`` of ``level`` (plane ``z``, every channel) is complete: write
+        the shards it completes."""
         shard = self.layout.shard
         if (t_row + 1) % shard and t_row != self.layout.grid(level).height - 1:
             return
         s_row = t_row // shard
-        for s_col, chunks in sorted(self._pending.pop((level, s_row), {}).items()):
-            key = self.layout.shard_key(level, s_col, s_row)
+        for (c, s_col), chunks in sorted(self._pending.pop((level, z, s_row), {}).items()):
+            key = self.layout.shard_key(level, s_col, s_row, c=c, z=z)
             data, index = assemble(key, chunks, self.sealing.seal, self._index_length)
             self.raw.put(key, data)
             self.shards[key] = index_digest(index)
+
+    def rewrite_group_metadata(self, layout: StoreLayout, source: dict[str, Any]) -> None:
+        """Replace the root document (a channel store's display windows are known only once
+        its last level is built); the arrays must stay as they are."""
+        if layout.levels != self.layout.levels or any(
+            layout.array_metadata(k) != self.layout.array_metadata(k)
+            for k in range(len(layout.levels))
+        ):
+            raise ValueError("only the group's attributes may change during a conversion")
+        self.layout = layout
+        self.objects.put(GROUP_METADATA, to_json(layout.group_metadata(source)))
 
     def finish(self, summary: dict[str, Any]) -> bool:
         """Write the completion marker, listing every shard; False when another converter

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class JpegCodec(ArrayBytesCodec):
-    """(tile, tile, 3) uint8 chunk <-> a baseline JPEG file."""
+    """(tile, tile, 3) uint8 chunk (with a leading plane axis of 1 in a z-stack) <-> a
+    baseline JPEG file."""
 
     is_fixed_size = False
     quality: int = 90
@@ -36,15 +37,17 @@ class JpegCodec(ArrayBytesCodec):
         return {"name": JPEG_CODEC_NAME, "configuration": {"quality": self.quality}}
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        tile = chunk_spec.shape[0]
+        # (tile, tile, 3), or (1, tile, tile, 3) in a z-stack (the plane axis leads).
+        tile = chunk_spec.shape[-2]
         pixels = decode_chunk(chunk_bytes.to_bytes(), "jpeg", tile)
-        return chunk_spec.prototype.nd_buffer.from_numpy_array(pixels)
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(pixels.reshape(chunk_spec.shape))
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         return self._decode_sync(chunk_bytes, chunk_spec)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
-        data = encode_chunk(chunk_array.as_numpy_array(), "jpeg", self.quality)
+        pixels = chunk_array.as_numpy_array()
+        data = encode_chunk(pixels.reshape(pixels.shape[-3:]), "jpeg", self.quality)
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
