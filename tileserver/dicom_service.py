@@ -179,6 +179,7 @@ class DicomService:
             vendor=meta.get("vendor"),
             photometric="RGB",
             lossy=p.codec != "zstd",  # JPEG chunks, or a slide file read directly
+            icc_profile=p.icc_profile,  # frames are the stored pixels, unconverted
         )
         grids = tuple(Size(ceil_div(s.width, p.tile), ceil_div(s.height, p.tile)) for s in p.levels)
         facts = []

@@ -62,6 +62,7 @@ def slide_facts(pyramid: StorePyramid, photometric: str, case: str | None) -> di
         photometric=photometric,
         case=case,
         lossy=pyramid.codec == "jpeg",
+        icc_profile=pyramid.icc_profile,  # the frames' pixels are the source's, unconverted
     )
 
 

@@ -98,3 +98,18 @@ def test_corpus_profiles_are_kept(name: str, tmp_path: Path) -> None:
     store = _convert(slide, tmp_path, None)
     assert open_reader(store).icc_profile() == expected
     assert profile_info(expected).description.startswith("sRGB") and profile_info(expected).usable
+
+
+def test_dicom_export_carries_the_stored_profile(icc_tiff: Path, tmp_path: Path) -> None:
+    """Exported frames are the stored pixels, so their optical path names the slide's own
+    profile (not sRGB)."""
+    import pydicom
+
+    from tileserver.export import export_dicom, level_file
+
+    store = _convert(icc_tiff, tmp_path / "stores", None)
+    pyramid = StorePyramid(LocalObjects(store), store.name, None)
+    export_dicom(pyramid, tmp_path / "series")
+    ds = pydicom.dcmread(tmp_path / "series" / level_file(0), stop_before_pixels=True)
+    path = ds.OpticalPathSequence[0]
+    assert path.ICCProfile == wide_gamut_profile() and "ColorSpace" not in path
