@@ -29,11 +29,11 @@ import hashlib
 import os
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -41,8 +41,10 @@ from tileserver.errors import RegionError, SlideNotFound, TileserverError
 from tileserver.geometry import Region, Size, best_level, level_region
 from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
+from tileserver.protocols.display import Display, parse_display
 from tileserver.render.admission import MIB, RenderGate, estimate_bytes
 from tileserver.render.budget import RenderBudget
+from tileserver.render.composite import compose_channels, composite
 from tileserver.render.encode import MEDIA_TYPES, encode, resize, rotate, to_quality
 from tileserver.store.layout import FILL_VALUE
 from tileserver.store.reader import compose
@@ -98,6 +100,16 @@ def _yield_cpu() -> None:
         os.setpriority(os.PRIO_PROCESS, thread, min(19, nice))
 
 
+class _PlanesPyramid(Protocol):
+    """The reads of channel and z-stack stores (spec15; H4 adds them to Pyramid itself)."""
+
+    def read_chunk(self, level: int, t_col: int, t_row: int, z: int = 0) -> np.ndarray: ...
+
+    def read_channel_chunk(
+        self, level: int, t_col: int, t_row: int, c: int, z: int = 0
+    ) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class _Plan:
     """A render decided before it starts: what it reads and makes, and what that costs."""
@@ -108,13 +120,26 @@ class _Plan:
     nbytes: int  # estimated peak memory
 
 
-def _plan_at(level: int, l_region: Region, out: Size) -> _Plan:
-    return _Plan(level, l_region, out, estimate_bytes(l_region.size.pixels, out.pixels))
+def _plan_at(level: int, l_region: Region, out: Size, sample_bytes: int = 0) -> _Plan:
+    """``sample_bytes``: channel samples per pixel read (bytes), held beside the RGB
+    composite; counted in RGB pixels' worth, the unit of ``estimate_bytes``."""
+    source = l_region.size.pixels
+    source += -(-source * sample_bytes // 3)
+    return _Plan(level, l_region, out, estimate_bytes(source, out.pixels))
 
 
-def _plan(p: Pyramid, l0_region: Region, out: Size) -> _Plan:
+def _plan(p: Pyramid, l0_region: Region, out: Size, sample_bytes: int = 0) -> _Plan:
     level = best_level(l0_region, out, len(p.levels))
-    return _plan_at(level, level_region(l0_region, level, p.levels[0]), out)
+    return _plan_at(level, level_region(l0_region, level, p.levels[0]), out, sample_bytes)
+
+
+def _sample_bytes(p: Pyramid, display: Display) -> int:
+    return len(display.channels) * np.dtype(p.display.dtype).itemsize
+
+
+def _plain(p: Pyramid, display: Display) -> bool:
+    """An RGB single-plane view: what stored chunks hold as they are (pass-through)."""
+    return not display.channels and p.display.plane_count == 1
 
 
 @dataclass(frozen=True)
@@ -240,6 +265,7 @@ class SlideService:
             "vendor": meta.get("vendor"),
             "associated": list(p.associated),
             "properties": meta.get("properties", {}),
+            **_describe_display(p),
         }
 
     # -- DeepZoom --------------------------------------------------------------------------
@@ -261,19 +287,23 @@ class SlideService:
         t_row: int,
         fmt: str,
         if_none_match: Collection[str],
+        display: Mapping[str, str] | None = None,
     ) -> Encoded | NotModified:
-        """The tile, or NotModified when ``if_none_match`` already names it (304)."""
+        """The tile, or NotModified when ``if_none_match`` already names it (304).
+        ``display``: the channel and plane parameters (protocols/display.py); none: the
+        stored display settings."""
         p = await self.pyramid(slide_id)
+        d = parse_display(display or {}, p.display)
         grid = self._grid(p)
         grid.tile_region(z, t_col, t_row)  # TileNotFound before any work
         chunk = deepzoom.passthrough_chunk(grid, z, t_col, t_row, p.tile, len(p.levels))
-        key = ("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt)
-        if chunk is not None and p.codec == fmt:
+        key = _keyed(("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt), p, d)
+        if chunk is not None and p.codec == fmt and _plain(p, d):
             fetch = partial(self._passthrough, p, *chunk, fmt)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         source = grid.tile_source(z, t_col, t_row, len(p.levels))
-        plan = _plan_at(source.level, source.l_region, source.z_size)
-        work = partial(self._render, p, plan, fmt)
+        plan = _plan_at(source.level, source.l_region, source.z_size, _sample_bytes(p, d))
+        work = partial(self._render, p, plan, fmt, d)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan)
 
     # -- IIIF ------------------------------------------------------------------------------
@@ -308,12 +338,13 @@ class SlideService:
         request = self._parse_iiif(p, params)
         fmt = {"jpg": "jpeg"}.get(request.format, request.format)
         chunk = iiif.passthrough_chunk(request, p.levels[0], p.tile, len(p.levels))
-        key = ("iiif", request)
-        if chunk is not None and p.codec == fmt:
+        d = parse_display({}, p.display)  # IIIF has no channel parameters: the default view
+        key = _keyed(("iiif", request), p, d)
+        if chunk is not None and p.codec == fmt and _plain(p, d):
             fetch = partial(self._passthrough, p, *chunk, fmt)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
-        plan = _plan(p, request.l0_region, request.out_size)
-        work = partial(self._render_iiif, p, request, plan, fmt)
+        plan = _plan(p, request.l0_region, request.out_size, _sample_bytes(p, d))
+        work = partial(self._render_iiif, p, request, plan, fmt, d)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
     async def iiif_request(
@@ -334,9 +365,11 @@ class SlideService:
             max_upscale=s.max_upscale,
         )
 
-    def _render_iiif(self, p: Pyramid, request: iiif.ImageRequest, plan: _Plan, fmt: str) -> bytes:
+    def _render_iiif(
+        self, p: Pyramid, request: iiif.ImageRequest, plan: _Plan, fmt: str, d: Display
+    ) -> bytes:
         self.stats["rendered"] += 1
-        pixels = resize(self._read(p, plan.level, plan.l_region), plan.out)
+        pixels = resize(self._pixels(p, plan.level, plan.l_region, d), plan.out)
         pixels = rotate(to_quality(pixels, request.quality), request.rotation, request.mirror)
         return encode(pixels, fmt, self.settings.quality)
 
@@ -348,6 +381,7 @@ class SlideService:
         fmt: str,
         if_none_match: Collection[str],
         who: str | None = None,
+        display: Mapping[str, str] | None = None,
     ) -> Encoded | NotModified:
         if not 1 <= max_size <= min(self.settings.max_width, self.settings.max_height):
             raise RegionError(
@@ -365,6 +399,7 @@ class SlideService:
             ("thumb", max_size, fmt),
             if_none_match,
             who,
+            display,
         )
 
     async def region(
@@ -375,6 +410,7 @@ class SlideService:
         fmt: str,
         if_none_match: Collection[str],
         who: str | None = None,
+        display: Mapping[str, str] | None = None,
     ) -> Encoded | NotModified:
         s = self.settings
         if out.width > s.max_width or out.height > s.max_height or out.pixels > s.max_area:
@@ -395,7 +431,7 @@ class SlideService:
                 f"region {tuple(l0_region)} is not inside the slide {tuple(p.levels[0])}"
             )
         return await self._image(
-            p, l0_region, out, fmt, ("region", l0_region, out, fmt), if_none_match, who
+            p, l0_region, out, fmt, ("region", l0_region, out, fmt), if_none_match, who, display
         )
 
     async def _image(
@@ -407,9 +443,12 @@ class SlideService:
         key: tuple[Any, ...],
         if_none_match: Collection[str],
         who: str | None,
+        display: Mapping[str, str] | None = None,
     ) -> Encoded | NotModified:
-        plan = _plan(p, l0_region, out)
-        work = partial(self._render, p, plan, fmt)
+        d = parse_display(display or {}, p.display)
+        plan = _plan(p, l0_region, out, _sample_bytes(p, d))
+        work = partial(self._render, p, plan, fmt, d)
+        key = _keyed(key, p, d)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
     async def associated(
@@ -501,22 +540,51 @@ class SlideService:
 
     # -- pixels (executor threads) -----------------------------------------------------------
 
-    def _chunk(self, p: Pyramid, level: int, t_col: int, t_row: int) -> np.ndarray:
-        key = (p.slide_id, p.generation, level, t_col, t_row)
+    def _chunk(self, p: Pyramid, level: int, t_col: int, t_row: int, z: int = 0) -> np.ndarray:
+        key: tuple[Any, ...] = (p.slide_id, p.generation, level, t_col, t_row)
+        if z:
+            key = (*key, "z", z)
         pixels = self._chunks.get(key)
         if pixels is None:
-            pixels = p.read_chunk(level, t_col, t_row)
+            if z:
+                pixels = cast(_PlanesPyramid, p).read_chunk(level, t_col, t_row, z=z)
+            else:
+                pixels = p.read_chunk(level, t_col, t_row)
             pixels.flags.writeable = False  # shared between requests
             self._chunks.put(key, pixels)
         return pixels
 
-    def _read(self, p: Pyramid, level: int, l_region: Region) -> np.ndarray:
-        """Pixels of a region inside a level, composed from (cached) decoded chunks."""
-        return compose(lambda c, r: self._chunk(p, level, c, r), p.tile, l_region)
+    def _channel_chunk(
+        self, p: Pyramid, level: int, t_col: int, t_row: int, c: int, z: int
+    ) -> np.ndarray:
+        key = (p.slide_id, p.generation, level, t_col, t_row, "c", c, z)
+        samples = self._chunks.get(key)
+        if samples is None:
+            samples = cast(_PlanesPyramid, p).read_channel_chunk(level, t_col, t_row, c, z=z)
+            samples.flags.writeable = False  # shared between requests
+            self._chunks.put(key, samples)
+        return samples
 
-    def _render(self, p: Pyramid, plan: _Plan, fmt: str) -> bytes:
+    def _read(self, p: Pyramid, level: int, l_region: Region, z: int = 0) -> np.ndarray:
+        """Pixels of a region inside a level, composed from (cached) decoded chunks."""
+        return compose(lambda c, r: self._chunk(p, level, c, r, z), p.tile, l_region)
+
+    def _pixels(self, p: Pyramid, level: int, l_region: Region, d: Display) -> np.ndarray:
+        """RGB pixels of a region as ``d`` shows it: the plane, or the channels' composite."""
+        if not d.channels:
+            return self._read(p, level, l_region, d.z)
+        samples = compose_channels(
+            lambda c, t_col, t_row: self._channel_chunk(p, level, t_col, t_row, c, d.z),
+            d.channels,
+            p.tile,
+            l_region,
+            np.dtype(p.display.dtype),
+        )
+        return composite(samples, d.colors, d.windows)
+
+    def _render(self, p: Pyramid, plan: _Plan, fmt: str, d: Display) -> bytes:
         self.stats["rendered"] += 1
-        pixels = resize(self._read(p, plan.level, plan.l_region), plan.out)
+        pixels = resize(self._pixels(p, plan.level, plan.l_region, d), plan.out)
         return encode(pixels, fmt, self.settings.quality)
 
     # -- caching -----------------------------------------------------------------------------
@@ -525,3 +593,32 @@ class SlideService:
         """Strong ETag: the store's generation plus a digest of what was asked for."""
         digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
         return f'"{p.generation}-{digest}"'
+
+
+def _keyed(key: tuple[Any, ...], p: Pyramid, d: Display) -> tuple[Any, ...]:
+    """``key`` with the display in canonical form; an RGB single-plane slide's keys (and so
+    its ETags) are as they were before channels and planes existed."""
+    return key if not d.channels and p.display.plane_count == 1 else (*key, d.key)
+
+
+def _describe_display(p: Pyramid) -> dict[str, Any]:
+    """Channels (name, colour, emission, default window, shown by default) and focal planes
+    (offsets in µm, the default) for REST describe; an RGB slide is one plane, no channels."""
+    s = p.display
+    return {
+        "kind": "channels" if s.channels else "rgb",
+        "dtype": s.dtype,
+        "channels": [
+            {
+                "index": i,
+                "name": ch.name,
+                "color": "{:02x}{:02x}{:02x}".format(*ch.color),
+                "emission_nm": ch.emission_nm,
+                "window": list(ch.window),
+                "active": ch.active,
+            }
+            for i, ch in enumerate(s.channels)
+        ],
+        "planes": list(s.planes) or [0.0],
+        "default_plane": s.default_plane,
+    }

@@ -9,13 +9,15 @@ argument checks below, so they refuse exactly the same inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from tileserver.geometry import Region
 from tileserver.pyramid.kernels import composite_kernel
 
-__all__ = ["DTYPES", "composite", "composite_reference"]
+__all__ = ["DTYPES", "compose_channels", "composite", "composite_reference"]
 
 DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
@@ -81,3 +83,32 @@ def composite_reference(
     # acc >= 0, so truncation is floor: round half up as the kernel does.
     result[...] = np.minimum((acc + np.float32(0.5)).astype(np.int32), 255)
     return result
+
+
+def compose_channels(
+    read_chunk: Callable[[int, int, int], np.ndarray],
+    channels: Sequence[int],
+    tile: int,
+    l_region: Region,
+    dtype: np.dtype[Any],
+) -> np.ndarray:
+    """(h, w, len(channels)) samples of a region inside a level, copied out of the
+    (tile x tile) single-channel chunks it touches: ``read_chunk(c, t_col, t_row)``."""
+    out = np.empty((l_region.height, l_region.width, len(channels)), dtype)
+    rows = range(l_region.y // tile, -(-(l_region.y + l_region.height) // tile))
+    cols = range(l_region.x // tile, -(-(l_region.x + l_region.width) // tile))
+    for t_row in rows:
+        y0 = max(t_row * tile, l_region.y)
+        y1 = min((t_row + 1) * tile, l_region.y + l_region.height)
+        dst_y, src_y = (
+            slice(y0 - l_region.y, y1 - l_region.y),
+            slice(y0 - t_row * tile, y1 - t_row * tile),
+        )
+        for t_col in cols:
+            x0 = max(t_col * tile, l_region.x)
+            x1 = min((t_col + 1) * tile, l_region.x + l_region.width)
+            dst_x = slice(x0 - l_region.x, x1 - l_region.x)
+            src_x = slice(x0 - t_col * tile, x1 - t_col * tile)
+            for i, c in enumerate(channels):
+                out[dst_y, dst_x, i] = read_chunk(c, t_col, t_row)[src_y, src_x]
+    return out

@@ -55,7 +55,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         slide_id = request.match_info["slide_id"]
         authorize(request, slide_id, "thumbnails")
         encoded = await service.thumbnail(
-            slide_id, size, fmt, if_none_match(request), render_key(request)
+            slide_id, size, fmt, if_none_match(request), render_key(request), request.query
         )
         await audit(
             request,
@@ -92,7 +92,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         out = _output_size(request, l0)
         fmt = format_param(request.query.get("format"))
         encoded = await service.region(
-            slide_id, l0, out, fmt, if_none_match(request), render_key(request)
+            slide_id, l0, out, fmt, if_none_match(request), render_key(request), request.query
         )
         await audit(
             request,

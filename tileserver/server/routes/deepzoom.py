@@ -26,7 +26,13 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         authorize(request, m["slide_id"], "tiles")
         fmt = format_param(m["fmt"], "tile format")
         encoded = await service.deepzoom_tile(
-            m["slide_id"], int(m["z"]), int(m["col"]), int(m["row"]), fmt, if_none_match(request)
+            m["slide_id"],
+            int(m["z"]),
+            int(m["col"]),
+            int(m["row"]),
+            fmt,
+            if_none_match(request),
+            display=request.query,  # channels=, colors=, windows=, z= (protocols/display.py)
         )
         view_tile(request, m["slide_id"], int(m["z"]))
         return image_response(encoded)
