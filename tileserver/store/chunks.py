@@ -14,10 +14,18 @@ from tileserver.errors import StoreError
 from tileserver.geometry import Size
 from tileserver.sources.codestreams import jpeg_declared
 
+# Chunks we encode keep full-resolution chroma: 4:2:0 halves it, and stain colour in
+# pathology lives in fine detail (nuclear rims, fibres, small fluorescent spots). See
+# benchmarks/RESULTS.md, "JPEG quality of re-encoded chunks".
+JPEG_SUBSAMPLING = "444"
 
-def encode_chunk(pixels: np.ndarray, codec: str, quality: int) -> bytes:
+
+def encode_chunk(
+    pixels: np.ndarray, codec: str, quality: int, *, subsampling: str = JPEG_SUBSAMPLING
+) -> bytes:
+    """Stored bytes of a chunk; ``subsampling`` ("444", "422", "420") is JPEG's chroma."""
     if codec == "jpeg":
-        return bytes(imagecodecs.jpeg8_encode(pixels, level=quality))
+        return bytes(imagecodecs.jpeg8_encode(pixels, level=quality, subsampling=subsampling))
     if codec == "zstd":
         return bytes(imagecodecs.zstd_encode(np.ascontiguousarray(pixels).tobytes(), level=3))
     raise ValueError(f"unknown chunk codec {codec!r}")
