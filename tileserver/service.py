@@ -42,6 +42,7 @@ from tileserver.geometry import Region, Size, best_level, level_region
 from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
 from tileserver.protocols.display import Display, parse_display
+from tileserver.render import colour
 from tileserver.render.admission import MIB, RenderGate, estimate_bytes
 from tileserver.render.budget import RenderBudget
 from tileserver.render.composite import compose_channels, composite
@@ -265,8 +266,16 @@ class SlideService:
             "vendor": meta.get("vendor"),
             "associated": list(p.associated),
             "properties": meta.get("properties", {}),
+            "icc_profile": colour.profile_info(p.icc_profile).as_dict() if p.icc_profile else None,
             **_describe_display(p),
         }
+
+    async def icc_profile(self, slide_id: str) -> bytes:
+        """The slide's ICC profile; SlideNotFound when it has none."""
+        p = await self.pyramid(slide_id)
+        if p.icc_profile is None:
+            raise SlideNotFound(f"slide {slide_id} has no ICC profile")
+        return p.icc_profile
 
     # -- DeepZoom --------------------------------------------------------------------------
     def _grid(self, p: Pyramid) -> deepzoom.DeepZoomGrid:
@@ -288,22 +297,26 @@ class SlideService:
         fmt: str,
         if_none_match: Collection[str],
         display: Mapping[str, str] | None = None,
+        icc: str | None = None,
     ) -> Encoded | NotModified:
         """The tile, or NotModified when ``if_none_match`` already names it (304).
         ``display``: the channel and plane parameters (protocols/display.py); none: the
-        stored display settings."""
+        stored display settings. ``icc``: none|embed|srgb (render/colour.py), None: default."""
         p = await self.pyramid(slide_id)
         d = parse_display(display or {}, p.display)
         grid = self._grid(p)
         grid.tile_region(z, t_col, t_row)  # TileNotFound before any work
         chunk = deepzoom.passthrough_chunk(grid, z, t_col, t_row, p.tile, len(p.levels))
         key = _keyed(("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt), p, d)
-        if chunk is not None and p.codec == fmt and _plain(p, d):
-            fetch = partial(self._passthrough, p, *chunk, fmt)
+        stored = chunk is not None and p.codec == fmt and _plain(p, d)
+        mode = _icc_mode(p, d, icc, passthrough=stored)
+        key = _icc_keyed(key, mode)
+        if chunk is not None and stored and mode != colour.SRGB:
+            fetch = partial(self._passthrough, p, *chunk, fmt, mode)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         source = grid.tile_source(z, t_col, t_row, len(p.levels))
         plan = _plan_at(source.level, source.l_region, source.z_size, _sample_bytes(p, d))
-        work = partial(self._render, p, plan, fmt, d)
+        work = partial(self._render, p, plan, fmt, d, mode)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan)
 
     # -- IIIF ------------------------------------------------------------------------------
@@ -332,6 +345,7 @@ class SlideService:
         params: tuple[str, str, str, str, str],
         if_none_match: Collection[str],
         who: str | None = None,
+        icc: str | None = None,
     ) -> Encoded | NotModified:
         """The image; a render is charged to ``who``'s budget (None: not charged)."""
         p = await self.pyramid(slide_id)
@@ -340,11 +354,14 @@ class SlideService:
         chunk = iiif.passthrough_chunk(request, p.levels[0], p.tile, len(p.levels))
         d = parse_display({}, p.display)  # IIIF has no channel parameters: the default view
         key = _keyed(("iiif", request), p, d)
-        if chunk is not None and p.codec == fmt and _plain(p, d):
-            fetch = partial(self._passthrough, p, *chunk, fmt)
+        stored = chunk is not None and p.codec == fmt and _plain(p, d)
+        mode = _icc_mode(p, d, icc, passthrough=stored)
+        key = _icc_keyed(key, mode)
+        if chunk is not None and stored and mode != colour.SRGB:
+            fetch = partial(self._passthrough, p, *chunk, fmt, mode)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         plan = _plan(p, request.l0_region, request.out_size, _sample_bytes(p, d))
-        work = partial(self._render_iiif, p, request, plan, fmt, d)
+        work = partial(self._render_iiif, p, request, plan, fmt, d, mode)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
     async def iiif_request(
@@ -366,12 +383,19 @@ class SlideService:
         )
 
     def _render_iiif(
-        self, p: Pyramid, request: iiif.ImageRequest, plan: _Plan, fmt: str, d: Display
+        self,
+        p: Pyramid,
+        request: iiif.ImageRequest,
+        plan: _Plan,
+        fmt: str,
+        d: Display,
+        icc: str = colour.NONE,
     ) -> bytes:
         self.stats["rendered"] += 1
         pixels = resize(self._pixels(p, plan.level, plan.l_region, d), plan.out)
+        pixels = _to_srgb(p, pixels, icc)
         pixels = rotate(to_quality(pixels, request.quality), request.rotation, request.mirror)
-        return encode(pixels, fmt, self.settings.quality)
+        return encode(pixels, fmt, self.settings.quality, _embedded(p, icc))
 
     # -- REST images -----------------------------------------------------------------------
     async def thumbnail(
@@ -382,6 +406,7 @@ class SlideService:
         if_none_match: Collection[str],
         who: str | None = None,
         display: Mapping[str, str] | None = None,
+        icc: str | None = None,
     ) -> Encoded | NotModified:
         if not 1 <= max_size <= min(self.settings.max_width, self.settings.max_height):
             raise RegionError(
@@ -400,6 +425,7 @@ class SlideService:
             if_none_match,
             who,
             display,
+            icc,
         )
 
     async def region(
@@ -411,6 +437,7 @@ class SlideService:
         if_none_match: Collection[str],
         who: str | None = None,
         display: Mapping[str, str] | None = None,
+        icc: str | None = None,
     ) -> Encoded | NotModified:
         s = self.settings
         if out.width > s.max_width or out.height > s.max_height or out.pixels > s.max_area:
@@ -431,7 +458,15 @@ class SlideService:
                 f"region {tuple(l0_region)} is not inside the slide {tuple(p.levels[0])}"
             )
         return await self._image(
-            p, l0_region, out, fmt, ("region", l0_region, out, fmt), if_none_match, who, display
+            p,
+            l0_region,
+            out,
+            fmt,
+            ("region", l0_region, out, fmt),
+            if_none_match,
+            who,
+            display,
+            icc,
         )
 
     async def _image(
@@ -444,11 +479,13 @@ class SlideService:
         if_none_match: Collection[str],
         who: str | None,
         display: Mapping[str, str] | None = None,
+        icc: str | None = None,
     ) -> Encoded | NotModified:
         d = parse_display(display or {}, p.display)
         plan = _plan(p, l0_region, out, _sample_bytes(p, d))
-        work = partial(self._render, p, plan, fmt, d)
-        key = _keyed(key, p, d)
+        mode = _icc_mode(p, d, icc, passthrough=False)
+        work = partial(self._render, p, plan, fmt, d, mode)
+        key = _icc_keyed(_keyed(key, p, d), mode)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
     async def associated(
@@ -533,10 +570,16 @@ class SlideService:
         self.stats["rendered_large"] += 1
         return await asyncio.wrap_future(job)
 
-    async def _passthrough(self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str) -> bytes:
+    async def _passthrough(
+        self, p: Pyramid, level: int, t_col: int, t_row: int, fmt: str, icc: str = colour.NONE
+    ) -> bytes:
         self.stats["passthrough"] += 1
         data = await p.chunk_bytes_async(level, t_col, t_row)
-        return _blank_tile(p.tile, fmt, self.settings.quality) if data is None else data
+        data = _blank_tile(p.tile, fmt, self.settings.quality) if data is None else data
+        profile = _embedded(p, icc)
+        if profile is not None and fmt == "jpeg":  # spliced in: the scan stays as stored
+            data = colour.embed_in_jpeg(data, profile)
+        return data
 
     # -- pixels (executor threads) -----------------------------------------------------------
 
@@ -582,10 +625,13 @@ class SlideService:
         )
         return composite(samples, d.colors, d.windows)
 
-    def _render(self, p: Pyramid, plan: _Plan, fmt: str, d: Display) -> bytes:
+    def _render(
+        self, p: Pyramid, plan: _Plan, fmt: str, d: Display, icc: str = colour.NONE
+    ) -> bytes:
         self.stats["rendered"] += 1
         pixels = resize(self._pixels(p, plan.level, plan.l_region, d), plan.out)
-        return encode(pixels, fmt, self.settings.quality)
+        pixels = _to_srgb(p, pixels, icc)
+        return encode(pixels, fmt, self.settings.quality, _embedded(p, icc))
 
     # -- caching -----------------------------------------------------------------------------
     @staticmethod
@@ -599,6 +645,29 @@ def _keyed(key: tuple[Any, ...], p: Pyramid, d: Display) -> tuple[Any, ...]:
     """``key`` with the display in canonical form; an RGB single-plane slide's keys (and so
     its ETags) are as they were before channels and planes existed."""
     return key if not d.channels and p.display.plane_count == 1 else (*key, d.key)
+
+
+def _icc_mode(p: Pyramid, d: Display, choice: str | None, *, passthrough: bool) -> str:
+    """The colour choice a request gets (render/colour.py: effective). Channel composites
+    are made in sRGB display colours: the slide's profile does not describe them."""
+    if d.channels:
+        return colour.NONE
+    return colour.effective(choice, p.icc_profile, passthrough=passthrough)
+
+
+def _icc_keyed(key: tuple[Any, ...], mode: str) -> tuple[Any, ...]:
+    """``key`` with the colour choice; raw pixels keep the keys (and ETags) they had."""
+    return key if mode == colour.NONE else (*key, "icc", mode)
+
+
+def _to_srgb(p: Pyramid, pixels: np.ndarray, icc: str) -> np.ndarray:
+    if icc != colour.SRGB or p.icc_profile is None:
+        return pixels
+    return colour.to_srgb(pixels, p.icc_profile)
+
+
+def _embedded(p: Pyramid, icc: str) -> bytes | None:
+    return p.icc_profile if icc == colour.EMBED else None
 
 
 def _describe_display(p: Pyramid) -> dict[str, Any]:

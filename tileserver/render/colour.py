@@ -7,7 +7,7 @@ conversion a wide-gamut scan looks dull or shifted. Three choices per rendered i
 the image for a colour-managed client) and ``srgb`` (converted here).
 
 Pure functions over bytes and arrays; the transforms built from profiles are cached by the
-profile's digest (bounded), so a slide's transform is built once per process, whatever
+profile's bytes (bounded), so a slide's transform is built once per process, whatever
 object holds its profile.
 """
 
@@ -47,7 +47,7 @@ class ProfileInfo:
     colour_space: str  # "RGB", "GRAY", ...
     version: str  # ICC version, e.g. "2.1"
     size: int  # bytes
-    digest: str  # sha256 of the bytes, hex: tells profiles apart, names the cache entry
+    digest: str  # sha256 of the bytes, hex: tells profiles apart
     usable: bool  # LittleCMS can build an sRGB transform from it
 
     def as_dict(self) -> dict[str, object]:
@@ -89,17 +89,19 @@ def profile_info(profile: bytes) -> ProfileInfo:
 
 
 class _Transforms:
-    """Built transforms by profile digest (None: the profile cannot make one), bounded LRU.
+    """Built transforms by profile (None: the profile cannot make one), bounded LRU.
     LittleCMS transforms are safe to apply from several threads at once."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, ImageCms.ImageCmsTransform | None] = OrderedDict()
+        # Keyed by the bytes themselves: a bytes object caches its hash, so a request on the
+        # event loop finds its slide's transform without re-hashing the profile.
+        self._items: OrderedDict[bytes, ImageCms.ImageCmsTransform | None] = OrderedDict()
         self._lock = threading.Lock()
         self.built = 0  # transforms built, for tests
 
     def get(self, profile: bytes) -> ImageCms.ImageCmsTransform | None:
-        key = digest(profile)
+        key = bytes(profile)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)

@@ -15,6 +15,13 @@ _FORMAT = {
     "in": "query",
     "schema": {"type": "string", "enum": ["jpeg", "png", "webp"], "default": "jpeg"},
 }
+_ICC = {
+    "name": "icc",
+    "in": "query",
+    "description": "srgb: converted from the slide's ICC profile (default); embed: stored"
+    " pixels with the profile embedded; none: stored pixels (docs/colour.md)",
+    "schema": {"type": "string", "enum": ["srgb", "embed", "none"]},
+}
 _IMAGE = {"description": "image", "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}
 _ERROR = {
     "description": "error",
@@ -233,7 +240,12 @@ def openapi_document() -> dict[str, Any]:
             "/api/slides/{slide_id}/thumbnail": {
                 "get": {
                     "summary": "Whole-slide thumbnail fitting in max x max",
-                    "parameters": [_ID, _int("max", "longest side in pixels", minimum=1), _FORMAT],
+                    "parameters": [
+                        _ID,
+                        _int("max", "longest side in pixels", minimum=1),
+                        _FORMAT,
+                        _ICC,
+                    ],
                     "responses": {"200": _IMAGE, "304": {"description": "not modified"}, **_ERRORS},
                 }
             },
@@ -255,8 +267,22 @@ def openapi_document() -> dict[str, Any]:
                         _int("out_height", "output height", minimum=1),
                         _int("max", "output longest side", minimum=1),
                         _FORMAT,
+                        _ICC,
                     ],
                     "responses": {"200": _IMAGE, "304": {"description": "not modified"}, **_ERRORS},
+                }
+            },
+            "/api/slides/{slide_id}/icc": {
+                "get": {
+                    "summary": "The slide's ICC profile as stored (404 when it has none)",
+                    "parameters": [_ID],
+                    "responses": {
+                        "200": {
+                            "description": "ICC profile",
+                            "content": {"application/vnd.iccprofile": {}},
+                        },
+                        **_ERRORS,
+                    },
                 }
             },
             "/api/slides/{slide_id}/associated/{name}": {

@@ -18,6 +18,7 @@ from tileserver.server.errors import BadRequest
 from tileserver.server.http import (
     float_param,
     format_param,
+    icc_param,
     if_none_match,
     image_response,
     int_param,
@@ -55,7 +56,13 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         slide_id = request.match_info["slide_id"]
         authorize(request, slide_id, "thumbnails")
         encoded = await service.thumbnail(
-            slide_id, size, fmt, if_none_match(request), render_key(request), request.query
+            slide_id,
+            size,
+            fmt,
+            if_none_match(request),
+            render_key(request),
+            request.query,
+            icc=icc_param(request),
         )
         await audit(
             request,
@@ -92,7 +99,14 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         out = _output_size(request, l0)
         fmt = format_param(request.query.get("format"))
         encoded = await service.region(
-            slide_id, l0, out, fmt, if_none_match(request), render_key(request), request.query
+            slide_id,
+            l0,
+            out,
+            fmt,
+            if_none_match(request),
+            render_key(request),
+            request.query,
+            icc=icc_param(request),
         )
         await audit(
             request,
@@ -148,6 +162,16 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             headers={"Cache-Control": "no-store"},
         )
 
+    async def icc_profile(request: web.Request) -> web.Response:
+        """The slide's ICC profile as stored (docs/colour.md); 404 when it has none."""
+        authorize(request, request.match_info["slide_id"], "metadata")
+        data = await service.icc_profile(request.match_info["slide_id"])
+        return web.Response(
+            body=data,
+            content_type="application/vnd.iccprofile",
+            headers={"Cache-Control": "private, no-cache"},
+        )
+
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
@@ -156,6 +180,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         web.get(f"/api/slides/{SLIDE}", slide),
         web.get(f"/api/slides/{SLIDE}/thumbnail", thumbnail),
         web.get(f"/api/slides/{SLIDE}/region", region),
+        web.get(f"/api/slides/{SLIDE}/icc", icc_profile),
         web.get(f"/api/slides/{SLIDE}/associated/{{name:[a-z]{{1,20}}}}", associated),
         web.post(f"/api/slides/{SLIDE}/share", share),
         web.get("/api/openapi.json", openapi),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tileserver.server.auth import authorize, view_tile
-from tileserver.server.http import format_param, if_none_match, image_response
+from tileserver.server.http import format_param, icc_param, if_none_match, image_response
 from tileserver.service import SlideService
 
 SLIDE = "{slide_id:[0-9a-f]{32}}"
@@ -33,6 +33,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
             fmt,
             if_none_match(request),
             display=request.query,  # channels=, colors=, windows=, z= (protocols/display.py)
+            icc=icc_param(request),
         )
         view_tile(request, m["slide_id"], int(m["z"]))
         return image_response(encoded)

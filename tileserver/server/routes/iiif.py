@@ -22,7 +22,7 @@ from aiohttp import web
 from tileserver.geometry import Size
 from tileserver.protocols import iiif
 from tileserver.server.auth import PRINCIPAL, SECURITY, SIGNED_URL, authorize, view_tile
-from tileserver.server.http import if_none_match, image_response, render_key
+from tileserver.server.http import icc_param, if_none_match, image_response, render_key
 from tileserver.service import SlideService
 
 SLIDE = "{slide_id:[0-9a-f]{32}}"
@@ -76,7 +76,9 @@ def routes(service: SlideService, public_url: str | None = None) -> list[web.Rou
         if request.get(PRINCIPAL) is SIGNED_URL:
             await _only_tiles(request, m["slide_id"], params)
         who = render_key(request)
-        encoded = await service.iiif_image(m["slide_id"], params, if_none_match(request), who)
+        encoded = await service.iiif_image(
+            m["slide_id"], params, if_none_match(request), who, icc=icc_param(request)
+        )
         view_tile(request, m["slide_id"], -1)
         response = image_response(encoded)
         response.headers["Link"] = iiif.PROFILE_LINK
