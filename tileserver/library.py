@@ -26,6 +26,7 @@ from tileserver.render.encode import decode, resize
 from tileserver.slide_ids import is_slide_id
 from tileserver.sources import open_slide
 from tileserver.sources.base import SlideSource
+from tileserver.sources.dicom import DicomSource, series_uid
 from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, pyramid_sizes
 from tileserver.store.location import open_location
 from tileserver.store.objects import ObjectStore
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
     from tileserver.security.keys import KeyRing
 
 SOURCE_TILE = 256
-_SOURCE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".dcm", ".bif", ".vms"}
+_SOURCE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms"}
+# A DICOM series spans files: listed once, under an ID from its folder and Series Instance UID.
+_DICOM_SUFFIXES = {".dcm", ".dicom"}
 
 
 class Pyramid(Protocol):
@@ -115,10 +118,9 @@ class SourcePyramid:
         self.tile = SOURCE_TILE
         self.levels = pyramid_sizes(source.info.dimensions, SOURCE_TILE)
         self.codec: str | None = None
-        stat = source.path.stat()
-        self.generation = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[
-            :16
-        ]
+        files = source.files if isinstance(source, DicomSource) else (source.path,)
+        stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        self.generation = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
         info = source.info
         self.display = source_display(info)
         self.icc_profile = info.icc_profile
@@ -184,6 +186,7 @@ class SlideLibrary:
         self._lock = threading.Lock()
         self._opening: dict[str, threading.Lock] = {}
         self._source_paths: dict[str, Path] = {}
+        self._series_uids: dict[tuple[Path, int, int], str | None] = {}
 
     def slide_ids(self) -> list[str]:
         """Every servable slide, sorted. Incomplete stores are never listed."""
@@ -196,16 +199,44 @@ class SlideLibrary:
             ]
         paths = {}
         for root, _dirs, files in os.walk(self.directory):
+            dicom = []
             for name in files:
                 path = Path(root) / name
-                if path.suffix.lower() in _SOURCE_SUFFIXES and path.resolve().is_relative_to(
-                    self.directory
-                ):
-                    rel = path.relative_to(self.directory).as_posix()
+                if not path.resolve().is_relative_to(self.directory):
+                    continue
+                suffix = path.suffix.lower()
+                rel = path.relative_to(self.directory).as_posix()
+                if suffix in _DICOM_SUFFIXES:
+                    dicom.append(path)
+                elif suffix in _SOURCE_SUFFIXES:
                     paths[hashlib.sha256(rel.encode()).hexdigest()[:32]] = path
+            if dicom:
+                paths.update(self._dicom_series(Path(root), dicom))
         with self._lock:
             self._source_paths = paths
         return sorted(paths)
+
+    def _dicom_series(self, folder: Path, files: list[Path]) -> dict[str, Path]:
+        """One slide ID per DICOM series in a folder -> its first file (which opens the
+        series). Headers are read once per file version, not at every listing."""
+        series: dict[str, list[Path]] = {}
+        for path in files:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            key = (path, stat.st_size, stat.st_mtime_ns)
+            uid = self._series_uids.get(key, "")
+            if uid == "":
+                uid = series_uid(path)
+                self._series_uids[key] = uid
+            if uid is not None:
+                series.setdefault(uid, []).append(path)
+        rel = folder.relative_to(self.directory).as_posix()
+        return {
+            hashlib.sha256(f"{rel}\0dicom-series\0{uid}".encode()).hexdigest()[:32]: min(paths)
+            for uid, paths in series.items()
+        }
 
     def peek(self, slide_id: str) -> Pyramid | None:
         """The slide if it is already open (no I/O: safe on the event loop), else None."""

@@ -18,7 +18,8 @@ from tileserver.pyramid.builder import ConvertResult, Progress, convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
 from tileserver.slide_ids import is_slide_id, new_slide_id
-from tileserver.sources import open_slide
+from tileserver.sources import SlideSource, open_slide
+from tileserver.sources.dicom import DicomSource
 from tileserver.store.layout import COMPLETE_MARKER
 from tileserver.store.location import open_location
 from tileserver.store.objects import ObjectStore
@@ -37,6 +38,24 @@ def fingerprint(path: Path) -> str:
         f.seek(max(size - _SAMPLE, 0))
         digest.update(f.read(_SAMPLE))
     return digest.hexdigest()
+
+
+def series_fingerprint(files: tuple[Path, ...]) -> str:
+    """A DICOM series' fingerprint: over its files' fingerprints, sorted, so the series has
+    one whether it is named by its folder or by any of its files, and whatever the names.
+    A one-file series keeps that file's fingerprint."""
+    if len(files) == 1:
+        return fingerprint(files[0])
+    digest = hashlib.sha256(b"dicom-series")
+    for part in sorted(fingerprint(path) for path in files):
+        digest.update(part.encode())
+    return digest.hexdigest()
+
+
+def source_fingerprint(source: SlideSource) -> str:
+    if isinstance(source, DicomSource):
+        return series_fingerprint(source.files)
+    return fingerprint(source.path)
 
 
 def slide_id_for(stores: ObjectStore, key: str) -> str:
@@ -69,7 +88,7 @@ def convert_file(
     the slide ID when it was already complete."""
     with open_slide(path, backend) as source:
         stores = open_location(out)
-        slide_id = slide_id_for(stores, fingerprint(path))
+        slide_id = slide_id_for(stores, source_fingerprint(source))
         store = stores.child(f"{slide_id}/")
         if store.exists(COMPLETE_MARKER):
             return slide_id

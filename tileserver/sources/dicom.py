@@ -176,17 +176,15 @@ def _instances(files: Iterable[Path], wanted: Path | None) -> list[Instance]:
     return found
 
 
-def series_groups(directory: Path) -> dict[str, tuple[Path, ...]]:
-    """The DICOM series in a folder: Series Instance UID -> its files, sorted. Unreadable
-    files are left out (listing must not fail on one bad file)."""
-    groups: dict[str, list[Path]] = {}
-    for path in _dicom_files(directory):
-        try:
-            instance = read_instance(path)
-        except (UnsupportedFormat, CorruptSlide):
-            continue
-        groups.setdefault(instance.series_uid, []).append(path)
-    return {uid: tuple(paths) for uid, paths in groups.items()}
+def series_uid(path: Path) -> str | None:
+    """The Series Instance UID of a VL WSI file; None for any other or unreadable file
+    (a listing must not fail on one bad file)."""
+    if not is_dicom(path):
+        return None
+    try:
+        return read_instance(path).series_uid
+    except (UnsupportedFormat, CorruptSlide):
+        return None
 
 
 def series_instances(path: Path) -> list[Instance]:
@@ -566,6 +564,6 @@ __all__ = [
     "frame_colour",
     "holds_dicom",
     "is_dicom",
-    "series_groups",
     "series_instances",
+    "series_uid",
 ]

@@ -1,0 +1,214 @@
+"""The DICOM backend on the real corpus: a multi-file series is one slide in its true colours,
+VL WSI files OpenSlide refuses open or fail with the precise reason, and bad series folders
+fail in one line naming the file."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from tests.corpus import require_corpus
+from tests.stores import open_reader
+from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
+from tileserver.geometry import Region, Size
+from tileserver.library import SlideLibrary
+from tileserver.pyramid.jobs import convert_file, fingerprint, source_fingerprint
+from tileserver.pyramid.plan import ConvertOptions
+from tileserver.sources import open_slide
+from tileserver.sources.dicom import (
+    DicomSource,
+    Instance,
+    check_series,
+    copyable_jpeg,
+    frame_colour,
+)
+
+SERIES = "dicom/jcupitt-cmu-1-small-region"
+SVS = "svs/CMU-1-Small-Region.svs"
+# The series' level sizes, as OpenSlide and the converter that wrote it report them.
+LEVELS = [
+    (2220, 2967), (1110, 1483), (555, 741), (277, 370), (138, 185), (69, 92),
+    (34, 46), (17, 23), (8, 11), (4, 5), (2, 2), (1, 1),
+]  # fmt: skip
+
+
+def _series() -> Path:
+    return require_corpus() / SERIES
+
+
+@pytest.mark.parametrize("name", ["", "level-0-frames-0-30.dcm", "level-7-frames-0-1.dcm"])
+def test_the_series_opens_as_one_slide_from_its_folder_or_any_file(name: str) -> None:
+    with open_slide(_series() / name) as source:
+        assert isinstance(source, DicomSource)
+        assert source.info.backend == "dicom"
+        assert [tuple(lv.size) for lv in source.info.levels] == LEVELS
+        assert len(source.files) == 12
+        assert source.info.mpp == pytest.approx((0.499, 0.499))
+        assert source.info.associated == ()
+
+
+def _mean_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=(0, 1)))
+
+
+def test_the_series_has_the_colours_of_the_svs_it_was_made_from() -> None:
+    corpus = require_corpus()
+    region = Region(800, 1000, 512, 512)  # tissue, across four frames
+    with DicomSource(_series()) as dicom, open_slide(corpus / SVS) as svs:
+        assert isinstance(dicom, DicomSource)
+        assert dicom.jpeg_colour_mismatch(0)  # JFIF (YCbCr) frames in a series declared RGB
+        ours = dicom.read_region(0, region)
+        reference = svs.read_region(0, region)
+        # Re-encoded once more at quality 80, 4:2:0: a few levels off on average, per channel.
+        assert (_mean_abs_diff(ours, reference) < 10).all()
+        # The false colour OpenSlide shows (YCbCr samples taken as RGB) is far off.
+        with open_slide(_series() / "level-0-frames-0-30.dcm", backend="openslide") as osl:
+            assert _mean_abs_diff(osl.read_region(0, region), reference).max() > 40
+        # Upper levels too (the converter's own filter: compare colour, not detail).
+        small = dicom.read_region(2, Region(200, 250, 128, 128)).mean(axis=(0, 1))
+        assert np.abs(small - reference.mean(axis=(0, 1))) == pytest.approx(0, abs=3)
+
+
+def test_raw_tiles_are_the_frames_and_decode_to_the_region() -> None:
+    with open_slide(_series()) as source:
+        assert source.raw_tile_codec(0) == "jpeg"
+        raw = source.raw_tile(0, 1, 2)
+        assert raw is not None and raw.size == Size(500, 500)
+        assert frame_colour(raw.data) == "YBR"  # copied as it is: its JFIF marker is right
+        decoded = np.asarray(Image.open(io.BytesIO(raw.data)).convert("RGB"))
+        assert np.array_equal(decoded, source.read_region(0, Region(500, 1000, 500, 500)))
+        with pytest.raises(IndexError):
+            source.raw_tile(0, 5, 0)
+
+
+def test_silent_frames_follow_the_declared_photometric() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 60)).save(buffer, "JPEG")
+    jfif = buffer.getvalue()
+    assert frame_colour(jfif) == "YBR"
+    assert copyable_jpeg(jfif, declared_rgb=True) == jfif  # its marker wins
+    # The same stream without its JFIF marker says nothing about its colours.
+    length = int.from_bytes(jfif[4:6], "big")
+    silent = jfif[:2] + jfif[4 + length :]
+    assert frame_colour(silent) is None
+    assert copyable_jpeg(silent, declared_rgb=False) == silent
+    flagged = copyable_jpeg(silent, declared_rgb=True)
+    assert frame_colour(flagged) == "RGB"
+    with pytest.raises(ValueError):
+        frame_colour(b"not a jpeg")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["highdicom-sm_image_jpegls/sm_image_jpegls.dcm", "highdicom-sm_image/sm_image.dcm"],
+)
+def test_jpeg_ls_opens_and_matches_the_uncompressed_copy(name: str) -> None:
+    corpus = require_corpus() / "dicom"
+    with open_slide(corpus / name) as source:
+        assert source.info.backend == "dicom" and source.info.icc_profile is not None
+        pixels = source.read_region(0, Region(0, 0, 50, 50))
+    with open_slide(corpus / "highdicom-sm_image/sm_image.dcm") as raw:
+        assert np.array_equal(pixels, raw.read_region(0, Region(0, 0, 50, 50)))  # lossless
+
+
+def test_openslide_refusals_fail_with_the_precise_reason() -> None:
+    corpus = require_corpus() / "dicom"
+    with pytest.raises(UnsupportedFeature, match=r"small_dicom.dcm: lacks Image Type \(0008"):
+        open_slide(corpus / "pathml-small_dicom/small_dicom.dcm")
+    with pytest.raises(UnsupportedFeature, match=r"test_wsi.dcm: .*no pyramid level.*label"):
+        open_slide(corpus / "google-test_wsi")
+
+
+def test_the_thumbnail_instance_is_an_associated_image() -> None:
+    with open_slide(require_corpus() / "dicom/openslide-python-boxes/boxes_1.dcm") as source:
+        assert source.info.associated == ("thumbnail",)
+        assert source.info.objective_power == 20
+        thumbnail = source.read_associated("thumbnail")
+        assert thumbnail.shape == (16, 16, 3)
+        with pytest.raises(KeyError):
+            source.read_associated("label")
+
+
+def _copy_series(to: Path, names: list[str]) -> Path:
+    to.mkdir()
+    for name in names:
+        shutil.copy(_series() / name, to / name)
+    return to
+
+
+def test_a_folder_with_two_series_names_the_file(tmp_path: Path) -> None:
+    folder = _copy_series(tmp_path / "mixed", ["level-9-frames-0-1.dcm"])
+    shutil.copy(require_corpus() / "dicom/w2d-jpeg/jpeg.dicom", folder / "other.dcm")
+    with pytest.raises(UnsupportedFeature, match=r"^other.dcm: belongs to another DICOM series"):
+        open_slide(folder)
+    with open_slide(folder / "other.dcm") as source:  # a file opens its own series
+        assert isinstance(source, DicomSource)
+        assert source.files == (folder / "other.dcm",)
+
+
+def test_conflicting_geometry_names_the_file(tmp_path: Path) -> None:
+    folder = _copy_series(tmp_path / "bad", ["level-8-frames-0-1.dcm", "level-9-frames-0-1.dcm"])
+    ds = pydicom.dcmread(folder / "level-9-frames-0-1.dcm")
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [0.9, 0.9]
+    ds.save_as(folder / "level-9-frames-0-1.dcm")
+    with pytest.raises(CorruptSlide, match=r"^level-9-frames-0-1.dcm: .*conflicting geometry"):
+        open_slide(folder)
+
+
+def test_check_series_refuses_levels_larger_than_level_0() -> None:
+    def instance(name: str, size: tuple[int, int], spacing: float) -> Instance:
+        return Instance(Path(name), "1.2.3", "VOLUME", Size(*size), Size(256, 256), (spacing,) * 2)
+
+    check_series([instance("a", (1000, 800), 0.001), instance("b", (500, 400), 0.002)])
+    with pytest.raises(CorruptSlide, match=r"^c: level 1200x500 is wider"):
+        check_series([instance("a", (1000, 800), 0.001), instance("c", (1200, 500), 0.001)])
+
+
+def test_sources_library_lists_the_series_once(tmp_path: Path) -> None:
+    corpus = require_corpus()
+    shutil.copytree(_series(), tmp_path / "series")
+    shutil.copy(corpus / "dicom/w2d-jpeg/jpeg.dicom", tmp_path / "series" / "other.dcm")
+    shutil.copy(corpus / SVS, tmp_path / "slide.svs")
+    library = SlideLibrary(tmp_path, sources=True, keyring=None)
+    ids = library.slide_ids()
+    assert len(ids) == 3  # the 12-file series, the other series in its folder, the SVS
+    assert SlideLibrary(tmp_path, sources=True, keyring=None).slide_ids() == ids  # stable
+    sizes = sorted(tuple(library.get(i).levels[0]) for i in ids)
+    assert sizes == [(957, 715), (2220, 2967), (2220, 2967)]
+
+
+def test_a_convert_of_the_series_round_trips(tmp_path: Path) -> None:
+    out = str(tmp_path / "stores")
+    options = ConvertOptions()
+    result = convert_file(_series(), out, options, keyring=None)
+    assert not isinstance(result, str)
+    assert result.chunks["copied"] > 0  # the frames, copied in their true colours
+    # The same series named by any of its files is the same slide, already converted.
+    again = convert_file(_series() / "level-3-frames-0-1.dcm", out, options, keyring=None)
+    assert again == result.slide_id
+    reader = open_reader(result.store)
+    region = Region(700, 900, 400, 300)
+    with open_slide(_series()) as source:
+        diff = _mean_abs_diff(reader.read_region(0, region), source.read_region(0, region))
+    assert diff.max() < 1.0
+    # The fingerprint is of the content: the series copied under other names is the same.
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for i, path in enumerate(sorted(_series().iterdir())):
+        shutil.copy(path, renamed / f"{i:02d}.dcm")
+    assert convert_file(renamed, out, options, keyring=None) == result.slide_id
+    with open_slide(renamed) as copy:
+        assert isinstance(copy, DicomSource)
+        assert source_fingerprint(copy) != fingerprint(copy.files[0])
+
+
+def test_a_non_dicom_folder_is_not_a_slide(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a slide")
+    with pytest.raises(UnsupportedFormat, match="not a regular file"):
+        open_slide(tmp_path)
