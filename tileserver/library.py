@@ -14,12 +14,13 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tileserver.errors import SlideError, SlideNotFound
+from tileserver.errors import RegionError, SlideError, SlideNotFound
 from tileserver.geometry import Region, Size
 from tileserver.protocols.display import SlideDisplay, layout_display, source_display
 from tileserver.render.encode import decode, resize
@@ -60,7 +61,21 @@ class Pyramid(Protocol):
 
     async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None: ...
 
-    def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray: ...
+    def read_chunk(self, level: int, t_col: int, t_row: int, z: int = 0) -> np.ndarray:
+        """(tile, tile, 3) uint8 RGB pixels of plane ``z``: RGB slides only."""
+        ...
+
+    def read_channel_chunk(
+        self, level: int, t_col: int, t_row: int, c: int, z: int = 0
+    ) -> np.ndarray:
+        """(tile, tile) samples of channel ``c``, plane ``z``: channel slides only."""
+        ...
+
+    def read_channels(
+        self, level: int, l_region: Region, channels: Sequence[int], z: int = 0
+    ) -> np.ndarray:
+        """(h, w, len(channels)) samples of a region in level pixels: channel slides only."""
+        ...
 
     def read_associated(self, name: str) -> np.ndarray: ...
 
@@ -93,8 +108,18 @@ class StorePyramid:
     async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None:
         return await self.reader.chunk_bytes_async(level, t_col, t_row)
 
-    def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
-        return self.reader.read_chunk(level, t_col, t_row)
+    def read_chunk(self, level: int, t_col: int, t_row: int, z: int = 0) -> np.ndarray:
+        return self.reader.read_chunk(level, t_col, t_row, z)
+
+    def read_channel_chunk(
+        self, level: int, t_col: int, t_row: int, c: int, z: int = 0
+    ) -> np.ndarray:
+        return self.reader.read_channel_chunk(level, t_col, t_row, c, z)
+
+    def read_channels(
+        self, level: int, l_region: Region, channels: Sequence[int], z: int = 0
+    ) -> np.ndarray:
+        return self.reader.read_channels(level, l_region, channels, z)
 
     def read_associated(self, name: str) -> np.ndarray:
         data = (
@@ -141,15 +166,44 @@ class SourcePyramid:
     async def chunk_bytes_async(self, level: int, t_col: int, t_row: int) -> bytes | None:
         raise NotImplementedError("slide files have no stored chunks")
 
-    def read_chunk(self, level: int, t_col: int, t_row: int) -> np.ndarray:
-        downsample = 2**level
-        size = self.levels[level]
-        l_region = Region(t_col * self.tile, t_row * self.tile, self.tile, self.tile)
-        inside = l_region.intersect(size)
+    def read_chunk(self, level: int, t_col: int, t_row: int, z: int = 0) -> np.ndarray:
         out = np.full((self.tile, self.tile, 3), FILL_VALUE, np.uint8)
+        l_region = Region(t_col * self.tile, t_row * self.tile, self.tile, self.tile)
+        return self._render(level, l_region, out, lambda s, r: self.source.read_region(s, r, z))
+
+    def read_channel_chunk(
+        self, level: int, t_col: int, t_row: int, c: int, z: int = 0
+    ) -> np.ndarray:
+        l_region = Region(t_col * self.tile, t_row * self.tile, self.tile, self.tile)
+        return self.read_channels(level, l_region, [c], z)[:, :, 0]
+
+    def read_channels(
+        self, level: int, l_region: Region, channels: Sequence[int], z: int = 0
+    ) -> np.ndarray:
+        picked = list(channels)
+        count = len(self.source.info.channels)
+        if not picked or any(not 0 <= c < count for c in picked):
+            raise RegionError(f"{self.slide_id}: channels {picked} outside 0..{count - 1}")
+        out = np.zeros((l_region.height, l_region.width, len(picked)), self.source.info.dtype)
+
+        def read(src: int, region: Region) -> np.ndarray:
+            return self.source.read_channels(src, region, z)[:, :, picked]
+
+        return self._render(level, l_region, out, read)
+
+    def _render(
+        self,
+        level: int,
+        l_region: Region,
+        out: np.ndarray,
+        read: Callable[[int, Region], np.ndarray],
+    ) -> np.ndarray:
+        """Fill ``out`` (the region's background) with the part inside the level, read from
+        the finest file level that is not finer than needed, then resized exactly."""
+        downsample = 2**level
+        inside = l_region.intersect(self.levels[level])
         if inside.width == 0 or inside.height == 0:
             return out
-        # The finest file level that is not finer than needed, then an exact resize.
         src_levels = self.source.info.levels
         src = max(
             (i for i, lv in enumerate(src_levels) if lv.downsample <= downsample + 1e-6),
@@ -160,8 +214,15 @@ class SourcePyramid:
         y0 = math.floor(inside.y * downsample / ds)
         x1 = math.ceil((inside.x + inside.width) * downsample / ds)
         y1 = math.ceil((inside.y + inside.height) * downsample / ds)
-        pixels = self.source.read_region(src, Region(x0, y0, x1 - x0, y1 - y0))
-        out[: inside.height, : inside.width] = resize(pixels, Size(inside.width, inside.height))
+        pixels = read(src, Region(x0, y0, x1 - x0, y1 - y0))
+        size = Size(inside.width, inside.height)
+        x, y = inside.x - l_region.x, inside.y - l_region.y
+        target = out[y : y + inside.height, x : x + inside.width]
+        if out.dtype == np.uint8 and out.shape[2] == 3:
+            target[...] = resize(pixels, size)
+        else:  # Pillow resizes one 8- or 16-bit channel at a time
+            for i in range(out.shape[2]):
+                target[:, :, i] = resize(np.ascontiguousarray(pixels[:, :, i]), size)
         return out
 
     def read_associated(self, name: str) -> np.ndarray:

@@ -246,3 +246,92 @@ def test_is_uniform_near_boundary(
     want = abs(int(tile[y, x, k]) - value) <= tolerance
     assert kernels.is_uniform(tile, value, tolerance) is want
     assert reference.is_uniform(tile, value, tolerance) is want
+
+
+# -- 16-bit and many-channel samples (fluorescence) ---------------------------------------------
+
+wide_channels = st.integers(min_value=1, max_value=9)
+sample_dtypes = st.sampled_from([np.uint8, np.uint16])
+
+
+@st.composite
+def channel_images(draw: st.DrawFn) -> np.ndarray:
+    """uint8 or uint16 samples, 1..9 channels, odd and even edges, biased to the extremes."""
+    dtype = draw(sample_dtypes)
+    top = int(np.iinfo(dtype).max)
+    shape = (draw(dims), draw(dims), draw(wide_channels))
+    values = st.one_of(st.integers(0, top), st.sampled_from([0, 1, top - 1, top]))
+    return draw(arrays(dtype, shape, elements=values))
+
+
+def _out_like(src: np.ndarray) -> np.ndarray:
+    h, w, c = src.shape
+    return np.zeros(((h + 1) // 2, (w + 1) // 2, c), dtype=src.dtype)
+
+
+@PROPERTY
+@given(src=channel_images(), view=st.booleans())
+def test_kernel_matches_reference_for_channels(src: np.ndarray, view: bool) -> None:
+    if view:  # a channel band cut out of a wider one: strided in every axis
+        big = np.zeros((src.shape[0], src.shape[1] * 2, src.shape[2] + 1), src.dtype)
+        big[:, ::2, 1:] = src
+        src = big[:, ::2, 1:]
+    got, want = _out_like(src), _out_like(src)
+    kernels.downsample_2x(src, got)
+    reference.downsample_2x(np.ascontiguousarray(src), want)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("fn", DOWNSAMPLERS, ids=lambda f: f"{f.__module__}.{f.__name__}")
+def test_uint16_hand_checked(fn: Downsample) -> None:
+    src = np.array([[65535, 65535, 1], [65535, 65535, 2], [0, 3, 40000]], np.uint16)[
+        :, :, None
+    ].repeat(5, axis=2)
+    src[:, :, 4] = 0
+    out = np.zeros((2, 2, 5), np.uint16)
+    fn(src, out)
+    # Full block of 65535 stays 65535 (no uint16 overflow); (1+2+1)//2 = 2; (0+3+1)//2 = 2.
+    np.testing.assert_array_equal(out[:, :, 0], [[65535, 2], [2, 40000]])
+    assert not out[:, :, 4].any()
+
+
+@pytest.mark.parametrize("fn", DOWNSAMPLERS, ids=lambda f: f"{f.__module__}.{f.__name__}")
+def test_uint16_needs_a_uint16_out(fn: Downsample) -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        fn(np.zeros((4, 4, 8), np.uint16), np.zeros((2, 2, 8), np.uint8))
+    with pytest.raises(ValueError, match="dtype"):
+        fn(np.zeros((4, 4, 8), np.int16), np.zeros((2, 2, 8), np.int16))
+
+
+HISTOGRAMS = [kernels.histogram, reference.histogram]
+
+
+@PROPERTY
+@given(samples=channel_images(), view=st.booleans())
+def test_histogram_matches_reference(samples: np.ndarray, view: bool) -> None:
+    if view:
+        samples = samples[::2, 1:]
+    bins = 1 << (8 * samples.dtype.itemsize)
+    got = np.ones((samples.shape[2], bins), np.int64)  # counts accumulate onto what is there
+    want = got.copy()
+    kernels.histogram(samples, got)
+    reference.histogram(np.ascontiguousarray(samples), want)
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() == want.shape[0] * bins + samples.size
+
+
+@pytest.mark.parametrize("fn", HISTOGRAMS, ids=lambda f: f"{f.__module__}.{f.__name__}")
+def test_histogram_hand_checked_and_bad_arguments(
+    fn: Callable[[np.ndarray, np.ndarray], None],
+) -> None:
+    samples = np.array([[[0, 65535], [7, 7]], [[7, 0], [65535, 1]]], np.uint16)
+    counts = np.zeros((2, 65536), np.int64)
+    fn(samples, counts)
+    assert counts[0, 0] == 1 and counts[0, 7] == 2 and counts[0, 65535] == 1
+    assert counts[1, 65535] == 1 and counts[1, 7] == 1 and counts[1, 0] == 1 and counts[1, 1] == 1
+    with pytest.raises(ValueError, match="shape"):
+        fn(samples, np.zeros((2, 256), np.int64))
+    with pytest.raises(ValueError, match="int64"):
+        fn(samples, np.zeros((2, 65536), np.int32))
+    with pytest.raises(ValueError, match="dtype"):
+        fn(samples.astype(np.float32), counts)

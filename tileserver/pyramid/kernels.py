@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from tileserver.pyramid.contracts import check_downsample_args, check_image
+from tileserver.pyramid.contracts import check_downsample_args, check_histogram_args, check_image
 
-__all__ = ["composite_kernel", "downsample_2x", "is_uniform"]
+__all__ = ["composite_kernel", "downsample_2x", "histogram", "is_uniform"]
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -98,13 +98,63 @@ def _is_uniform_3d(tile: np.ndarray, lo: int, hi: int) -> bool:
 def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
     """Write the 2x2 area mean of ``src`` into ``out``, rounding half up.
 
-    ``src`` is ``uint8[h, w, c]`` and ``out`` must be ``uint8[(h+1)//2, (w+1)//2, c]``; both may
-    be non-contiguous views. Each output sample is ``(a+b+c+d+2)//4``; on an odd last column or
-    row it is the rounded mean of the 2 remaining pixels, and a lone corner pixel is copied.
+    ``src`` is ``uint8[h, w, c]`` or ``uint16[h, w, c]`` (any number of channels) and ``out``
+    must be ``[(h+1)//2, (w+1)//2, c]`` of the same dtype; both may be non-contiguous views.
+    Each output sample is ``(a+b+c+d+2)//4``; on an odd last column or row it is the rounded
+    mean of the 2 remaining pixels, and a lone corner pixel is copied.
     Raises ValueError when the shapes or dtypes do not match.
     """
     src, out = check_downsample_args(src, out)
-    _downsample_2x_serial(src, out)
+    if src.dtype == np.uint8:
+        _downsample_2x_serial(src, out)
+    else:
+        _downsample_2x_wide(src, out)
+
+
+# -- 16-bit and channel samples (fluorescence) ------------------------------------------------
+# A kernel of its own rather than a generic one: the uint8 RGB kernel above is the converter's
+# hot path and stays exactly as it is.
+
+
+@njit(nogil=True, cache=True)
+def _downsample_2x_wide(src: np.ndarray, out: np.ndarray) -> None:
+    """``_downsample_2x_serial`` for uint16 samples (same edge rules; uint32 sums)."""
+    h, w, c = src.shape
+    full = w // 2
+    for oy in range(out.shape[0]):
+        y0 = 2 * oy
+        y1 = min(y0 + 1, h - 1)
+        for ox in range(full):
+            x0 = 2 * ox
+            for k in range(c):
+                s = (
+                    np.uint32(src[y0, x0, k])
+                    + np.uint32(src[y0, x0 + 1, k])
+                    + np.uint32(src[y1, x0, k])
+                    + np.uint32(src[y1, x0 + 1, k])
+                )
+                out[oy, ox, k] = np.uint16((s + np.uint32(2)) >> np.uint32(2))
+        if w % 2:
+            x0 = w - 1
+            for k in range(c):
+                s = np.uint32(src[y0, x0, k]) + np.uint32(src[y1, x0, k])
+                out[oy, full, k] = np.uint16((s + np.uint32(1)) >> np.uint32(1))
+
+
+@njit(nogil=True, cache=True)
+def _histogram(samples: np.ndarray, counts: np.ndarray) -> None:
+    h, w, c = samples.shape
+    for y in range(h):
+        for x in range(w):
+            for k in range(c):
+                counts[k, samples[y, x, k]] += 1
+
+
+def histogram(samples: np.ndarray, counts: np.ndarray) -> None:
+    """Add the samples of each channel of ``samples`` (h, w, c; uint8 or uint16, any view)
+    to ``counts`` (c, 256 or 65536; int64): one pass, no copy, for display windows."""
+    samples, counts = check_histogram_args(samples, counts)
+    _histogram(samples, counts)
 
 
 def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tileserver.pyramid.contracts import check_downsample_args, check_image
+from tileserver.pyramid.contracts import check_downsample_args, check_histogram_args, check_image
 
-__all__ = ["downsample_2x", "is_uniform"]
+__all__ = ["downsample_2x", "histogram", "is_uniform"]
 
 
 def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
@@ -20,19 +20,20 @@ def downsample_2x(src: np.ndarray, out: np.ndarray) -> None:
     h, w, c = src.shape
     he, we = h - h % 2, w - w % 2
     hf, wf = he // 2, we // 2
-    # uint16 holds the largest sum, 4 * 255 + 2 = 1022, without overflow.
-    s = src.astype(np.uint16)
+    # A type twice as wide holds the largest sum (4 * 255 + 2; 4 * 65535 + 2) without overflow.
+    wide = np.uint16 if src.dtype == np.uint8 else np.uint32
+    s = src.astype(wide)
 
     # Full 2x2 blocks: (a + b + c + d + 2) // 4.
-    blocks = s[:he, :we].reshape(hf, 2, wf, 2, c).sum(axis=(1, 3), dtype=np.uint16)
+    blocks = s[:he, :we].reshape(hf, 2, wf, 2, c).sum(axis=(1, 3), dtype=wide)
     out[:hf, :wf] = (blocks + 2) // 4
     if w % 2:
         # Odd last column: mean of the 2 vertical pixels.
-        col = s[:he, w - 1].reshape(hf, 2, c).sum(axis=1, dtype=np.uint16)
+        col = s[:he, w - 1].reshape(hf, 2, c).sum(axis=1, dtype=wide)
         out[:hf, wf] = (col + 1) // 2
     if h % 2:
         # Odd last row: mean of the 2 horizontal pixels.
-        row = s[h - 1, :we].reshape(wf, 2, c).sum(axis=1, dtype=np.uint16)
+        row = s[h - 1, :we].reshape(wf, 2, c).sum(axis=1, dtype=wide)
         out[hf, :wf] = (row + 1) // 2
     if h % 2 and w % 2:
         # Lone corner pixel is copied.
@@ -45,3 +46,10 @@ def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     return bool(np.all(np.abs(tile.astype(np.int64) - int(value)) <= tolerance))
+
+
+def histogram(samples: np.ndarray, counts: np.ndarray) -> None:
+    """Add each channel's sample counts to ``counts`` (see the kernel)."""
+    samples, counts = check_histogram_args(samples, counts)
+    for k in range(samples.shape[2]):
+        counts[k] += np.bincount(samples[:, :, k].ravel(), minlength=counts.shape[1])
