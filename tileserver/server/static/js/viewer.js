@@ -535,6 +535,7 @@
     buildPresets();
     facts(info);
     startViewer(TS.dziSource(await dziPromise, slideId)); // no second fetch of the DZI
+    if (typeof TSChannels !== "undefined") TSChannels.attach(viewer, info); // channels.js
     loadLabel(info);
     wireCase((await casesPromise || {}).cases);
   }

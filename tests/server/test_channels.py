@@ -1,0 +1,196 @@
+"""Channel (fluorescence) and z-stack slides over the real server (issue 15): composite tiles
+with the channel parameters on DeepZoom and REST, IIIF's default composite, describe's
+channels and planes, 400s naming the parameter. Stores are written through the real writer
+(tests/channel_stores.py) and served over HTTPS with authentication off."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.channel_stores import level_samples, write_store
+from tests.server.conftest import Server, run_server
+from tileserver.render.composite import composite_reference
+from tileserver.security.keys import KeyRing
+from tileserver.slide_ids import new_slide_id
+from tileserver.store.layout import ChannelInfo
+
+TILE = 128
+INFO = (
+    ChannelInfo("DAPI", "0000FF", 461.0, (100.0, 3000.0)),
+    ChannelInfo("FITC", "00FF00", 519.0, (0.0, 5000.0), active=False),
+    ChannelInfo("Cy3", "FFFF00", 570.0, (200.0, 60000.0)),
+    ChannelInfo("Cy5", "FF0000", 670.0, (0.0, 65535.0), active=False),
+)
+
+
+@dataclass
+class Site:
+    server: Server
+    fluor: str
+    stack: str
+    samples: np.ndarray  # the fluorescence slide's (C, Z, h, w)
+    rgb: np.ndarray  # the RGB z-stack's (3, Z, h, w)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    root = tmp_path_factory.mktemp("channels")
+    home = root / "home"
+    keyring = KeyRing(home)
+    keyring.initialise()
+    out = root / "stores"
+    rng = np.random.default_rng(15)
+    samples = rng.integers(0, 65535, (4, 3, 300, 400), dtype=np.uint16, endpoint=True)
+    samples[:, :, :TILE, :TILE] = 0  # a dark corner: never written, served as background
+    fluor, stack = new_slide_id(), new_slide_id()
+    write_store(
+        out,
+        fluor,
+        samples,
+        tile=TILE,
+        channels=INFO,
+        plane_offsets=(-2.0, 0.0, 2.0),
+        default_plane=1,
+        keyring=keyring,
+    )
+    rgb = rng.integers(0, 255, (3, 2, 200, 260), dtype=np.uint8, endpoint=True)
+    write_store(out, stack, rgb, tile=TILE, plane_offsets=(0.0, 1.5), keyring=keyring)
+    with run_server(out, home, "--no-auth", secure=True) as server:
+        yield Site(server, fluor, stack, samples, rgb)
+
+
+def pixels(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def composite_of(
+    site: Site,
+    region: tuple[int, int, int, int],
+    channels: list[int],
+    z: int,
+    colors: list[tuple[int, int, int]],
+    windows: list[tuple[float, float]],
+    level: int = 0,
+) -> np.ndarray:
+    x, y, w, h = region
+    cut = level_samples(site.samples, level)[channels, z, y : y + h, x : x + w]
+    return composite_reference(np.moveaxis(cut, 0, -1), colors, windows)
+
+
+def test_describe_lists_channels_and_planes(site: Site) -> None:
+    doc = site.server.get(f"/api/slides/{site.fluor}").json()
+    assert doc["kind"] == "channels" and doc["dtype"] == "uint16"
+    assert [c["name"] for c in doc["channels"]] == ["DAPI", "FITC", "Cy3", "Cy5"]
+    assert doc["channels"][2] == {
+        "index": 2,
+        "name": "Cy3",
+        "color": "ffff00",
+        "emission_nm": 570.0,
+        "window": [200.0, 60000.0],
+        "active": True,
+    }
+    assert doc["planes"] == [-2.0, 0.0, 2.0] and doc["default_plane"] == 1
+    stack = site.server.get(f"/api/slides/{site.stack}").json()
+    assert stack["kind"] == "rgb" and stack["channels"] == [] and stack["planes"] == [0.0, 1.5]
+
+
+def test_deepzoom_default_and_chosen_composites(site: Site) -> None:
+    # DeepZoom level 9 of a 400x300 slide is store level 0; tile (1, 1) is x, y 128..255.
+    base = f"/deepzoom/{site.fluor}_files/9/1_1.png"
+    reply = site.server.get(base)
+    assert reply.status == 200 and reply.headers["content-type"] == "image/png"
+    want = composite_of(
+        site,
+        (128, 128, 128, 128),
+        [0, 2],
+        1,
+        [(0, 0, 255), (255, 255, 0)],
+        [(100.0, 3000.0), (200.0, 60000.0)],
+    )
+    np.testing.assert_array_equal(pixels(reply.body), want)
+    chosen = site.server.get(f"{base}?channels=3,1&colors=ff00ff,00ffff&windows=0-40000,10-900&z=2")
+    want = composite_of(
+        site,
+        (128, 128, 128, 128),
+        [3, 1],
+        2,
+        [(255, 0, 255), (0, 255, 255)],
+        [(0.0, 40000.0), (10.0, 900.0)],
+    )
+    np.testing.assert_array_equal(pixels(chosen.body), want)
+    assert chosen.headers["etag"] != reply.headers["etag"]
+    # The dark corner was never stored: background is black, not white.
+    corner = site.server.get(f"/deepzoom/{site.fluor}_files/9/0_0.png")
+    assert corner.status == 200 and not pixels(corner.body).any()
+
+
+def test_rest_region_and_thumbnail(site: Site) -> None:
+    url = f"/api/slides/{site.fluor}/region?x=130&y=140&width=90&height=60&format=png"
+    reply = site.server.get(f"{url}&channels=1&colors=00ff00&windows=0-5000&z=0")
+    assert reply.status == 200
+    want = composite_of(site, (130, 140, 90, 60), [1], 0, [(0, 255, 0)], [(0.0, 5000.0)])
+    np.testing.assert_array_equal(pixels(reply.body), want)
+    thumb = site.server.get(f"/api/slides/{site.fluor}/thumbnail?max=200&format=png&channels=0")
+    got = pixels(thumb.body)
+    assert got.shape == (150, 200, 3)
+    assert got[..., :2].max() == 0 and got[..., 2].max() > 0  # DAPI in blue only
+
+
+def test_iiif_serves_the_default_composite(site: Site) -> None:
+    reply = site.server.get(f"/iiif/3/{site.fluor}/128,128,128,128/max/0/default.png")
+    assert reply.status == 200
+    want = composite_of(
+        site,
+        (128, 128, 128, 128),
+        [0, 2],
+        1,
+        [(0, 0, 255), (255, 255, 0)],
+        [(100.0, 3000.0), (200.0, 60000.0)],
+    )
+    np.testing.assert_array_equal(pixels(reply.body), want)
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ("channels=4", "channels"),
+        ("channels=0,0", "channels"),
+        ("channels=x", "channels"),
+        ("colors=00ff00", "colors"),  # one colour for the two default channels
+        ("colors=00ff00,nothex", "colors"),
+        ("windows=5-1,0-10", "windows"),
+        ("windows=0-70000,0-10", "windows"),
+        ("z=3", "z"),
+        ("z=-1", "z"),
+    ],
+)
+def test_bad_parameters_are_400_naming_them(site: Site, query: str, name: str) -> None:
+    for url in (
+        f"/deepzoom/{site.fluor}_files/9/1_1.jpeg?{query}",
+        f"/api/slides/{site.fluor}/thumbnail?max=64&{query}",
+        f"/api/slides/{site.fluor}/region?x=0&y=0&width=10&height=10&{query}",
+    ):
+        reply = site.server.get(url)
+        assert reply.status == 400, (url, reply.body)
+        assert f"'{name}'" in reply.json()["error"], reply.json()
+
+
+def test_rgb_z_stack_takes_z_only(site: Site) -> None:
+    for z in (0, 1):
+        reply = site.server.get(f"/deepzoom/{site.stack}_files/9/1_0.png?z={z}")
+        assert reply.status == 200
+        np.testing.assert_array_equal(
+            pixels(reply.body), np.moveaxis(site.rgb[:, z, :128, 128:256], 0, -1)
+        )
+    default = site.server.get(f"/deepzoom/{site.stack}_files/9/1_0.png")
+    np.testing.assert_array_equal(
+        pixels(default.body), np.moveaxis(site.rgb[:, 0, :128, 128:256], 0, -1)
+    )
+    bad = site.server.get(f"/deepzoom/{site.stack}_files/9/1_0.png?channels=0")
+    assert bad.status == 400 and "'channels'" in bad.json()["error"]

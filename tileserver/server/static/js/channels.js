@@ -1,0 +1,230 @@
+/* Channels panel for fluorescence / multiplex slides and focal planes (issues 15 and 17):
+   per channel a visibility toggle, a colour and a display window (start and end sliders in
+   the slide's sample values); for a slide with several focal planes, a plane slider. Each
+   change rebuilds the DeepZoom tile URLs with the server's display parameters
+   (channels=, colors=, windows=, z=: protocols/display.py) and reloads the tiles; the
+   server composites the chosen channels. The defaults are the slide's stored display
+   settings (REST describe: channels[].active/color/window, default_plane).
+
+   viewer.js calls TSChannels.attach(viewer, info) once the viewer exists; for an RGB slide
+   with one plane it does nothing. No inline styles or scripts (the CSP refuses them). */
+"use strict";
+
+const TSChannels = (() => {
+  const $ = (id) => document.getElementById(id);
+  const APPLY_DELAY_MS = 150; // a slider's drag settles before the tiles are asked for again
+  const state = new WeakMap(); // viewer -> {info, channels: [{on, color, start, end}], z}
+
+  /** The query string (with "?") for ``s``: the whole display, so tile URLs name it. */
+  function query(s) {
+    const params = new URLSearchParams();
+    if (s.channels.length) {
+      const on = s.channels.map((c, i) => ({ ...c, i })).filter((c) => c.on);
+      params.set("channels", on.map((c) => c.i).join(","));
+      params.set("colors", on.map((c) => c.color.replace("#", "")).join(","));
+      params.set("windows", on.map((c) => `${c.start}-${c.end}`).join(","));
+    }
+    if (s.planes > 1) params.set("z", String(s.z));
+    return "?" + params.toString().replaceAll("%2C", ",");
+  }
+
+  /** Tiles of every item showing this source (the slide and its overview map) are dropped and
+      asked for again under the new URLs: the tile matrix is rebuilt so each tile gets its URL
+      from the source again (OpenSeadragon keeps a tile's URL from when it was made). */
+  function reload(viewer, s) {
+    const items = [];
+    for (const world of [viewer.world, viewer.navigator && viewer.navigator.world]) {
+      if (!world) continue;
+      for (let i = 0; i < world.getItemCount(); i++) items.push(world.getItemAt(i));
+    }
+    const extra = query(s);
+    for (const item of items) {
+      const source = item.source;
+      if (source.baseQuery === undefined) source.baseQuery = source.queryParams || "";
+      const base = String(source.baseQuery);
+      source.queryParams = base ? `${base}&${extra.slice(1)}` : extra;
+      item.reset();
+      item.tilesMatrix = {};
+    }
+    document.body.dataset.channelQuery = extra;
+    viewer.forceRedraw();
+  }
+
+  function hex(color) {
+    return "#" + String(color || "ffffff").toLowerCase();
+  }
+
+  function initial(info) {
+    const channels = (info.channels || []).map((c) => ({
+      name: c.name,
+      on: Boolean(c.active),
+      color: hex(c.color),
+      start: Math.round(c.window[0]),
+      end: Math.round(c.window[1]),
+    }));
+    if (channels.length && !channels.some((c) => c.on)) channels[0].on = true;
+    const planes = (info.planes || []).length;
+    return {
+      channels,
+      planes,
+      offsets: info.planes || [],
+      z: info.default_plane || 0,
+      max: info.dtype === "uint16" ? 65535 : 255,
+    };
+  }
+
+  // -- the panel ---------------------------------------------------------------------------
+  function field(label, input, output) {
+    const node = TS.el("label", {}, [label, " "]);
+    if (output) node.append(output);
+    node.append(input);
+    return node;
+  }
+
+  function channelRow(viewer, s, channel, index, schedule) {
+    const row = TS.el("fieldset", { class: "channel", "data-channel": String(index) });
+    const visible = TS.el("input", {
+      type: "checkbox",
+      id: `channel-${index}-on`,
+      "aria-label": `Show ${channel.name}`,
+    });
+    visible.checked = channel.on;
+    const color = TS.el("input", {
+      type: "color",
+      id: `channel-${index}-color`,
+      "aria-label": `Colour of ${channel.name}`,
+    });
+    color.value = channel.color;
+    const legend = TS.el("legend", {}, [visible, " ", channel.name, " ", color]);
+    const startOut = TS.el("output", { id: `channel-${index}-start-value` });
+    const endOut = TS.el("output", { id: `channel-${index}-end-value` });
+    const range = { type: "range", min: "0", max: String(s.max), step: "1" };
+    const start = TS.el("input", { ...range, id: `channel-${index}-start` });
+    const end = TS.el("input", { ...range, id: `channel-${index}-end` });
+    const show = () => {
+      start.value = String(channel.start);
+      end.value = String(channel.end);
+      startOut.textContent = String(channel.start);
+      endOut.textContent = String(channel.end);
+      row.classList.toggle("off", !channel.on);
+    };
+    show();
+    visible.addEventListener("change", () => {
+      // At least one channel stays on: the server composites a non-empty set.
+      if (!visible.checked && s.channels.filter((c) => c.on).length === 1) {
+        visible.checked = true;
+        return;
+      }
+      channel.on = visible.checked;
+      show();
+      schedule();
+    });
+    color.addEventListener("input", () => {
+      channel.color = color.value;
+      schedule();
+    });
+    start.addEventListener("input", () => {
+      channel.start = Math.min(Number(start.value), channel.end - 1);
+      show();
+      schedule();
+    });
+    end.addEventListener("input", () => {
+      channel.end = Math.max(Number(end.value), channel.start + 1);
+      show();
+      schedule();
+    });
+    row.append(field("Window start", start, startOut), field("Window end", end, endOut));
+    return row;
+  }
+
+  function planeRow(s, schedule) {
+    const out = TS.el("output", { id: "channel-z-value" });
+    const input = TS.el("input", {
+      type: "range", id: "channel-z", min: "0", max: String(s.planes - 1), step: "1",
+    });
+    input.value = String(s.z);
+    const show = () => {
+      const offset = s.offsets[s.z];
+      out.textContent = `${s.z + 1} / ${s.planes}` +
+        (Number.isFinite(offset) ? ` (${offset >= 0 ? "+" : ""}${offset} µm)` : "");
+    };
+    show();
+    input.addEventListener("input", () => {
+      s.z = Number(input.value);
+      show();
+      schedule();
+    });
+    return field("Focal plane", input, out);
+  }
+
+  function buildPanel(viewer, s) {
+    let timer = null;
+    const schedule = () => {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(() => reload(viewer, s), APPLY_DELAY_MS);
+    };
+    const panel = TS.el("section", {
+      id: "channel-panel",
+      class: "side-panel hidden",
+      "aria-labelledby": "channel-title",
+    });
+    panel.append(TS.el("h2", { id: "channel-title", text: s.channels.length ? "Channels" : "Focal plane" }));
+    if (s.planes > 1) panel.append(planeRow(s, schedule));
+    s.channels.forEach((channel, index) => panel.append(channelRow(viewer, s, channel, index, schedule)));
+    const reset = TS.el("button", { type: "button", id: "channel-reset", text: "Reset" });
+    const close = TS.el("button", { type: "button", id: "channel-close", class: "ghost", text: "Close" });
+    panel.append(TS.el("div", { class: "panel-row" }, [reset, close]));
+    reset.addEventListener("click", () => {
+      const fresh = initial(s.info);
+      Object.assign(s, fresh, { info: s.info });
+      panel.replaceWith(buildPanel(viewer, s));
+      $("channel-panel").classList.remove("hidden");
+      reload(viewer, s);
+    });
+    close.addEventListener("click", () => toggle(false));
+    // Keys typed into the controls are theirs (arrows on sliders), not the viewer's shortcuts.
+    panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        toggle(false);
+        $("channel-toggle").focus();
+      }
+      event.stopPropagation();
+    });
+    return panel;
+  }
+
+  function toggle(force) {
+    const panel = $("channel-panel");
+    const show = TSAdjust.showOnly(panel, force);
+    $("channel-toggle").setAttribute("aria-pressed", String(show));
+  }
+
+  /** Shows the panel's button and panel for ``viewer`` when ``info`` (REST describe) has
+      channels or several focal planes; the tiles start at the stored defaults, which is what
+      the server gives without parameters, so nothing is reloaded until the user acts. */
+  function attach(viewer, info) {
+    const s = { ...initial(info), info };
+    if (!s.channels.length && s.planes < 2) return;
+    state.set(viewer, s);
+    const button = TS.el("button", {
+      type: "button",
+      id: "channel-toggle",
+      class: "tool",
+      "aria-pressed": "false",
+      "aria-controls": "channel-panel",
+      title: s.channels.length ? "Channels: visibility, colour, window" : "Focal plane",
+      text: s.channels.length ? "Channels" : "Focus",
+    });
+    button.addEventListener("click", () => toggle());
+    const anchor = $("adjust-toggle");
+    if (anchor) anchor.before(button);
+    else $("menu").prepend(button);
+    const panel = buildPanel(viewer, s);
+    const adjust = $("adjust-panel");
+    if (adjust) adjust.before(panel);
+    else document.querySelector("main").append(panel);
+    document.body.dataset.channels = String(s.channels.length);
+  }
+
+  return { attach, query, state };
+})();
