@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.corpus import require_corpus
 from tests.stores import open_reader
-from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
+from tileserver.errors import CorruptSlide, RegionError, UnsupportedFeature, UnsupportedFormat
 from tileserver.geometry import Region, Size
 from tileserver.library import SlideLibrary
 from tileserver.pyramid.jobs import convert_file, fingerprint, source_fingerprint
@@ -212,3 +212,26 @@ def test_a_non_dicom_folder_is_not_a_slide(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a slide")
     with pytest.raises(UnsupportedFormat, match="not a regular file"):
         open_slide(tmp_path)
+
+
+def test_focal_planes_are_exposed_and_read(tmp_path: Path) -> None:
+    # Two instances of one level at z 0 and 2 um (the second's pixels inverted): a z-stack.
+    for z, name in ((0.0, "a.dcm"), (2.0, "b.dcm")):
+        ds = pydicom.dcmread(require_corpus() / "dicom/w2d-raw/raw.dicom")
+        origin = pydicom.Dataset()
+        origin.XOffsetInSlideCoordinateSystem = 0
+        origin.YOffsetInSlideCoordinateSystem = 0
+        origin.ZOffsetInSlideCoordinateSystem = z
+        ds.TotalPixelMatrixOriginSequence = pydicom.Sequence([origin])
+        if z:
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            ds.PixelData = bytes(255 - np.frombuffer(ds.PixelData, np.uint8))
+        ds.save_as(tmp_path / name)
+    with open_slide(tmp_path) as source:
+        assert source.info.planes == (0.0, 2.0)
+        assert source.raw_tile_codec(0) is None  # copying one plane would drop the other
+        region = Region(100, 100, 50, 50)
+        first, second = source.read_region(0, region, 0), source.read_region(0, region, 1)
+        assert np.array_equal(first, 255 - second)
+        with pytest.raises(RegionError, match="plane 2 out of range"):
+            source.read_region(0, region, 2)

@@ -302,6 +302,7 @@ class _Image:
     transfer_syntax: str
     declared_rgb: bool  # PhotometricInterpretation RGB
     components: int
+    optical_path: str
     mismatch: bool  # JPEG frames' markers contradict the PhotometricInterpretation
 
 
@@ -341,6 +342,7 @@ class DicomSource(SlideSource):
             )
         volume_sizes = {i.size for i in instances if i.image_type == "VOLUME"}
         pyramid = wsi.pyramid
+        self._planes = tuple(sorted(float(z) for z in pyramid.levels[0].focal_planes))
         read_sizes = {Size(lv.size.width, lv.size.height) for lv in pyramid.levels}
         for lost in sorted(volume_sizes - read_sizes, key=lambda s: -s.pixels):
             file = next(i.path.name for i in instances if i.size == lost)
@@ -374,6 +376,7 @@ class DicomSource(SlideSource):
             objective_power=_objective_power(base_dataset),
             associated=tuple(sorted(assoc)),
             icc_profile=_icc_profile(base_dataset),
+            planes=self._planes if len(self._planes) > 1 else (),
             properties=MappingProxyType({}),
         )
         return info, levels, assoc
@@ -384,6 +387,11 @@ class DicomSource(SlideSource):
         syntax = str(data.transfer_syntax)
         photometric = str(data.photometric_interpretation)
         samples = int(data.samples_per_pixel)
+        if len(group.optical_paths) > 1:
+            raise UnsupportedFeature(
+                f"{path.name}: {where} has {len(group.optical_paths)} optical paths "
+                "(multi-channel DICOM); one is supported"
+            )
         if int(data.bits) != 8:
             raise UnsupportedFeature(
                 f"{path.name}: {where} has {int(data.bits)}-bit samples; 8-bit is supported"
@@ -396,6 +404,7 @@ class DicomSource(SlideSource):
             transfer_syntax=syntax,
             declared_rgb=photometric == "RGB",
             components=samples,
+            optical_path=str(group.optical_paths[0]),
             mismatch=False,
         )
         if syntax == JPEG_BASELINE and samples == 3:
@@ -424,12 +433,11 @@ class DicomSource(SlideSource):
                 f"{self.name}: {image.where} frame ({t_col}, {t_row}) cannot be read: {exc}"
             ) from exc
 
-    @staticmethod
-    def _plane(image: _Image, z: int) -> tuple[float, str]:
-        planes = sorted(image.group.focal_planes)
-        if not 0 <= z < len(planes):
-            raise IndexError(f"focal plane {z} out of range 0..{len(planes) - 1}")
-        return planes[z], image.group.optical_paths[0]
+    def _plane(self, image: _Image, z: int) -> tuple[float, str]:
+        """The focal plane (z offset, um) and optical path to read plane ``z`` from: the
+        image's plane nearest to level 0's ``z``-th (upper levels often hold one plane)."""
+        want = self._planes[z]
+        return min(image.group.focal_planes, key=lambda p: abs(p - want)), image.optical_path
 
     def _decode(self, image: _Image, t_col: int, t_row: int, z: int) -> np.ndarray | None:
         frame = self._frame(image, t_col, t_row, z)
@@ -485,12 +493,8 @@ class DicomSource(SlideSource):
         return out
 
     def read_region(self, level: int, l_region: Region, z: int = 0) -> np.ndarray:
-        self.check_region(level, l_region)
-        image = self._levels[level]
-        try:
-            return self._read(image, l_region, z)
-        except IndexError as exc:
-            raise CorruptSlide(f"{self.name}: {image.where}: {exc}") from exc
+        self.check_region(level, l_region, z)
+        return self._read(self._levels[level], l_region, z)
 
     def read_associated(self, name: str) -> np.ndarray:
         if name not in self._assoc:
@@ -506,7 +510,7 @@ class DicomSource(SlideSource):
     def raw_tile_codec(self, level: int) -> str | None:
         image = self._levels[level]
         copyable = image.transfer_syntax == JPEG_BASELINE and image.components == 3
-        return "jpeg" if copyable and len(image.group.focal_planes) == 1 else None
+        return "jpeg" if copyable and self.info.plane_count == 1 else None
 
     def raw_tile(self, level: int, t_col: int, t_row: int) -> RawTile | None:
         if self.raw_tile_codec(level) is None:
