@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tileserver", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="describe a slide file")
-    info.add_argument("slide", type=Path)
+    info.add_argument("slide", type=Path, help="a slide file, or a folder holding a DICOM series")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
     info.add_argument(
@@ -381,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="build a store per slide (exit status: number of slides that failed)",
     )
     convert.add_argument(
-        "slides", nargs="+", help="slide files, or s3:// URLs of single-file slides"
+        "slides",
+        nargs="+",
+        help="slide files, DICOM series (a folder or any of its files: one slide), or s3:// "
+        "URLs of single-file slides",
     )
     convert.add_argument(
         "--out", required=True, help="where the stores go: a directory, file:// or s3:// URL"
