@@ -1,4 +1,4 @@
-"""CLI: ``python -m sample_data {svs,tiff,ome-tiff} OUT --size WxH [--seed N] ...``."""
+"""CLI: ``python -m sample_data {svs,tiff,ome-tiff,scn,bif,philips} OUT --size WxH ...``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from sample_data.icc import wide_gamut_profile
 from sample_data.synthetic import write_svs, write_tiff
+from sample_data.vendors import VENDORS, write_vendor
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sample_data", description="Write a deterministic synthetic slide."
     )
-    parser.add_argument("format", choices=["svs", "tiff", "ome-tiff"])
+    parser.add_argument("format", choices=["svs", "tiff", "ome-tiff", *VENDORS])
     parser.add_argument("out", help="output file")
     parser.add_argument("--size", type=_size, required=True, metavar="WxH")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,7 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.icc:
         common["iccprofile"] = wide_gamut_profile()
     try:
-        if args.format == "svs":
+        if args.format in VENDORS:  # vendor-like files: no ICC profile, no progress bars
+            if args.icc:
+                raise ValueError(f"--icc is not available for {args.format}")
+            path = write_vendor(args.format, args.out, width, height, **common)
+        elif args.format == "svs":
             path = write_svs(args.out, width, height, progress=args.progress, **common)
         else:
             path = write_tiff(

@@ -285,3 +285,45 @@ def test_large_svs_has_bounded_memory(tmp_path: Path) -> None:
     with openslide.OpenSlide(path) as slide:
         assert slide.dimensions == (20000, 20000)
         assert slide.level_count == 4
+
+
+# --------------------------------------------------------------------------- vendor-like TIFFs
+
+
+@pytest.mark.parametrize(
+    ("fmt", "vendor", "barcode_property"),
+    [
+        ("scn", "leica", "openslide.barcode"),
+        ("bif", "ventana", "ventana.BarCode1D"),
+        ("philips", "philips", "openslide.barcode"),
+    ],
+)
+def test_vendor_files_open_in_openslide_as_that_vendor(
+    tmp_path: Path, fmt: str, vendor: str, barcode_property: str
+) -> None:
+    from sample_data.vendors import write_vendor
+
+    path = write_vendor(fmt, tmp_path / f"a.{fmt}", 1100, 600, mpp=0.5, seed=3)
+    again = write_vendor(fmt, tmp_path / f"b.{fmt}", 1100, 600, mpp=0.5, seed=3)
+    assert path.read_bytes() == again.read_bytes()  # deterministic
+    assert openslide.OpenSlide.detect_format(str(path)) == vendor
+    with openslide.OpenSlide(path) as slide:
+        assert slide.properties[openslide.PROPERTY_NAME_VENDOR] == vendor
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)
+        assert slide.properties[barcode_property] == CANARY_BARCODE
+        assert "macro" in slide.associated_images
+        w, h = slide.dimensions
+        assert w >= 1100 and h >= 600
+        assert slide.level_count >= 2
+        # the main image has tissue texture, the lowest level decodes
+        smallest = _read(slide, 0, 0, slide.level_count - 1, slide.level_dimensions[-1])
+        assert _tissue(smallest).any()
+
+
+def test_cli_writes_vendor_files(tmp_path: Path) -> None:
+    out = tmp_path / "cli.philips"
+    assert main(["philips", str(out), "--size", "600x500", "--seed", "2"]) == 0
+    assert openslide.OpenSlide.detect_format(str(out)) == "philips"
+    assert main(["scn", str(tmp_path / "x.scn"), "--size", "600x500", "--icc"]) == 2
+    # SCN's XML holds whole nanometres per pixel
+    assert main(["scn", str(tmp_path / "y.scn"), "--size", "600x500", "--mpp", "0.2505"]) == 2
