@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from sample_data import render_tile
+from sample_data.__main__ import main
 from sample_data.fluorescence import (
     PANEL,
     panel,
@@ -105,3 +106,21 @@ def test_rgb_z_stack(tmp_path: Path) -> None:
         blurred = source.read_region(0, region, 0)
         assert not np.array_equal(blurred, focused)
         assert np.array_equal(blurred, source.read_region(0, region, 2))  # symmetric defocus
+
+
+def test_cli_writes_fluorescence_and_z_stacks(tmp_path: Path) -> None:
+    out = tmp_path / "cli.ome.tif"
+    args = ["fluorescence", str(out), "--size", "200x150", "--channels", "4", "--bits", "8"]
+    assert main([*args, "--planes", "2", "--tile", "64", "--seed", "9"]) == 0
+    with open_slide(out) as source:
+        assert len(source.info.channels) == 4 and source.info.dtype == "uint8"
+        assert source.info.planes == (0.0, 1.0)
+        pixels = source.read_channels(0, Region(0, 0, 64, 64), 1)
+        expected = render_channel(3, 0, 0, 64, 64, dtype="uint8", z=1, planes=2, seed=9)
+        assert np.array_equal(pixels[:, :, 3], expected)
+    stack = tmp_path / "z.ome.tif"
+    assert main(["z-stack", str(stack), "--size", "100x80", "--planes", "5"]) == 0
+    with open_slide(stack) as source:
+        assert len(source.info.planes) == 5 and source.info.channels == ()
+    assert main(["fluorescence", str(out), "--size", "10x10", "--channels", "0"]) == 2
+    assert main(["z-stack", str(stack), "--size", "100x80", "--icc"]) == 2
