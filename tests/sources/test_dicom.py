@@ -175,12 +175,20 @@ def test_sources_library_lists_the_series_once(tmp_path: Path) -> None:
     shutil.copytree(_series(), tmp_path / "series")
     shutil.copy(corpus / "dicom/w2d-jpeg/jpeg.dicom", tmp_path / "series" / "other.dcm")
     shutil.copy(corpus / SVS, tmp_path / "slide.svs")
+    shutil.copy(corpus / "dicom/pathml-small_dicom/small_dicom.dcm", tmp_path / "bad.dcm")
     library = SlideLibrary(tmp_path, sources=True, keyring=None)
     ids = library.slide_ids()
-    assert len(ids) == 3  # the 12-file series, the other series in its folder, the SVS
+    # The 12-file series, the other series in its folder, the SVS, and the unreadable VL WSI
+    # file (listed so that opening it says why).
+    assert len(ids) == 4
     assert SlideLibrary(tmp_path, sources=True, keyring=None).slide_ids() == ids  # stable
-    sizes = sorted(tuple(library.get(i).levels[0]) for i in ids)
-    assert sizes == [(957, 715), (2220, 2967), (2220, 2967)]
+    sizes = []
+    for slide_id in ids:
+        try:
+            sizes.append(tuple(library.get(slide_id).levels[0]))
+        except UnsupportedFeature as exc:
+            assert "bad.dcm: lacks Image Type" in str(exc)
+    assert sorted(sizes) == [(957, 715), (2220, 2967), (2220, 2967)]
 
 
 def test_a_convert_of_the_series_round_trips(tmp_path: Path) -> None:

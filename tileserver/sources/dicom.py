@@ -177,13 +177,16 @@ def _instances(files: Iterable[Path], wanted: Path | None) -> list[Instance]:
 
 
 def series_uid(path: Path) -> str | None:
-    """The Series Instance UID of a VL WSI file; None for any other or unreadable file
-    (a listing must not fail on one bad file)."""
+    """The Series Instance UID of a VL WSI file, for listing; None for any other file. A VL
+    WSI file that cannot be read gets a key of its own, so that it is listed and opening it
+    says why (a listing must not fail on one bad file)."""
     if not is_dicom(path):
         return None
     try:
         return read_instance(path).series_uid
-    except (UnsupportedFormat, CorruptSlide):
+    except (UnsupportedFeature, CorruptSlide):
+        return f"unreadable:{path.name}"
+    except UnsupportedFormat:
         return None
 
 
