@@ -309,7 +309,7 @@ class SlideService:
         chunk = deepzoom.passthrough_chunk(grid, z, t_col, t_row, p.tile, len(p.levels))
         key = _keyed(("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt), p, d)
         stored = chunk is not None and p.codec == fmt and _plain(p, d)
-        mode = _icc_mode(p, d, icc, passthrough=stored)
+        mode = _icc_mode(p, d, icc, tile=True)
         key = _icc_keyed(key, mode)
         if chunk is not None and stored and mode != colour.SRGB:
             fetch = partial(self._passthrough, p, *chunk, fmt, mode)
@@ -355,7 +355,7 @@ class SlideService:
         d = parse_display({}, p.display)  # IIIF has no channel parameters: the default view
         key = _keyed(("iiif", request), p, d)
         stored = chunk is not None and p.codec == fmt and _plain(p, d)
-        mode = _icc_mode(p, d, icc, passthrough=stored)
+        mode = _icc_mode(p, d, icc, tile=stored)  # the route says "none" for grid tiles
         key = _icc_keyed(key, mode)
         if chunk is not None and stored and mode != colour.SRGB:
             fetch = partial(self._passthrough, p, *chunk, fmt, mode)
@@ -483,7 +483,7 @@ class SlideService:
     ) -> Encoded | NotModified:
         d = parse_display(display or {}, p.display)
         plan = _plan(p, l0_region, out, _sample_bytes(p, d))
-        mode = _icc_mode(p, d, icc, passthrough=False)
+        mode = _icc_mode(p, d, icc, tile=False)
         work = partial(self._render, p, plan, fmt, d, mode)
         key = _icc_keyed(_keyed(key, p, d), mode)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
@@ -647,12 +647,12 @@ def _keyed(key: tuple[Any, ...], p: Pyramid, d: Display) -> tuple[Any, ...]:
     return key if not d.channels and p.display.plane_count == 1 else (*key, d.key)
 
 
-def _icc_mode(p: Pyramid, d: Display, choice: str | None, *, passthrough: bool) -> str:
+def _icc_mode(p: Pyramid, d: Display, choice: str | None, *, tile: bool) -> str:
     """The colour choice a request gets (render/colour.py: effective). Channel composites
     are made in sRGB display colours: the slide's profile does not describe them."""
     if d.channels:
         return colour.NONE
-    return colour.effective(choice, p.icc_profile, passthrough=passthrough)
+    return colour.effective(choice, p.icc_profile, tile=tile)
 
 
 def _icc_keyed(key: tuple[Any, ...], mode: str) -> tuple[Any, ...]:

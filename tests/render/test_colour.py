@@ -77,24 +77,24 @@ def test_unreadable_profile_is_described_not_raised() -> None:
 def test_gray_profile_cannot_convert_rgb() -> None:
     gray = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
     assert not colour.profile_info(gray).usable
-    assert colour.effective("srgb", gray, passthrough=False) == "none"
+    assert colour.effective("srgb", gray, tile=False) == "none"
 
 
 @pytest.mark.parametrize(
-    ("choice", "passthrough", "expected"),
+    ("choice", "tile", "expected"),
     [
         (None, False, "srgb"),  # rendered images are converted by default
-        (None, True, "none"),  # stored tiles stay raw unless asked
+        (None, True, "none"),  # a viewer's tiles stay raw unless asked
         ("srgb", True, "srgb"),
         ("embed", True, "embed"),
         ("none", False, "none"),
         ("embed", False, "embed"),
     ],
 )
-def test_effective_choice(choice: str | None, passthrough: bool, expected: str) -> None:
-    assert colour.effective(choice, wide_gamut_profile(), passthrough=passthrough) == expected
+def test_effective_choice(choice: str | None, tile: bool, expected: str) -> None:
+    assert colour.effective(choice, wide_gamut_profile(), tile=tile) == expected
     # without a profile the pixels are sRGB already: one response whatever was asked
-    assert colour.effective(choice, None, passthrough=passthrough) == "none"
+    assert colour.effective(choice, None, tile=tile) == "none"
 
 
 def test_parse_choice() -> None:

@@ -150,15 +150,16 @@ def can_convert(profile: bytes | None) -> bool:
     return profile is not None and TRANSFORMS.get(profile) is not None
 
 
-def effective(choice: str | None, profile: bytes | None, *, passthrough: bool) -> str:
+def effective(choice: str | None, profile: bytes | None, *, tile: bool) -> str:
     """What a request gets: ``choice`` (None: the default) resolved against the slide. No
     usable profile: the pixels are taken as sRGB, so every choice is ``none`` (one cached
-    response, one ETag). Default: ``srgb`` for rendered images, ``none`` for stored tiles
-    passed through (no decode on the hot path)."""
+    response, one ETag). Default: ``srgb`` for rendered images; ``none`` for a viewer's
+    tiles (DeepZoom, IIIF grid tiles): stored ones pass through with no decode, and the
+    rendered ones beside them (edges, small levels) must match them, not be converted."""
     if profile is None:
         return NONE
     if choice is None:
-        choice = NONE if passthrough else SRGB
+        choice = NONE if tile else SRGB
     if choice == SRGB and not can_convert(profile):
         return NONE
     return choice

@@ -76,8 +76,13 @@ def routes(service: SlideService, public_url: str | None = None) -> list[web.Rou
         if request.get(PRINCIPAL) is SIGNED_URL:
             await _only_tiles(request, m["slide_id"], params)
         who = render_key(request)
+        icc = icc_param(request)
+        if icc is None:
+            parsed, p = await service.iiif_request(m["slide_id"], params)
+            if is_one_tile(parsed, p.levels[0], p.tile, len(p.levels)):
+                icc = "none"  # a viewer's tile: raw by default, as DeepZoom's (docs/colour.md)
         encoded = await service.iiif_image(
-            m["slide_id"], params, if_none_match(request), who, icc=icc_param(request)
+            m["slide_id"], params, if_none_match(request), who, icc=icc
         )
         view_tile(request, m["slide_id"], -1)
         response = image_response(encoded)
