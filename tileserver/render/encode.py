@@ -11,7 +11,6 @@ import simplejpeg
 from PIL import Image
 
 from tileserver.geometry import Size
-from tileserver.sources.base import MAX_DECODE_PIXELS
 
 # Output formats by every name a URL may use for them.
 FORMATS = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp"}
@@ -62,6 +61,11 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def _check_decode_size(width: int, height: int) -> None:
+    # Imported here: tileserver.sources (its DICOM reader) imports this module, and
+    # sources.base would run the package's __init__ first, a cycle for whoever imports
+    # render.encode before tileserver.sources.
+    from tileserver.sources.base import MAX_DECODE_PIXELS
+
     if width * height > MAX_DECODE_PIXELS:
         raise ValueError(
             f"image declares {width}x{height} pixels, over the decode cap of {MAX_DECODE_PIXELS}"
