@@ -15,7 +15,13 @@ from PIL import Image
 
 from tests.corpus import require_corpus
 from tests.stores import open_reader
-from tileserver.errors import CorruptSlide, RegionError, UnsupportedFeature, UnsupportedFormat
+from tileserver.errors import (
+    CorruptSlide,
+    RegionError,
+    SlideError,
+    UnsupportedFeature,
+    UnsupportedFormat,
+)
 from tileserver.geometry import Region, Size
 from tileserver.library import SlideLibrary
 from tileserver.pyramid.jobs import convert_file, fingerprint, source_fingerprint
@@ -243,3 +249,12 @@ def test_focal_planes_are_exposed_and_read(tmp_path: Path) -> None:
         assert np.array_equal(first, 255 - second)
         with pytest.raises(RegionError, match="plane 2 out of range"):
             source.read_region(0, region, 2)
+
+
+@pytest.mark.parametrize("keep", [200, 800, 1500, 100_000, 350_000])
+def test_a_truncated_instance_is_a_typed_error(keep: int, tmp_path: Path) -> None:
+    data = (_series() / "level-1-frames-0-9.dcm").read_bytes()[:keep]
+    (tmp_path / "cut.dcm").write_bytes(data)
+    with pytest.raises(SlideError, match=r"^cut.dcm: "), open_slide(tmp_path / "cut.dcm") as s:
+        size = s.info.levels[0].size
+        s.read_region(0, Region(0, 0, size.width, size.height))

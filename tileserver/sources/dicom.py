@@ -23,11 +23,7 @@ import numpy as np
 from wsidicom import WsiDicom  # type: ignore[import-untyped]
 from wsidicom.config import Settings  # type: ignore[import-untyped]
 from wsidicom.errors import (  # type: ignore[import-untyped]
-    WsiDicomError,
-    WsiDicomFileError,
-    WsiDicomNotFoundError,
     WsiDicomNotSupportedError,
-    WsiDicomOutOfBoundsError,
 )
 from wsidicom.file.io import WsiDicomReader  # type: ignore[import-untyped]
 from wsidicom.file.wsidicom_stream_opener import (  # type: ignore[import-untyped]
@@ -36,7 +32,7 @@ from wsidicom.file.wsidicom_stream_opener import (  # type: ignore[import-untype
 from wsidicom.geometry import Point  # type: ignore[import-untyped]
 from wsidicom.tags import SOPInstanceUIDTag  # type: ignore[import-untyped]
 
-from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
+from tileserver.errors import CorruptSlide, SlideError, UnsupportedFeature, UnsupportedFormat
 from tileserver.geometry import Region, Size
 from tileserver.render.encode import decode
 from tileserver.sources.base import (
@@ -62,7 +58,6 @@ _HTJ2K = frozenset(
 )
 _JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
 _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
-_ASSOCIATED = {"LABEL": "label", "OVERVIEW": "macro", "THUMBNAIL": "thumbnail"}
 _APP0, _APP14, _SOF55 = 0xE0, 0xEE, 0xF7
 # Adobe APP14 marker with transform 0: tells decoders the 3 components are RGB, not YCbCr.
 _APP14_RGB = bytes.fromhex("ffee000e41646f626500640000000000")
@@ -130,7 +125,9 @@ def read_instance(path: Path) -> Instance:
             tile=Size(dataset.tile_size.width, dataset.tile_size.height),
             spacing_mm=(float(spacing.width), float(spacing.height)) if spacing else None,
         )
-    except (WsiDicomFileError, WsiDicomError, ValueError, KeyError, AttributeError) as exc:
+    except SlideError:
+        raise
+    except Exception as exc:  # the parsers raise many types; all mean a broken header here
         raise CorruptSlide(f"{path.name}: broken DICOM header: {exc}") from exc
     finally:
         stream.close()
@@ -316,12 +313,13 @@ class DicomSource(SlideSource):
     backend = "dicom"
 
     def __init__(self, path: Path) -> None:
+        self.path = path  # messages name it while the series is parsed
         instances = series_instances(path)
         check_series(instances)
         self.files = tuple(sorted(i.path for i in instances))
         try:
             self._wsi = WsiDicom.open(list(self.files), settings=_SETTINGS)
-        except (WsiDicomError, WsiDicomNotFoundError, WsiDicomFileError, ValueError) as exc:
+        except Exception as exc:  # the headers were read once already: broken past them
             raise CorruptSlide(f"{path.name}: wsidicom cannot open the series: {exc}") from exc
         try:
             info, self._levels, self._assoc = self._parse(path, instances)
@@ -329,10 +327,6 @@ class DicomSource(SlideSource):
             self._wsi.close()
             raise
         super().__init__(path, info)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     def _parse(
         self, path: Path, instances: list[Instance]
@@ -431,7 +425,7 @@ class DicomSource(SlideSource):
             if data.is_sparse(point, z_value, path):
                 return None
             return bytes(data.get_encoded_tile(point, z_value, path))
-        except (WsiDicomError, WsiDicomOutOfBoundsError, WsiDicomNotFoundError, OSError) as exc:
+        except Exception as exc:  # wsidicom's errors, and the parsers' under it: broken data
             raise CorruptSlide(
                 f"{self.name}: {image.where} frame ({t_col}, {t_row}) cannot be read: {exc}"
             ) from exc
