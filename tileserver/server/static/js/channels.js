@@ -133,7 +133,11 @@ const TSChannels = (() => {
       show();
       schedule();
     });
-    row.append(field("Window start", start, startOut), field("Window end", end, endOut));
+    const window_ = TS.el("div", { class: "window-row" }, [
+      field("Window start", start, startOut),
+      field("end", end, endOut),
+    ]);
+    row.append(legend, window_);
     return row;
   }
 
