@@ -13,7 +13,8 @@ what a generic TIFF reader misses:
 - **BIF**: directory 0 is the ``Label_Image`` (macro) carrying the ``<iScan>`` XMP with
   the magnification and ``ScanRes`` (µm per pixel); then a ``Thumbnail``; then levels
   described ``level=N mag=M quality=Q``, level 0 with an ``<EncodeInfo>`` XMP for one
-  area of interest whose tiles join with no overlap. Level sizes are whole tiles.
+  area of interest: a grid of camera fields and how they join (with ``overlap`` > 0 they
+  share pixels, and every stored level is the unstitched mosaic). Levels are whole tiles.
 - **Philips TIFF**: directory 0 is level 0 with a ``<DataObject ObjectType="DPUfsImport">``
   description; the pixel spacing (mm) lives only in that XML (no resolution tags); levels
   at 2x steps are reduced-resolution pages; label and macro are strip pages described
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +165,8 @@ def write_scn(
     return path
 
 
-def _bif_joints(cols: int, rows: int) -> str:
-    """TileJointInfo for a serpentine-numbered grid, every joint with no overlap."""
+def _bif_joints(cols: int, rows: int, overlap: int) -> str:
+    """TileJointInfo for a serpentine-numbered grid, each joint overlapping ``overlap`` px."""
 
     def number(col: int, row: int) -> int:  # Ventana numbers tiles from the bottom row up
         brow = rows - 1 - row
@@ -173,15 +175,35 @@ def _bif_joints(cols: int, rows: int) -> str:
     joints = []
     for row in range(rows):
         for col in range(cols):
-            for direction, other in (("RIGHT", (col + 1, row)), ("UP", (col, row - 1))):
-                ocol, orow = other
+            for direction, ocol, orow, ox, oy in (
+                ("RIGHT", col + 1, row, overlap, 0),
+                ("UP", col, row - 1, 0, overlap),
+            ):
                 if 0 <= ocol < cols and 0 <= orow < rows:
                     joints.append(
                         f'<TileJointInfo FlagJoined="1" Confidence="100" '
                         f'Direction="{direction}" Tile1="{number(col, row)}" '
-                        f'Tile2="{number(ocol, orow)}" OverlapX="0" OverlapY="0"/>'
+                        f'Tile2="{number(ocol, orow)}" OverlapX="{ox}" OverlapY="{oy}"/>'
                     )
     return "".join(joints)
+
+
+def _bif_fields(
+    cols: int, rows: int, tile: int, ds: int, step: int, seed: int
+) -> Iterator[np.ndarray]:
+    """Tiles of the stored level with downsample ``ds``: each is ``ds`` x ``ds`` level-0
+    fields (field (c, r) shows the slide from (c * step, r * step)) averaged down."""
+    for row in range(rows):
+        for col in range(cols):
+            block = np.empty((tile * ds, tile * ds, 3), np.uint8)
+            for b in range(ds):
+                for a in range(ds):
+                    x, y = (col * ds + a) * step, (row * ds + b) * step
+                    block[b * tile : (b + 1) * tile, a * tile : (a + 1) * tile] = render_tile(
+                        x, y, tile, tile, 1.0, seed
+                    )
+            mean = block.reshape(tile, ds, tile, ds, 3).mean(axis=(1, 3))
+            yield np.round(mean).astype(np.uint8)
 
 
 def write_bif(
@@ -194,16 +216,25 @@ def write_bif(
     seed: int = 0,
     mpp: float = 0.25,
     magnification: int = 40,
+    overlap: int = 0,
 ) -> Path:
     """Write a Ventana-BIF-like slide (label/macro, thumbnail, then ``level=N`` pages).
 
-    The size is rounded up to whole tiles, at least 2x2 (Ventana levels are whole tiles;
-    OpenSlide averages the tile joints, so it needs one of each direction).
+    Level 0 is a grid of camera fields, at least 2x2 (OpenSlide averages the tile joints,
+    so it needs one of each direction): with ``overlap`` > 0 neighbouring fields share that
+    many pixels, as a scanner's do, and the stored levels are the unstitched mosaic (the
+    reader must place each field by the ``EncodeInfo`` joints). Stitched, the slide covers
+    at least ``width`` x ``height``. ``overlap`` > 0 renders every level from level-0
+    fields: meant for small files.
     """
     _check(width, height, tile, quality, mpp)
+    if not 0 <= overlap < tile // 2:
+        raise ValueError(f"overlap must be 0..{tile // 2 - 1} pixels, not {overlap}")
     path = Path(path)
-    cols, rows = max(2, -(-width // tile)), max(2, -(-height // tile))
-    width, height = cols * tile, rows * tile
+    step = tile - overlap  # level-0 pixels between the origins of neighbouring fields
+    cols = max(2, -(-(width - overlap) // step))
+    rows = max(2, -(-(height - overlap) // step))
+    width, height = cols * tile, rows * tile  # the mosaic as stored
     iscan = (
         '<?xml version="1.0" encoding="utf-8"?><Metadata>'
         f'<iScan BuildVersion="3.3.1.1" UnitNumber="BI10N0000" ScannerModel="VENTANA DP 200" '
@@ -218,7 +249,7 @@ def write_bif(
         'Pos-X="0" Pos-Y="0"/></SlideInfo>'
         "<SlideStitchInfo>"
         f'<ImageInfo AOIScanned="1" AOIIndex="0" Width="{tile}" Height="{tile}" '
-        f'NumRows="{rows}" NumCols="{cols}" Pos-X="0" Pos-Y="0">{_bif_joints(cols, rows)}'
+        f'NumRows="{rows}" NumCols="{cols}" Pos-X="0" Pos-Y="0">{_bif_joints(cols, rows, overlap)}'
         "</ImageInfo></SlideStitchInfo>"
         '<AoiOrigin><AOI0 OriginX="0" OriginY="0"/></AoiOrigin></EncodeInfo>'
     ).encode("ascii")
@@ -241,8 +272,13 @@ def write_bif(
         while True:
             lcols, lrows = -(-cols // ds), -(-rows // ds)
             extra = [(_XMP, "B", len(encode_info), encode_info, True)] if level == 0 else []
+            fields = (
+                _bif_fields(lcols, lrows, tile, ds, step, seed)
+                if overlap
+                else _tiles(lcols * tile, lrows * tile, tile, float(ds), seed, None)
+            )
             tif.write(
-                _tiles(lcols * tile, lrows * tile, tile, float(ds), seed, None),
+                fields,
                 shape=(lrows * tile, lcols * tile, 3),
                 description=f"level={level} mag={magnification / ds:g} quality={quality}",
                 extratags=extra,
