@@ -386,6 +386,20 @@ def openapi_document() -> dict[str, Any]:
                         "objective_power": {"type": "number", "nullable": True},
                         "vendor": {"type": "string", "nullable": True},
                         "associated": {"type": "array", "items": {"type": "string"}},
+                        # The scanner's colour profile, described (docs/colour.md); the
+                        # bytes are at /api/slides/{slide_id}/icc. null: none (sRGB).
+                        "icc_profile": {
+                            "type": "object",
+                            "nullable": True,
+                            "properties": {
+                                "description": {"type": "string"},
+                                "colour_space": {"type": "string"},
+                                "version": {"type": "string"},
+                                "size": {"type": "integer"},
+                                "sha256": {"type": "string"},
+                                "usable": {"type": "boolean"},
+                            },
+                        },
                         # Which slide is which (`tileserver slides label`); null: not set.
                         "case": {"type": "string", "nullable": True},
                         "block": {"type": "string", "nullable": True},
