@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 from sample_data import write_svs
-from tests.stores import complete_stores, level_pixels
+from tests.corpus import require_corpus
+from tests.stores import complete_stores, level_pixels, open_reader
+from tileserver.geometry import Region
 from tileserver.security.keys import KeyRing
+from tileserver.sources import open_slide
 
 BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "tileserver.cli", "convert", "--quiet"]
@@ -45,6 +48,21 @@ def test_local_cluster_converts_reports_and_skips(
     again = subprocess.run(rerun, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "0 converted, 2 skipped (already complete), 0 failed" in again.stderr
+
+
+def test_local_cluster_converts_a_channel_slide(tmp_path: Path, keyring: KeyRing) -> None:
+    """A fluorescence slide takes the same path on a cluster: a channel store, exact."""
+    qptiff = require_corpus() / "qptiff" / "small_vectra.qptiff"
+    out = tmp_path / "out"
+    args = [*CLI, str(qptiff), "--out", str(out), "--scheduler", "local:1"]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    (slide_id,) = complete_stores(out)
+    reader = open_reader(out / slide_id, keyring)
+    assert reader.layout.kind == "channels" and reader.layout.channels == 3
+    with open_slide(qptiff) as source:
+        want = source.read_channels(0, Region(0, 0, 1920, 1440))
+    np.testing.assert_array_equal(reader.read_channels(0, Region(0, 0, 1920, 1440), range(3)), want)
 
 
 def test_unreachable_scheduler_is_a_one_line_error(

@@ -5,10 +5,15 @@ allows, otherwise decoded regions re-encoded). Each level keeps a two-band buffe
 pair of bands (or the last, lone band) is complete it is downsampled 2x2 into the next
 level's buffer and written. Peak memory is about 2 x 2 bands x width x 3 bytes summed over
 levels (~4 x 240 x 100k x 3 = 290 MB for a 100k-wide slide), independent of height.
+
+Channel slides go the same way with bands of (rows, width, C) samples (uint8 or uint16),
+each channel of a chunk encoded on its own (zstd); the display windows come from a histogram
+of a low level, taken as its bands pass. Focal planes are converted one after another.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,11 +25,12 @@ import numpy as np
 
 from tileserver.errors import CorruptSlide, StoreError
 from tileserver.geometry import Region
-from tileserver.pyramid.kernels import downsample_2x, is_uniform
+from tileserver.pyramid.kernels import downsample_2x, histogram, is_uniform
 from tileserver.pyramid.plan import ConvertOptions, plan_layout
+from tileserver.pyramid.windows import display_window, window_level
 from tileserver.render.encode import decode_jpeg_half
 from tileserver.sources.base import SlideSource
-from tileserver.store.chunks import decode_chunk, encode_chunk
+from tileserver.store.chunks import decode_chunk, encode_channel_chunk, encode_chunk
 from tileserver.store.icc import put_profile
 from tileserver.store.layout import FILL_VALUE, StoreLayout
 from tileserver.store.objects import ObjectStore
@@ -69,22 +75,24 @@ class _ChunkWrites:
     def __init__(self, writer: StoreWriter) -> None:
         self.writer = writer
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-write")
-        self._batch: list[tuple[int, int, int, bytes]] = []
+        self._batch: list[tuple[int, int, int, bytes, int]] = []
         self._pending: deque[Future[None]] = deque()
 
-    def add(self, level: int, t_col: int, t_row: int, data: bytes) -> None:
+    def add(self, level: int, t_col: int, t_row: int, data: bytes, c: int = 0) -> None:
         """Queue a chunk (from any thread: appending to a list is atomic)."""
-        self._batch.append((level, t_col, t_row, data))
+        self._batch.append((level, t_col, t_row, data, c))
 
-    def end_row(self, level: int, t_row: int) -> None:
+    def end_row(self, level: int, t_row: int, z: int = 0) -> None:
         """Hand a completed chunk row of a level (its chunks queued so far) to the writer."""
         batch, self._batch = self._batch, []
-        self._pending.append(self._thread.submit(self._write, batch, level, t_row))
+        self._pending.append(self._thread.submit(self._write, batch, level, t_row, z))
 
-    def _write(self, batch: list[tuple[int, int, int, bytes]], level: int, t_row: int) -> None:
-        for chunk in batch:
-            self.writer.write_chunk(*chunk)
-        self.writer.end_row(level, t_row)
+    def _write(
+        self, batch: list[tuple[int, int, int, bytes, int]], level: int, t_row: int, z: int
+    ) -> None:
+        for level_, t_col, t_row_, data, c in batch:
+            self.writer.write_chunk(level_, t_col, t_row_, data, c=c, z=z)
+        self.writer.end_row(level, t_row, z=z)
 
     def drain(self, backlog: int = 0) -> None:
         """Wait until at most ``backlog`` batches are queued (bounding memory), raising the
@@ -105,6 +113,8 @@ class _Builder:
         copy_level0: bool,
         options: ConvertOptions,
         pool: ThreadPoolExecutor,
+        z: int = 0,
+        counts: dict[str, int] | None = None,
     ) -> None:
         self.source = source
         self.layout = layout
@@ -112,22 +122,34 @@ class _Builder:
         self.copy_level0 = copy_level0
         self.options = options
         self.pool = pool
+        self.z = z  # the focal plane this builder converts
+        self.channels = layout.kind == "channels"
         tile = layout.tile
         # Level 0 copied from JPEG tiles: level 1 comes straight from half-size DCT-domain
         # decodes, so full-size level-0 pixels are never made (nor downsampled).
         self.half = copy_level0 and len(layout.levels) > 1
         # Two bands per level: rows [0, tile) hold even chunk rows, [tile, 2 tile) odd ones.
+        samples = layout.channels if self.channels else 3
         self.buffers = [
-            np.empty((2 * tile, s.width, 3), np.uint8) if k or not self.half else None
+            np.empty((2 * tile, s.width, samples), layout.dtype) if k or not self.half else None
             for k, s in enumerate(layout.levels)
         ]
-        self.counts = {"written": 0, "copied": 0, "background": 0, "kept": 0}
+        if counts is None:
+            counts = {"written": 0, "copied": 0, "background": 0, "kept": 0}
+        self.counts = counts
+        # Channel slides: per-channel counts of one level's samples, for display windows.
+        self.histogram_level = window_level(layout.levels)
+        self.histogram: np.ndarray | None = None
+        if self.channels and z == layout.default_plane:
+            bins = 1 << (8 * np.dtype(layout.dtype).itemsize)
+            self.histogram = np.zeros((layout.channels, bins), np.int64)
         # Encoded level-0 tiles already found to be background (whole, not edge tiles).
         self.white_tiles: set[bytes] = set()
 
     # -- level 0 ---------------------------------------------------------------------------
     def build(self, progress: Progress | None) -> None:
         grid = self.layout.grid(0)
+        total = grid.pixels * self.layout.planes
         chunk = self._level0_half if self.half else self._level0_chunk
         for t_row in range(grid.height):
             kinds = list(self.pool.map(lambda c, r=t_row: chunk(c, r), range(grid.width)))
@@ -137,9 +159,10 @@ class _Builder:
             elif t_row % 2 or t_row == grid.height - 1:  # a level-1 chunk row is complete
                 self._store_band(1, t_row // 2)
                 self._band_done(1, t_row // 2)
-            self.writes.drain(backlog=8)
+            # Rows of channel chunks are C times larger: keep fewer of them queued.
+            self.writes.drain(backlog=2 if self.channels else 8)
             if progress:
-                progress(grid.width, grid.pixels)
+                progress(grid.width, total)
         self.writes.drain()
 
     def _level0_half(self, t_col: int, t_row: int) -> str:
@@ -183,7 +206,13 @@ class _Builder:
                 msg = f"{self.source.name}: level 0 tile ({t_col}, {t_row}) is corrupt: {exc}"
                 raise CorruptSlide(msg) from exc
         else:
-            pixels = self.source.read_region(0, Region(l_x, t_row * tile, tile, tile))
+            l_region = Region(l_x, t_row * tile, tile, tile)
+            if self.channels:
+                pixels = self.source.read_channels(0, l_region, self.z)
+            elif self.layout.stacked:
+                pixels = self.source.read_region(0, l_region, self.z)
+            else:
+                pixels = self.source.read_region(0, l_region)
         band[:, l_x : l_x + width] = pixels[: band.shape[0], :width]
         return self._store_chunk(
             0, t_col, t_row, band[:, l_x : l_x + width], raw.data if raw else None
@@ -213,10 +242,12 @@ class _Builder:
         self, level: int, t_col: int, t_row: int, pixels: np.ndarray, stored: bytes | None
     ) -> str:
         """Write one chunk (``pixels`` is its part inside the level); returns what happened."""
+        if self.channels:
+            return self._store_channels(level, t_col, t_row, pixels)
         if is_uniform(pixels, FILL_VALUE, self.options.background_tolerance):
             pixels[...] = FILL_VALUE  # upper levels see exactly what a reader sees
             return "background"
-        if self.writes.writer.has_shard(level, t_col, t_row):
+        if self.writes.writer.has_shard(level, t_col, t_row, z=self.z):
             return "kept"  # an earlier run finished its shard
         if stored is not None:
             self.writes.add(level, t_col, t_row, stored)
@@ -230,6 +261,24 @@ class _Builder:
             level, t_col, t_row, encode_chunk(full, self.layout.codec, self.layout.quality)
         )
         return "written"
+
+    def _store_channels(self, level: int, t_col: int, t_row: int, pixels: np.ndarray) -> str:
+        """Write each channel of one chunk as a chunk of its own; all-dark ones are
+        background (not stored: the fill value is 0). "written" when any channel was."""
+        tile = self.layout.tile
+        height, width = pixels.shape[:2]
+        kinds = set()
+        for c in range(self.layout.channels):
+            full = np.zeros((tile, tile), pixels.dtype)
+            full[:height, :width] = pixels[:, :, c]
+            if not full.any():
+                kinds.add("background")
+            elif self.writes.writer.has_shard(level, t_col, t_row, c=c, z=self.z):
+                kinds.add("kept")
+            else:
+                self.writes.add(level, t_col, t_row, encode_channel_chunk(full), c)
+                kinds.add("written")
+        return next(k for k in ("written", "kept", "background") if k in kinds)
 
     def _band_done(self, level: int, t_row: int) -> None:
         """Chunk row ``t_row`` of ``level`` is in its buffer: make the next level's row if due."""
@@ -261,7 +310,15 @@ class _Builder:
         row's writes on."""
         for kind in kinds:
             self.counts[kind] += 1
-        self.writes.end_row(level, t_row)
+        if self.histogram is not None and level == self.histogram_level:
+            band = self._band(level, t_row)[:, : self.layout.levels[level].width]
+            histogram(band, self.histogram)
+        self.writes.end_row(level, t_row, self.z)
+
+    def display_windows(self) -> tuple[tuple[float, float], ...]:
+        """Each channel's display window from the histogram taken while building."""
+        assert self.histogram is not None
+        return tuple(display_window(counts) for counts in self.histogram)
 
 
 def convert(
@@ -277,14 +334,26 @@ def convert(
     With a key ring the store is encrypted; ``None`` writes a plaintext research export."""
     started = time.perf_counter()
     layout, copy_level0 = plan_layout(source.info, source.raw_tile_codec(0), options, slide_id)
-    writer = StoreWriter.create(store, layout, source_metadata(source), keyring)
+    metadata = source_metadata(source)
+    writer = StoreWriter.create(store, layout, metadata, keyring)
     writes = _ChunkWrites(writer)
+    counts = {"written": 0, "copied": 0, "background": 0, "kept": 0}
+    windows: tuple[tuple[float, float], ...] = ()
     try:
         with ThreadPoolExecutor(options.workers) as pool:
-            builder = _Builder(source, layout, writes, copy_level0, options, pool)
-            builder.build(progress)
+            for z in range(layout.planes):
+                builder = _Builder(source, layout, writes, copy_level0, options, pool, z, counts)
+                builder.build(progress)
+                if builder.histogram is not None:
+                    windows = builder.display_windows()
     finally:
         writes.close()
+    if windows:
+        infos = tuple(
+            dataclasses.replace(info, window=window)
+            for info, window in zip(layout.channel_info, windows, strict=True)
+        )
+        writer.rewrite_group_metadata(dataclasses.replace(layout, channel_info=infos), metadata)
     if options.keep_associated:
         for name in source.info.associated:
             pixels = source.read_associated(name)
@@ -292,14 +361,12 @@ def convert(
     icc = source.info.icc_profile
     icc_entry = put_profile(writer.objects, icc) if icc else {}  # sealed, listed in the marker
     seconds = time.perf_counter() - started
-    result = ConvertResult(
-        slide_id, store.url, source.info.dimensions.pixels, seconds, builder.counts
-    )
+    result = ConvertResult(slide_id, store.url, source.info.dimensions.pixels, seconds, counts)
     writer.finish(
         {
             "slide_id": slide_id,
             "levels": len(layout.levels),
-            "chunks": builder.counts,
+            "chunks": counts,
             "level0_copied": copy_level0,
             "associated": list(source.info.associated) if options.keep_associated else [],
             **icc_entry,

@@ -5,10 +5,11 @@ Each task runs ``tileserver convert`` for its slide in a fresh process on the wo
 same per-slide child under limits as on one machine, a clean interpreter (a Dask worker has
 threads of its own, so forking it is unsafe), and a process that dies with its worker. When a
 worker dies mid-slide the scheduler runs the task again on another worker, and the
-conversion resumes from the shards already written. Slides must be at paths every worker
-sees (or URLs); for encrypted stores, workers need the key-encryption key (the same token,
-KMS or KEK file): with ``--keys store`` (the default) each slide's wrapped data key goes into
-its store, so their own TILESERVER_HOMEs need not be shared (decision 0004).
+conversion resumes from the shards already written. Channel (fluorescence) slides and
+z-stacks need nothing more: the task runs the same converter. Slides must be at paths every
+worker sees (or URLs); for encrypted stores, workers need the key-encryption key (the same
+token, KMS or KEK file): with ``--keys store`` (the default) each slide's wrapped data key
+goes into its store, so their own TILESERVER_HOMEs need not be shared (decision 0004).
 """
 
 from __future__ import annotations

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from tileserver.errors import UnsupportedFeature
 from tileserver.geometry import Size
 from tileserver.sources.base import SlideInfo
-from tileserver.store.layout import CODECS, DEFAULT_SHARD, StoreLayout, pyramid_sizes
+from tileserver.sources.channel_metadata import display_colors
+from tileserver.store.layout import (
+    CODECS,
+    DEFAULT_ACTIVE,
+    DEFAULT_SHARD,
+    DTYPES,
+    MAX_CHANNELS,
+    MAX_PLANES,
+    ChannelInfo,
+    StoreLayout,
+    pyramid_sizes,
+)
 
 DEFAULT_TILE = 256
+CHANNEL_SHARD_ROW_BYTES = 256 << 20  # see _with_channels_and_planes
 # Source tiles we copy as chunks: square, even (2x2 downsampling pairs rows), not absurd.
 _PASSTHROUGH_EDGES = range(64, 2049, 2)
 
@@ -44,6 +57,8 @@ def passthrough_tile(info: SlideInfo, raw_codec: str | None, options: ConvertOpt
     tile = info.levels[0].tile
     if options.codec != "jpeg" or raw_codec != "jpeg" or tile is None:
         return None
+    if info.channels or len(info.planes) > 1:  # raw tiles are RGB of one plane
+        return None
     if tile.width != tile.height or tile.width not in _PASSTHROUGH_EDGES:
         return None
     return tile.width
@@ -57,4 +72,54 @@ def plan_layout(
     tile = copied or options.tile
     levels = pyramid_sizes(Size(*info.dimensions), tile)
     layout = StoreLayout(slide_id, levels, tile, options.codec, options.quality, options.shard)
-    return layout, copied is not None
+    return _with_channels_and_planes(layout, info), copied is not None
+
+
+def _with_channels_and_planes(layout: StoreLayout, info: SlideInfo) -> StoreLayout:
+    """Channel slides are stored losslessly (zstd: JPEG is for 8-bit RGB only), one channel
+    per chunk; display windows are filled in by the builder once the pyramid is built."""
+    if len(info.planes) > MAX_PLANES or len(info.channels) > MAX_CHANNELS:
+        raise UnsupportedFeature(
+            f"{len(info.channels)} channels x {len(info.planes)} planes: over the store's limits"
+            f" ({MAX_CHANNELS} channels, {MAX_PLANES} planes)"
+        )
+    if len(info.planes) > 1:
+        layout = replace(
+            layout,
+            planes=len(info.planes),
+            plane_offsets=tuple(info.planes),
+            default_plane=info.default_plane,
+        )
+    if not info.channels:
+        return layout
+    if info.dtype not in DTYPES:
+        raise UnsupportedFeature(f"{info.dtype} samples cannot be stored (only {DTYPES})")
+    # The writer holds a shard row's chunks until its last chunk row arrives: bound that by
+    # the raw samples of a level-0 shard row (zstd may not shrink noisy channels at all).
+    row_bytes = (
+        layout.tile
+        * layout.levels[0].width
+        * len(info.channels)
+        * (2 if info.dtype == "uint16" else 1)
+    )
+    shard = max(1, min(layout.shard, CHANNEL_SHARD_ROW_BYTES // row_bytes))
+    colors = display_colors(info.channels)
+    channel_info = tuple(
+        ChannelInfo(
+            name=ch.name or f"Channel {i}",
+            color=colors[i].upper(),
+            emission_nm=ch.emission_nm,
+            active=i < DEFAULT_ACTIVE,
+        )
+        for i, ch in enumerate(info.channels)
+    )
+    return replace(
+        layout,
+        codec="zstd",
+        quality=0,
+        shard=shard,
+        dtype=info.dtype,
+        channels=len(channel_info),
+        kind="channels",
+        channel_info=channel_info,
+    )
