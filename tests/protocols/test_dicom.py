@@ -43,6 +43,7 @@ from tileserver.protocols.dicom import (
     ratio_value,
     reserve_ratio,
 )
+from tileserver.store.chunks import encode_chunk
 from tileserver.store.layout import pyramid_sizes
 
 SLIDE = "0123456789abcdef0123456789abcdef"
@@ -158,8 +159,9 @@ def test_jpeg_photometric_of_ycbcr() -> None:
         "YBR_FULL_422"
     )
     assert jpeg_photometric(simplejpeg.encode_jpeg(pixels, colorsubsampling="444")) == "YBR_FULL"
-    # The store's own chunk encoder (libjpeg's defaults): YCbCr 4:2:0.
+    # libjpeg's default is YCbCr 4:2:0; the store's own chunk encoder keeps chroma (4:4:4).
     assert jpeg_photometric(bytes(imagecodecs.jpeg8_encode(pixels, level=90))) == "YBR_FULL_422"
+    assert jpeg_photometric(encode_chunk(pixels, "jpeg", 90)) == "YBR_FULL"
 
 
 def test_jpeg_photometric_of_rgb_matches_what_decoders_do() -> None:
