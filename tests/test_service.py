@@ -142,7 +142,7 @@ def expected(
         :, region.y : region.y + region.height, region.x : region.x + region.width
     ]
     windows = [CHANNELS.channels[c].window for c in channels]
-    return composite_reference(np.moveaxis(samples, 0, -1), colors, windows)
+    return composite_reference(samples, colors, windows)
 
 
 def test_default_tile_is_the_stored_display(channel_slide: ChannelPyramid) -> None:
@@ -162,7 +162,7 @@ def test_parameters_choose_channels_colours_windows_plane(channel_slide: Channel
     service = service_for(channel_slide)
     query = {"channels": "3,1", "colors": "ff00ff,00ffff", "windows": "0-40000,100-900", "z": "2"}
     tile = png(run(service.deepzoom_tile(SLIDE_ID, 9, 0, 1, "png", (), query)))
-    samples = np.moveaxis(channel_slide.data[0][[3, 1], 2][:, 64:128, 0:64], 0, -1)
+    samples = channel_slide.data[0][[3, 1], 2][:, 64:128, 0:64]
     want = composite_reference(
         samples, [(255, 0, 255), (0, 255, 255)], [(0.0, 40000.0), (100.0, 900.0)]
     )

@@ -80,7 +80,7 @@ def composite_of(
 ) -> np.ndarray:
     x, y, w, h = region
     cut = level_samples(site.samples, level)[channels, z, y : y + h, x : x + w]
-    return composite_reference(np.moveaxis(cut, 0, -1), colors, windows)
+    return composite_reference(cut, colors, windows)
 
 
 def test_describe_lists_channels_and_planes(site: Site) -> None:

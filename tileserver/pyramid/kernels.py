@@ -186,30 +186,35 @@ def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
 def composite_kernel(
     planes: np.ndarray, starts: np.ndarray, scales: np.ndarray, colors: np.ndarray, out: np.ndarray
 ) -> None:
-    """Additive composite of ``planes`` (h, w, k) into ``out`` (h, w, 3) uint8.
+    """Additive composite of ``planes`` (k, h, w) into ``out`` (h, w, 3) uint8.
 
     Per channel ``v = clip((x - start) * scale, 0, 1)``, ``rgb += v * color``, then rounded
     half up and clipped to 255. All arithmetic is float32 in the same order as the twin, so
     both give identical bytes (no fastmath: fused multiply-adds would round differently).
+    Row by row, channel by channel: the inner loop runs along one channel's contiguous row
+    into a row of sums, which vectorizes (a pixel-by-pixel loop over 3 channels did not:
+    about 25x slower on a 256 x 256 tile).
     """
-    h, w, k = planes.shape
+    k, h, w = planes.shape
+    acc = np.empty((3, w), np.float32)
     zero = np.float32(0.0)
     one = np.float32(1.0)
     half = np.float32(0.5)
+    top = np.float32(255.0)
     for y in range(h):
-        for x in range(w):
-            r = zero
-            g = zero
-            b = zero
-            for c in range(k):
-                v = (np.float32(planes[y, x, c]) - starts[c]) * scales[c]
-                if v < zero:
-                    v = zero
-                elif v > one:
-                    v = one
-                r += v * colors[c, 0]
-                g += v * colors[c, 1]
-                b += v * colors[c, 2]
-            out[y, x, 0] = np.uint8(min(int(r + half), 255))
-            out[y, x, 1] = np.uint8(min(int(g + half), 255))
-            out[y, x, 2] = np.uint8(min(int(b + half), 255))
+        acc[:] = zero
+        for c in range(k):
+            start = starts[c]
+            scale = scales[c]
+            red = colors[c, 0]
+            green = colors[c, 1]
+            blue = colors[c, 2]
+            for x in range(w):
+                v = min(max((np.float32(planes[c, y, x]) - start) * scale, zero), one)
+                acc[0, x] += v * red
+                acc[1, x] += v * green
+                acc[2, x] += v * blue
+        for x in range(w):  # the sums are >= 0: truncation after + 0.5 rounds half up
+            out[y, x, 0] = np.uint8(min(acc[0, x] + half, top))
+            out[y, x, 1] = np.uint8(min(acc[1, x] + half, top))
+            out[y, x, 2] = np.uint8(min(acc[2, x] + half, top))

@@ -30,10 +30,10 @@ def _check(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The arrays the kernel trusts: planes, float32 starts, scales and colours, and out."""
     if not isinstance(planes, np.ndarray) or planes.ndim != 3:
-        raise ValueError("planes must be an (h, w, channels) numpy array")
+        raise ValueError("planes must be a (channels, h, w) numpy array")
     if planes.dtype not in DTYPES:
         raise ValueError(f"planes must be uint8 or uint16, not {planes.dtype}")
-    h, w, k = planes.shape
+    k, h, w = planes.shape
     if len(colors) != k or len(windows) != k:
         raise ValueError(
             f"{k} planes need {k} colours and {k} windows, got {len(colors)} and {len(windows)}"
@@ -61,7 +61,8 @@ def composite(
     windows: Sequence[Window],
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The (h, w, 3) uint8 composite of ``planes`` (h, w, k), one colour and window each."""
+    """The (h, w, 3) uint8 composite of ``planes`` (k, h, w), one colour and window each.
+    Channel first, as stored (one channel per chunk): each channel's rows are contiguous."""
     planes, starts, scales, color_arr, result = _check(planes, colors, windows, out)
     composite_kernel(planes, starts, scales, color_arr, result)
     return result
@@ -76,8 +77,8 @@ def composite_reference(
     """NumPy twin of :func:`composite`: float32 arithmetic in the kernel's order."""
     planes, starts, scales, color_arr, result = _check(planes, colors, windows, out)
     acc = np.zeros(result.shape, np.float32)
-    for c in range(planes.shape[2]):
-        v = (planes[:, :, c].astype(np.float32) - starts[c]) * scales[c]
+    for c in range(planes.shape[0]):
+        v = (planes[c].astype(np.float32) - starts[c]) * scales[c]
         v = np.minimum(np.maximum(v, np.float32(0.0)), np.float32(1.0))
         acc += v[:, :, None] * color_arr[c]
     # acc >= 0, so truncation is floor: round half up as the kernel does.
@@ -92,9 +93,9 @@ def compose_channels(
     l_region: Region,
     dtype: np.dtype[Any],
 ) -> np.ndarray:
-    """(h, w, len(channels)) samples of a region inside a level, copied out of the
+    """(len(channels), h, w) samples of a region inside a level, copied out of the
     (tile x tile) single-channel chunks it touches: ``read_chunk(c, t_col, t_row)``."""
-    out = np.empty((l_region.height, l_region.width, len(channels)), dtype)
+    out = np.empty((len(channels), l_region.height, l_region.width), dtype)
     rows = range(l_region.y // tile, -(-(l_region.y + l_region.height) // tile))
     cols = range(l_region.x // tile, -(-(l_region.x + l_region.width) // tile))
     for t_row in rows:
@@ -110,5 +111,5 @@ def compose_channels(
             dst_x = slice(x0 - l_region.x, x1 - l_region.x)
             src_x = slice(x0 - t_col * tile, x1 - t_col * tile)
             for i, c in enumerate(channels):
-                out[dst_y, dst_x, i] = read_chunk(c, t_col, t_row)[src_y, src_x]
+                out[i, dst_y, dst_x] = read_chunk(c, t_col, t_row)[src_y, src_x]
     return out
