@@ -62,3 +62,18 @@ def test_cli_icc_flag(tmp_path: Path) -> None:
     assert main(["tiff", str(out), "--size", "300x200", "--tile", "64", "--icc"]) == 0
     with open_slide(out) as source:
         assert source.info.icc_profile == wide_gamut_profile()
+
+
+def test_info_describes_the_profile(tmp_path: Path) -> None:
+    """``tileserver info`` names the tagged slide's profile, in text and JSON (not its bytes)."""
+    import json
+
+    from sample_data.icc import DESCRIPTION
+    from tests.cli import cli
+
+    path = write_icc(tmp_path / "icc.tif", 300, 200, tile=64)
+    text = cli(tmp_path / "home", "info", str(path))
+    assert text.returncode == 0 and f"ICC profile:     {DESCRIPTION} (RGB)" in text.stdout
+    doc = json.loads(cli(tmp_path / "home", "info", "--json", str(path)).stdout)
+    assert doc["icc_profile"] is True and doc["icc"]["description"] == DESCRIPTION
+    assert doc["icc"]["size"] == len(wide_gamut_profile())

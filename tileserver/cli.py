@@ -54,8 +54,16 @@ def slide_summary(source: SlideSource) -> dict[str, Any]:
         "objective_power": info.objective_power,
         "associated": list(info.associated),
         "icc_profile": info.icc_profile is not None,
+        "icc": _icc_summary(info.icc_profile),
         "properties": dict(info.properties),
     }
+
+
+def _icc_summary(profile: bytes | None) -> dict[str, Any] | None:
+    """The profile described (render/colour.py), never its bytes."""
+    from tileserver.render.colour import profile_info
+
+    return profile_info(profile).as_dict() if profile is not None else None
 
 
 def check_pixels(source: SlideSource) -> None:
@@ -64,6 +72,13 @@ def check_pixels(source: SlideSource) -> None:
     size = source.info.levels[level].size
     side = int(_CHECK_PIXELS**0.5)
     source.read_region(level, Region(0, 0, min(size.width, side), min(size.height, side)))
+
+
+def _icc_line(icc: dict[str, Any] | None) -> str:
+    if icc is None:
+        return "no"
+    usable = "" if icc["usable"] else ", unusable"
+    return f"{icc['description'] or '(no description)'} ({icc['colour_space']}{usable})"
 
 
 def _format_info(summary: dict[str, Any]) -> str:
@@ -75,7 +90,7 @@ def _format_info(summary: dict[str, Any]) -> str:
         f"mpp:             {f'{mpp[0]:.4g} x {mpp[1]:.4g} um/px' if mpp else 'unknown'}",
         f"objective power: {summary['objective_power'] or 'unknown'}",
         f"associated:      {', '.join(summary['associated']) or 'none'}",
-        f"ICC profile:     {'yes' if summary['icc_profile'] else 'no'}",
+        f"ICC profile:     {_icc_line(summary.get('icc'))}",
         f"levels:          {len(summary['levels'])}",
     ]
     for i, lv in enumerate(summary["levels"]):
