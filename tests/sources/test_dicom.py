@@ -27,13 +27,8 @@ from tileserver.library import SlideLibrary
 from tileserver.pyramid.jobs import convert_file, fingerprint, source_fingerprint
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.sources import open_slide
-from tileserver.sources.dicom import (
-    DicomSource,
-    Instance,
-    check_series,
-    copyable_jpeg,
-    frame_colour,
-)
+from tileserver.sources.dicom import DicomSource
+from tileserver.sources.dicom_rules import frame_colour
 
 SERIES = "dicom/jcupitt-cmu-1-small-region"
 SVS = "svs/CMU-1-Small-Region.svs"
@@ -93,23 +88,6 @@ def test_raw_tiles_are_the_frames_and_decode_to_the_region() -> None:
             source.raw_tile(0, 5, 0)
 
 
-def test_silent_frames_follow_the_declared_photometric() -> None:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 30, 60)).save(buffer, "JPEG")
-    jfif = buffer.getvalue()
-    assert frame_colour(jfif) == "YBR"
-    assert copyable_jpeg(jfif, declared_rgb=True) == jfif  # its marker wins
-    # The same stream without its JFIF marker says nothing about its colours.
-    length = int.from_bytes(jfif[4:6], "big")
-    silent = jfif[:2] + jfif[4 + length :]
-    assert frame_colour(silent) is None
-    assert copyable_jpeg(silent, declared_rgb=False) == silent
-    flagged = copyable_jpeg(silent, declared_rgb=True)
-    assert frame_colour(flagged) == "RGB"
-    with pytest.raises(ValueError):
-        frame_colour(b"not a jpeg")
-
-
 @pytest.mark.parametrize(
     "name",
     ["highdicom-sm_image_jpegls/sm_image_jpegls.dcm", "highdicom-sm_image/sm_image.dcm"],
@@ -165,15 +143,6 @@ def test_conflicting_geometry_names_the_file(tmp_path: Path) -> None:
     ds.save_as(folder / "level-9-frames-0-1.dcm")
     with pytest.raises(CorruptSlide, match=r"^level-9-frames-0-1.dcm: .*conflicting geometry"):
         open_slide(folder)
-
-
-def test_check_series_refuses_levels_larger_than_level_0() -> None:
-    def instance(name: str, size: tuple[int, int], spacing: float) -> Instance:
-        return Instance(Path(name), "1.2.3", "VOLUME", Size(*size), Size(256, 256), (spacing,) * 2)
-
-    check_series([instance("a", (1000, 800), 0.001), instance("b", (500, 400), 0.002)])
-    with pytest.raises(CorruptSlide, match=r"^c: level 1200x500 is wider"):
-        check_series([instance("a", (1000, 800), 0.001), instance("c", (1200, 500), 0.001)])
 
 
 def test_sources_library_lists_the_series_once(tmp_path: Path) -> None:

@@ -4,15 +4,14 @@ The only module that imports ``wsidicom``. A slide is every VL WSI instance of o
 Instance UID in one folder: the pyramid levels (VOLUME), the label and the overview
 ("macro"). It opens from the folder or from any of its files.
 
-JPEG frames are decoded, and handed out for copying, as their own markers say: a JFIF
-marker means YCbCr and an Adobe marker states its transform, whatever the dataset's
-PhotometricInterpretation claims (converters write JFIF YCbCr frames into series declared
-RGB, which OpenSlide then shows in false colour). Only frames that say nothing follow the
-declaration, with an Adobe marker added when it is RGB, so that every decoder agrees.
+JPEG frames are decoded, and handed out for copying, in the colours their own markers give
+them, not always those the dataset declares (``dicom_rules.py``, docs/dicom.md).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,13 @@ from tileserver.sources.base import (
 from tileserver.sources.codestreams import (
     j2k_declared,
     jpeg_declared,
-    jpeg_is_frame_header,
-    jpeg_segments,
+)
+from tileserver.sources.dicom_rules import (
+    Instance,
+    check_series,
+    copyable_jpeg,
+    frame_colour,
+    jpeg_ls_declared,
 )
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -58,13 +62,13 @@ _HTJ2K = frozenset(
 )
 _JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
 _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
-_APP0, _APP14, _SOF55 = 0xE0, 0xEE, 0xF7
-# Adobe APP14 marker with transform 0: tells decoders the 3 components are RGB, not YCbCr.
-_APP14_RGB = bytes.fromhex("ffee000e41646f626500640000000000")
-# A level's physical extent may differ from level 0's by rounding: up to one level pixel.
-_EXTENT_SLACK = 1.01
 # Non-uniform tile sizes across levels are normal (converters write small levels whole).
-_SETTINGS = Settings(strict_tile_size_check=False)
+# Caches are per open series (a server holds dozens): frames are decoded here, not by
+# wsidicom, and a few MiB of stored frames serve the neighbouring tiles of a view.
+_DECODED_CACHE_BYTES = 16 << 20
+_SETTINGS = Settings(
+    strict_tile_size_check=False, decoded_frame_cache_size=0, encoded_frame_cache_size=4 << 20
+)
 
 
 def is_dicom(path: Path) -> bool:
@@ -83,18 +87,6 @@ def holds_dicom(directory: Path) -> bool:
         return any(p.is_file() and is_dicom(p) for p in directory.iterdir())
     except OSError:
         return False
-
-
-@dataclass(frozen=True)
-class Instance:
-    """What grouping and checking a series needs of one file, read from its header."""
-
-    path: Path
-    series_uid: str
-    image_type: str  # VOLUME, LABEL, OVERVIEW or THUMBNAIL
-    size: Size  # total pixel matrix
-    tile: Size
-    spacing_mm: tuple[float, float] | None  # (x, y) pixel spacing
 
 
 def read_instance(path: Path) -> Instance:
@@ -209,88 +201,6 @@ def series_instances(path: Path) -> list[Instance]:
     return [own] + [i for i in others if i.series_uid == own.series_uid]
 
 
-def check_series(instances: list[Instance]) -> None:
-    """Refuse a series whose levels cannot form one pyramid: no level at all, or a level
-    whose geometry contradicts level 0's. Pure; messages name the file."""
-    levels = sorted(
-        (i for i in instances if i.image_type == "VOLUME"), key=lambda i: -i.size.pixels
-    )
-    if not levels:
-        kinds = ", ".join(sorted({i.image_type.lower() for i in instances}))
-        raise UnsupportedFeature(
-            f"{instances[0].path.name}: the DICOM series holds no pyramid level (VOLUME "
-            f"image), only: {kinds}"
-        )
-    base = levels[0]
-    for level in levels:
-        if level.size.width <= 0 or level.size.height <= 0 or level.tile.pixels <= 0:
-            raise CorruptSlide(f"{level.path.name}: level of {level.size} in {level.tile} tiles")
-        if level.tile.pixels > MAX_DECODE_PIXELS:
-            raise UnsupportedFeature(
-                f"{level.path.name}: {level.tile.width}x{level.tile.height} frames, over the cap "
-                f"of {MAX_DECODE_PIXELS} pixels for one decode"
-            )
-        if level.size.width > base.size.width or level.size.height > base.size.height:
-            raise CorruptSlide(
-                f"{level.path.name}: level {level.size.width}x{level.size.height} is wider or "
-                f"taller than level 0 ({base.size.width}x{base.size.height}, {base.path.name})"
-            )
-        if base.spacing_mm and level.spacing_mm:
-            for axis, (b_px, l_px) in enumerate(
-                ((base.size.width, level.size.width), (base.size.height, level.size.height))
-            ):
-                b_extent = b_px * base.spacing_mm[axis]
-                l_extent = l_px * level.spacing_mm[axis]
-                if abs(b_extent - l_extent) > level.spacing_mm[axis] * _EXTENT_SLACK:
-                    raise CorruptSlide(
-                        f"{level.path.name}: level {level.size.width}x{level.size.height} at "
-                        f"{level.spacing_mm[axis] * 1000:.4g} um/px spans {l_extent:.4g} mm, "
-                        f"level 0 ({base.path.name}) spans {b_extent:.4g} mm: conflicting "
-                        "geometry"
-                    )
-    same_size: dict[Size, Instance] = {}
-    for level in levels:
-        seen = same_size.setdefault(level.size, level)
-        if seen.tile != level.tile or seen.spacing_mm != level.spacing_mm:
-            raise CorruptSlide(
-                f"{level.path.name}: a level of {level.size.width}x{level.size.height} pixels "
-                f"like {seen.path.name}, but with other tiles or pixel spacing: conflicting "
-                "geometry"
-            )
-
-
-def frame_colour(jpeg: bytes) -> str | None:
-    """What a 3-component JPEG's own markers say its components are: "RGB", "YBR", or None
-    when it says nothing (no JFIF or Adobe marker, component IDs not 'R','G','B').
-    ValueError for data that is not a JPEG."""
-    if not jpeg.startswith(b"\xff\xd8"):
-        raise ValueError("not a JPEG (no SOI marker)")
-    for marker, body in jpeg_segments(jpeg):
-        if marker == _APP0 and body.startswith(b"JFIF\x00"):
-            return "YBR"  # JFIF allows only YCbCr (or grayscale)
-        if marker == _APP14 and body.startswith(b"Adobe") and len(body) >= 12:
-            return "RGB" if body[11] == 0 else "YBR"
-        if jpeg_is_frame_header(marker):
-            ids = bytes(body[6 + 3 * k] for k in range(3)) if len(body) >= 15 else b""
-            return "RGB" if ids == b"RGB" else None
-    return None
-
-
-def copyable_jpeg(frame: bytes, declared_rgb: bool) -> bytes:
-    """The frame as a JPEG every decoder shows in its true colours: unchanged when its
-    markers state its colour model, else flagged RGB (Adobe marker) if the dataset says so."""
-    if frame_colour(frame) is None and declared_rgb:
-        return frame[:2] + _APP14_RGB + frame[2:]
-    return frame
-
-
-def _jpeg_ls_declared(data: bytes) -> Size:
-    for marker, body in jpeg_segments(data):
-        if marker == _SOF55 and len(body) >= 6:
-            return Size(int.from_bytes(body[3:5], "big"), int.from_bytes(body[1:3], "big"))
-    raise ValueError("JPEG-LS data has no frame header (SOF55)")
-
-
 @dataclass(frozen=True)
 class _Image:
     """One image the slide reads tile by tile: a level or an associated image."""
@@ -314,6 +224,9 @@ class DicomSource(SlideSource):
 
     def __init__(self, path: Path) -> None:
         self.path = path  # messages name it while the series is parsed
+        self._cache: OrderedDict[tuple[str, int, int, int], np.ndarray | None] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_lock = threading.Lock()
         instances = series_instances(path)
         check_series(instances)
         self.files = tuple(sorted(i.path for i in instances))
@@ -436,6 +349,24 @@ class DicomSource(SlideSource):
         want = self._planes[z]
         return min(image.group.focal_planes, key=lambda p: abs(p - want)), image.optical_path
 
+    def _decoded(self, image: _Image, t_col: int, t_row: int, z: int) -> np.ndarray | None:
+        """The frame's pixels, from a small cache: views read neighbouring tiles of one frame
+        (a 500-pixel frame under four 256-pixel tiles)."""
+        key = (image.where, z, t_col, t_row)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        pixels = self._decode(image, t_col, t_row, z)
+        size = 0 if pixels is None else pixels.nbytes
+        with self._cache_lock:
+            self._cache[key] = pixels
+            self._cache_bytes += size
+            while self._cache_bytes > _DECODED_CACHE_BYTES:
+                _, dropped = self._cache.popitem(last=False)
+                self._cache_bytes -= 0 if dropped is None else dropped.nbytes
+        return pixels
+
     def _decode(self, image: _Image, t_col: int, t_row: int, z: int) -> np.ndarray | None:
         frame = self._frame(image, t_col, t_row, z)
         if frame is None:
@@ -451,7 +382,7 @@ class DicomSource(SlideSource):
                         f"{image.tile.height} tile: refused before decoding"
                     )
             elif syntax in _JPEG_LS:
-                size = _jpeg_ls_declared(frame)
+                size = jpeg_ls_declared(frame)
                 if size.width > image.tile.width or size.height > image.tile.height:
                     raise CorruptSlide(f"{what} declares {size} pixels: refused before decoding")
             elif syntax not in _UNCOMPRESSED:
@@ -475,7 +406,7 @@ class DicomSource(SlideSource):
         cols = range(inside.x // tile.width, (inside.x + inside.width - 1) // tile.width + 1)
         for t_row in rows:
             for t_col in cols:
-                pixels = self._decode(image, t_col, t_row, z)
+                pixels = self._decoded(image, t_col, t_row, z)
                 if pixels is None:
                     continue  # a tile a sparse image leaves out is background
                 l_x, l_y = t_col * tile.width, t_row * tile.height
@@ -560,9 +491,7 @@ def _objective_power(dataset: Any) -> float | None:
 
 __all__ = [
     "DicomSource",
-    "check_series",
-    "copyable_jpeg",
-    "frame_colour",
+    "Instance",
     "holds_dicom",
     "is_dicom",
     "series_instances",
