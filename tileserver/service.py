@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -99,16 +99,6 @@ def _yield_cpu() -> None:
         thread = threading.get_native_id()
         nice = os.getpriority(os.PRIO_PROCESS, thread) + LARGE_RENDER_NICENESS
         os.setpriority(os.PRIO_PROCESS, thread, min(19, nice))
-
-
-class _PlanesPyramid(Protocol):
-    """The reads of channel and z-stack stores (spec15; H4 adds them to Pyramid itself)."""
-
-    def read_chunk(self, level: int, t_col: int, t_row: int, z: int = 0) -> np.ndarray: ...
-
-    def read_channel_chunk(
-        self, level: int, t_col: int, t_row: int, c: int, z: int = 0
-    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -230,6 +220,8 @@ class SlideService:
         pyramid = self.library.peek(slide_id)
         if pyramid is None:
             pyramid = await self._run(self.library.get, slide_id)
+            if pyramid.icc_profile is not None:  # its transform built here, not on the loop
+                await self._run(colour.can_convert, pyramid.icc_profile)
         return pyramid
 
     # -- slides ----------------------------------------------------------------------------
@@ -589,10 +581,7 @@ class SlideService:
             key = (*key, "z", z)
         pixels = self._chunks.get(key)
         if pixels is None:
-            if z:
-                pixels = cast(_PlanesPyramid, p).read_chunk(level, t_col, t_row, z=z)
-            else:
-                pixels = p.read_chunk(level, t_col, t_row)
+            pixels = p.read_chunk(level, t_col, t_row, z)
             pixels.flags.writeable = False  # shared between requests
             self._chunks.put(key, pixels)
         return pixels
@@ -603,7 +592,7 @@ class SlideService:
         key = (p.slide_id, p.generation, level, t_col, t_row, "c", c, z)
         samples = self._chunks.get(key)
         if samples is None:
-            samples = cast(_PlanesPyramid, p).read_channel_chunk(level, t_col, t_row, c, z=z)
+            samples = p.read_channel_chunk(level, t_col, t_row, c, z=z)
             samples.flags.writeable = False  # shared between requests
             self._chunks.put(key, samples)
         return samples

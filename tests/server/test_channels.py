@@ -1,7 +1,8 @@
 """Channel (fluorescence) and z-stack slides over the real server (issue 15): composite tiles
 with the channel parameters on DeepZoom and REST, IIIF's default composite, describe's
 channels and planes, 400s naming the parameter. Stores are written through the real writer
-(tests/channel_stores.py) and served over HTTPS with authentication off."""
+(tests/channel_stores.py), or converted from a synthetic OME-TIFF by the real converter, and
+served over HTTPS with authentication off."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sample_data.fluorescence import write_fluorescence
 from tests.channel_stores import level_samples, write_store
-from tests.server.conftest import Server, run_server
+from tests.server.conftest import Server, converted, run_server
+from tileserver.geometry import Region
 from tileserver.render.composite import composite_reference
 from tileserver.security.keys import KeyRing
 from tileserver.slide_ids import new_slide_id
+from tileserver.sources import open_slide
 from tileserver.store.layout import ChannelInfo
 
 TILE = 128
@@ -194,3 +198,36 @@ def test_rgb_z_stack_takes_z_only(site: Site) -> None:
     )
     bad = site.server.get(f"/deepzoom/{site.stack}_files/9/1_0.png?channels=0")
     assert bad.status == 400 and "'channels'" in bad.json()["error"]
+
+
+def test_converted_ome_tiff_serves_composites_of_its_samples(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """End to end: sample_data's synthetic immunofluorescence (OME-TIFF, 5 channels, uint16,
+    3 focal planes) converted by the real converter, served over HTTPS: level-0 tiles are the
+    composite of the source's own samples (stored losslessly), in the stored display."""
+    root = tmp_path_factory.mktemp("converted-channels")
+    home = root / "home"
+    keyring = KeyRing(home)
+    keyring.initialise()
+    slide = write_fluorescence(root / "if.ome.tif", 600, 400, channels=5, planes=3, tile=256)
+    slide_id = converted(slide, root / "stores", keyring)
+    with run_server(root / "stores", home, "--no-auth", secure=True) as server:
+        doc = server.get(f"/api/slides/{slide_id}").json()
+        assert doc["kind"] == "channels" and len(doc["channels"]) == 5
+        assert len(doc["planes"]) == 3 and doc["default_plane"] == 1
+        shown = [c["index"] for c in doc["channels"] if c["active"]]
+        tile = doc["tile_size"]
+        with open_slide(slide) as source:
+            samples = source.read_channels(0, Region(tile, 0, tile, tile), z=2)
+        for query, channels in (("?z=2", shown), ("?z=2&channels=4,1", [4, 1])):
+            reply = server.get(f"/deepzoom/{slide_id}_files/10/1_0.png{query}")
+            assert reply.status == 200, reply.body
+            colors = [tuple(bytes.fromhex(doc["channels"][c]["color"])) for c in channels]
+            windows = [tuple(doc["channels"][c]["window"]) for c in channels]
+            want = composite_reference(
+                np.ascontiguousarray(np.moveaxis(samples, -1, 0)[channels]),
+                colors,  # type: ignore[arg-type]
+                windows,
+            )
+            np.testing.assert_array_equal(pixels(reply.body)[:, : want.shape[1]], want)
