@@ -129,3 +129,16 @@ def test_embed_in_jpeg_keeps_the_scan(size: int) -> None:
     assert spliced.endswith(stored[stored.index(b"\xff\xdb") :])  # tables and scan as stored
     with pytest.raises(ValueError):
         colour.embed_in_jpeg(b"\x89PNG", profile)
+
+
+def test_usability_is_remembered_past_transform_eviction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first check, whether a profile converts is a lookup (the event loop asks):
+    no transform is built again for it even when its transform was evicted."""
+    cache = colour._Transforms(capacity=1)
+    monkeypatch.setattr(colour, "TRANSFORMS", cache)
+    monkeypatch.setattr(colour, "_usable", {})
+    profile = wide_gamut_profile()
+    assert colour.can_convert(profile) and not colour.can_convert(b"junk")
+    assert len(cache) == 1 and cache.built == 2  # the profile's transform was evicted
+    assert colour.can_convert(profile) and not colour.can_convert(b"junk")
+    assert cache.built == 2

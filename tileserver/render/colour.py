@@ -32,7 +32,8 @@ ICC_CHOICES = (NONE, EMBED, SRGB)
 # Perceptual, as Pillow and most viewers default to; for the matrix-shaper profiles scanners
 # usually carry it is the same as relative colorimetric (LittleCMS falls back).
 INTENT = ImageCms.Intent.PERCEPTUAL
-TRANSFORM_CACHE = 16  # profiles (slides) whose transforms stay built
+TRANSFORM_CACHE = 64  # profiles whose transforms stay built (tens of KB each)
+USABLE_CACHE = 4096  # profiles known to make (or not) a transform: a bool each
 MAX_PROFILE_BYTES = 4 << 20  # a profile is kilobytes (LUT profiles a few hundred); refuse more
 
 _APP2_ICC = b"ICC_PROFILE\x00"
@@ -146,8 +147,22 @@ def to_srgb(pixels: np.ndarray, profile: bytes) -> np.ndarray:
     return np.asarray(transform.apply(image))
 
 
+_usable: dict[bytes, bool] = {}
+
+
 def can_convert(profile: bytes | None) -> bool:
-    return profile is not None and TRANSFORMS.get(profile) is not None
+    """Whether ``profile`` makes an sRGB transform. Remembered apart from the transforms, so
+    after the first call (the service makes it in its pool when a slide opens) this is a
+    dictionary lookup, safe on the event loop even once the transform has been evicted."""
+    if profile is None:
+        return False
+    known = _usable.get(profile)
+    if known is None:
+        known = TRANSFORMS.get(profile) is not None
+        if len(_usable) >= USABLE_CACHE:
+            _usable.clear()  # rare: thousands of distinct profiles; rebuilt on demand
+        _usable[profile] = known
+    return known
 
 
 def effective(choice: str | None, profile: bytes | None, *, tile: bool) -> str:
