@@ -231,3 +231,12 @@ def test_converted_ome_tiff_serves_composites_of_its_samples(
                 windows,
             )
             np.testing.assert_array_equal(pixels(reply.body)[:, : want.shape[1]], want)
+
+
+def test_openapi_names_the_display_parameters(site: Site) -> None:
+    doc = site.server.get("/api/openapi.json").json()
+    for path in ("/api/slides/{slide_id}/region", "/api/slides/{slide_id}/thumbnail"):
+        names = {p["name"] for p in doc["paths"][path]["get"]["parameters"]}
+        assert {"channels", "colors", "windows", "z"} <= names, path
+    slide = doc["components"]["schemas"]["Slide"]["properties"]
+    assert {"kind", "dtype", "channels", "planes", "default_plane"} <= set(slide)

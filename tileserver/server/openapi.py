@@ -22,6 +22,35 @@ _ICC = {
     " pixels with the profile embedded; none: stored pixels (docs/colour.md)",
     "schema": {"type": "string", "enum": ["srgb", "embed", "none"]},
 }
+# Channel (fluorescence) and z-stack slides (protocols/display.py, docs/fluorescence.md).
+_DISPLAY: list[dict[str, Any]] = [
+    {
+        "name": "channels",
+        "in": "query",
+        "description": "channel indices to composite, comma-separated, no repeats"
+        " (default: the slide's active channels)",
+        "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$"},
+    },
+    {
+        "name": "colors",
+        "in": "query",
+        "description": "one RRGGBB hex colour per chosen channel (default: stored colours)",
+        "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{6}(,[0-9A-Fa-f]{6})*$"},
+    },
+    {
+        "name": "windows",
+        "in": "query",
+        "description": "one start-end display window per chosen channel, in sample values,"
+        " start < end <= 255 or 65535 (default: stored windows)",
+        "schema": {"type": "string", "example": "100-4000,0-255"},
+    },
+    {
+        "name": "z",
+        "in": "query",
+        "description": "focal plane index (default: the slide's default plane)",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+]
 _IMAGE = {"description": "image", "content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}
 _ERROR = {
     "description": "error",
@@ -245,6 +274,7 @@ def openapi_document() -> dict[str, Any]:
                         _int("max", "longest side in pixels", minimum=1),
                         _FORMAT,
                         _ICC,
+                        *_DISPLAY,
                     ],
                     "responses": {"200": _IMAGE, "304": {"description": "not modified"}, **_ERRORS},
                 }
@@ -268,6 +298,7 @@ def openapi_document() -> dict[str, Any]:
                         _int("max", "output longest side", minimum=1),
                         _FORMAT,
                         _ICC,
+                        *_DISPLAY,
                     ],
                     "responses": {"200": _IMAGE, "304": {"description": "not modified"}, **_ERRORS},
                 }
@@ -400,6 +431,30 @@ def openapi_document() -> dict[str, Any]:
                                 "usable": {"type": "boolean"},
                             },
                         },
+                        # Channel (fluorescence) slides and focal planes: what the display
+                        # parameters of images and tiles choose from.
+                        "kind": {"type": "string", "enum": ["rgb", "channels"]},
+                        "dtype": {"type": "string", "enum": ["uint8", "uint16"]},
+                        "channels": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "index": {"type": "integer"},
+                                    "name": {"type": "string"},
+                                    "color": {"type": "string", "pattern": "^[0-9a-f]{6}$"},
+                                    "emission_nm": {"type": "number", "nullable": True},
+                                    "window": {"type": "array", "items": {"type": "number"}},
+                                    "active": {"type": "boolean"},
+                                },
+                            },
+                        },
+                        "planes": {
+                            "type": "array",
+                            "items": {"type": "number"},
+                            "description": "focal planes' z offsets in micrometres",
+                        },
+                        "default_plane": {"type": "integer"},
                         # Which slide is which (`tileserver slides label`); null: not set.
                         "case": {"type": "string", "nullable": True},
                         "block": {"type": "string", "nullable": True},
