@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,13 @@ def reference_srgb(raw: np.ndarray) -> np.ndarray:
     return np.asarray(ImageCms.applyTransform(Image.fromarray(raw), transform))
 
 
+@dataclass(frozen=True)
 class Served:
-    def __init__(self, server: Server, tagged: str, plain: str, home: Path, root: Path) -> None:
-        self.server, self.tagged, self.plain, self.home, self.root = server, tagged, plain, home, root
+    server: Server
+    tagged: str  # slide IDs: tagged with the wide-gamut profile, and without a profile
+    plain: str
+    home: Path
+    root: Path
 
 
 @pytest.fixture(scope="module")
