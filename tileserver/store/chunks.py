@@ -13,6 +13,7 @@ import numpy as np
 from tileserver.errors import StoreError
 from tileserver.geometry import Size
 from tileserver.sources.codestreams import jpeg_declared
+from tileserver.store.layout import CHANNEL_ZSTD_LEVEL
 
 # Chunks we encode keep full-resolution chroma: 4:2:0 halves it, and stain colour in
 # pathology lives in fine detail (nuclear rims, fibres, small fluorescent spots). See
@@ -57,7 +58,7 @@ def encode_channel_chunk(pixels: np.ndarray) -> bytes:
     """One channel's (tile, tile) uint8/uint16 samples: little-endian bytes, C order, zstd
     (zarr's bytes + zstd codecs)."""
     data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
-    return bytes(imagecodecs.zstd_encode(data.tobytes(), level=3))
+    return bytes(imagecodecs.zstd_encode(data, level=CHANNEL_ZSTD_LEVEL))
 
 
 def decode_channel_chunk(data: bytes, dtype: str, tile: int) -> np.ndarray:

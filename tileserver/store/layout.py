@@ -42,7 +42,13 @@ KINDS = ("rgb", "channels")
 DTYPES = ("uint8", "uint16")
 MAX_CHANNELS = 1024  # far beyond any multiplex panel; bounds what metadata can make us allocate
 MAX_PLANES = 1024
-ZSTD_CODEC: dict[str, Any] = {"name": "zstd", "configuration": {"level": 3, "checksum": False}}
+# Channel chunks: zstd level 1 encodes noisy 16-bit samples ~3.5x faster than level 3 for
+# ~13% more bytes (decoding speed is the same), and conversion speed is what limits here.
+CHANNEL_ZSTD_LEVEL = 1
+ZSTD_CODEC: dict[str, Any] = {
+    "name": "zstd",
+    "configuration": {"level": CHANNEL_ZSTD_LEVEL, "checksum": False},
+}
 # Colours for channels their source gives none: blue, green, red, then the secondaries.
 PALETTE = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FFFFFF")
 DEFAULT_ACTIVE = 4  # channels shown by default: the first few (a 40-plex panel at once is mush)
