@@ -227,3 +227,16 @@ def test_a_truncated_instance_is_a_typed_error(keep: int, tmp_path: Path) -> Non
     with pytest.raises(SlideError, match=r"^cut.dcm: "), open_slide(tmp_path / "cut.dcm") as s:
         size = s.info.levels[0].size
         s.read_region(0, Region(0, 0, size.width, size.height))
+
+
+def test_unreadable_neighbours_do_not_stop_a_series(tmp_path: Path) -> None:
+    corpus = require_corpus() / "dicom"
+    shutil.copy(corpus / "w2d-jpeg/jpeg.dicom", tmp_path / "good.dcm")
+    shutil.copy(corpus / "pathml-small_dicom/small_dicom.dcm", tmp_path / "no-type.dcm")
+    (tmp_path / "cut.dcm").write_bytes((corpus / "w2d-raw/raw.dicom").read_bytes()[:900])
+    for name in ("good.dcm", ""):  # the file, or the folder, whose one series it is
+        with open_slide(tmp_path / name) as source:
+            assert isinstance(source, DicomSource)
+            assert source.files == (tmp_path / "good.dcm",)
+    with pytest.raises(UnsupportedFeature, match=r"^no-type.dcm: lacks Image Type"):
+        open_slide(tmp_path / "no-type.dcm")

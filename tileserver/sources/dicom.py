@@ -148,21 +148,17 @@ def _dicom_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and is_dicom(p))
 
 
-def _instances(files: Iterable[Path], wanted: Path | None) -> list[Instance]:
-    """The readable VL WSI instances among ``files``. Other files are skipped (annotations,
-    other modalities), except ``wanted``, whose refusal is the caller's answer."""
-    found = []
-    refusals: list[UnsupportedFormat] = []
+def _instances(files: Iterable[Path]) -> tuple[list[Instance], list[SlideError]]:
+    """The readable VL WSI instances among ``files``, and why the others were not read
+    (annotations, other modalities, broken files: skipped, as not part of a slide)."""
+    found: list[Instance] = []
+    refusals: list[SlideError] = []
     for path in files:
         try:
             found.append(read_instance(path))
-        except UnsupportedFormat as exc:
-            if path == wanted:
-                raise
+        except (UnsupportedFormat, CorruptSlide) as exc:
             refusals.append(exc)
-    if not found and refusals:
-        raise refusals[0]
-    return found
+    return found, refusals
 
 
 def series_uid(path: Path) -> str | None:
@@ -183,8 +179,10 @@ def series_instances(path: Path) -> list[Instance]:
     """The instances of the series ``path`` names: a folder holding one series, or any file
     of a series (its folder's files with the same Series Instance UID)."""
     if path.is_dir():
-        instances = _instances(_dicom_files(path), None)
+        instances, refusals = _instances(_dicom_files(path))
         if not instances:
+            if refusals:  # e.g. a one-file "series" wsidicom cannot read: say why
+                raise refusals[0]
             raise UnsupportedFormat(f"{path.name}: no DICOM whole-slide image in the folder")
         first = instances[0]
         for other in instances[1:]:
@@ -197,7 +195,7 @@ def series_instances(path: Path) -> list[Instance]:
     if not is_dicom(path):
         raise UnsupportedFormat(f"{path.name}: not a DICOM file")
     own = read_instance(path)
-    others = _instances((p for p in _dicom_files(path.parent) if p != path), None)
+    others, _ = _instances(p for p in _dicom_files(path.parent) if p != path)
     return [own] + [i for i in others if i.series_uid == own.series_uid]
 
 
