@@ -240,3 +240,22 @@ def test_unreadable_neighbours_do_not_stop_a_series(tmp_path: Path) -> None:
             assert source.files == (tmp_path / "good.dcm",)
     with pytest.raises(UnsupportedFeature, match=r"^no-type.dcm: lacks Image Type"):
         open_slide(tmp_path / "no-type.dcm")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "google-camelyon-jpeg/multi_frame_jpeg_camelyon_challenge_image.dcm",
+        "google-camelyon-jpeg2000/multi_frame_jpeg2000_camelyon_challenge_image.dcm",
+        "openslide-python-boxes/boxes_0.dcm",
+        "w2d-jpeg/jpeg.dicom",
+        "w2d-raw/raw.dicom",
+    ],
+)
+def test_where_the_colours_agree_the_pixels_equal_openslides(name: str) -> None:
+    path = require_corpus() / "dicom" / name
+    with open_slide(path) as ours, open_slide(path, backend="openslide") as osl:
+        assert isinstance(ours, DicomSource) and not ours.jpeg_colour_mismatch(0)
+        size = ours.info.levels[0].size
+        region = Region(0, 0, min(size.width, 600), min(size.height, 600))
+        assert np.array_equal(ours.read_region(0, region), osl.read_region(0, region))
