@@ -91,6 +91,11 @@ def test_five_channel_16_bit_three_plane_round_trip(stack: np.ndarray, tmp_path:
     assert names == ["DAPI", "CD3", "CD8", "Channel 3", "PanCK"]
     assert [info.color for info in layout.channel_info][::2] == ["0000FF", "FF0000", "FFFF00"]
     assert [info.active for info in layout.channel_info] == [True] * 4 + [False]
+    from ome_zarr_models.v05.image import Image as OmeImage
+
+    multiscale = OmeImage.from_zarr(group).ome_attributes.multiscales[0]
+    assert [a.name for a in multiscale.axes] == ["c", "z", "y", "x"]
+    assert multiscale.datasets[1].coordinateTransformations[0].scale == [1.0, 2.0, 1.0, 1.0]
     omero = group.attrs["ome"]["omero"]
     assert omero["rdefs"]["defaultZ"] == 1
     assert omero["channels"][0]["window"]["end"] == layout.channel_info[0].window[1]
@@ -145,8 +150,12 @@ def test_rgb_z_stack_converts_plane_by_plane(tmp_path: Path) -> None:
         for level, want in enumerate(reference_pyramid(data[z], len(reader.layout.levels))):
             h, w = want.shape[:2]
             np.testing.assert_array_equal(reader.read_region(level, Region(0, 0, w, h), z), want)
-    group = zarr.open_group(str(tmp_path / reader.layout.slide_id))
+    group = zarr.open_group(str(tmp_path / reader.layout.slide_id), mode="r")
     np.testing.assert_array_equal(np.asarray(group["0"][:, 1]).transpose(1, 2, 0), data[1])
+    from ome_zarr_models.v05.image import Image as OmeImage
+
+    axes = OmeImage.from_zarr(group).ome_attributes.multiscales[0].axes
+    assert [(a.name, a.type) for a in axes][:2] == [("c", "channel"), ("z", "space")]
 
 
 def test_a_stopped_channel_conversion_resumes_with_the_same_pixels(
