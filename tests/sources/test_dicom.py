@@ -259,3 +259,17 @@ def test_where_the_colours_agree_the_pixels_equal_openslides(name: str) -> None:
         size = ours.info.levels[0].size
         region = Region(0, 0, min(size.width, 600), min(size.height, 600))
         assert np.array_equal(ours.read_region(0, region), osl.read_region(0, region))
+
+
+def test_a_label_instance_of_the_series_is_the_label(tmp_path: Path) -> None:
+    corpus = require_corpus() / "dicom"
+    shutil.copy(corpus / "w2d-jpeg/jpeg.dicom", tmp_path / "slide.dcm")
+    slide = pydicom.dcmread(tmp_path / "slide.dcm", stop_before_pixels=True)
+    label = pydicom.dcmread(corpus / "google-test_wsi/test_wsi.dcm")  # a LABEL instance
+    for uid in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        setattr(label, uid, getattr(slide, uid))
+    label.save_as(tmp_path / "label.dcm")
+    with open_slide(tmp_path / "slide.dcm") as source:
+        assert source.info.associated == ("label",)
+        assert source.read_associated("label").shape == (117, 234, 3)
+        assert [tuple(lv.size) for lv in source.info.levels] == [(957, 715)]
