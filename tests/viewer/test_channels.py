@@ -36,6 +36,7 @@ class Lab:
     server: Server
     fluor: str
     rgb: str
+    stack: str  # an RGB z-stack: dark plane 0, light plane 1
     storage: dict[str, Any]
 
 
@@ -55,7 +56,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Lab]
         gain = 0.4 + 0.3 * z
         planes.append(np.stack([x * 40000 / w, np.full((h, w), 30000.0), y * 40000 / h]) * gain)
     samples = np.stack(planes, axis=1).astype(np.uint16)
-    fluor, rgb = new_slide_id(), new_slide_id()
+    fluor, rgb, stack = new_slide_id(), new_slide_id(), new_slide_id()
     write_store(
         out,
         fluor,
@@ -68,7 +69,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Lab]
     )
     brightfield = np.full((3, 1, 300, 400), 200, np.uint8)
     write_store(out, rgb, brightfield, tile=TILE, keyring=keyring)
-    _cli(home, "slides", "assign", "case-f", fluor, rgb)
+    focus = np.stack(
+        [np.full((3, 300, 400), 60, np.uint8), np.full((3, 300, 400), 220, np.uint8)], 1
+    )
+    write_store(out, stack, focus, tile=TILE, plane_offsets=(0.0, 2.5), keyring=keyring)
+    _cli(home, "slides", "assign", "case-f", fluor, rgb, stack)
     with run_server(out, home, secure=True) as server:
         erin = Person("erin", PASSWORD)
         enrol(server, home, erin, "case-f")
@@ -77,7 +82,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Lab]
         assert context.request.post("/auth/login", data=login).status == 200
         storage = context.storage_state()
         context.close()
-        yield Lab(server, fluor, rgb, storage)
+        yield Lab(server, fluor, rgb, stack, storage)
 
 
 @pytest.fixture
@@ -184,4 +189,22 @@ def test_rgb_slide_has_no_channel_panel(lab: Lab, page: Any) -> None:
     poll(page, "document.body.dataset.fullyLoaded === 'true'")
     assert page.locator("#channel-toggle").count() == 0
     assert all(q == {} for q in page.tiles)
+    assert not page.errors, page.errors
+
+
+def test_rgb_z_stack_has_a_focus_slider(lab: Lab, page: Any) -> None:
+    page.goto(f"/view/{lab.stack}")
+    poll(page, "document.body.dataset.fullyLoaded === 'true'")
+    page.wait_for_timeout(300)
+    assert all(q == {} for q in page.tiles)  # the default plane (0 here), no parameters
+    dark = canvas_rgb(page)
+    assert page.text_content("#channel-toggle") == "Focus"
+    page.click("#channel-toggle")
+    assert page.locator("#channel-panel fieldset").count() == 0  # no channels, a plane only
+    n = len(page.tiles)
+    page.fill("#channel-z", "1")
+    settle(page, n)
+    assert page.tiles[-1] == {"z": ["1"]}, page.tiles[-1]
+    assert page.text_content("#channel-z-value") == "2 / 2 (+2.5 µm)"
+    assert canvas_rgb(page).mean() > dark.mean() + 100
     assert not page.errors, page.errors
