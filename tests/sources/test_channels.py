@@ -252,3 +252,19 @@ def test_qpi_description_and_default_colours() -> None:
         "123456",
         "ff0000",
     )
+
+
+def test_chunks_smaller_than_the_source_tiles_read_the_same(tmp_path: Path) -> None:
+    """A converter reads 256-px chunks of 512-px tiles, through the decoded-segment cache."""
+    data = np.random.default_rng(2).integers(0, 65536, (3, 700, 900), dtype=np.uint16)
+    path = tmp_path / "big-tiles.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", tile=(512, 512), compression="zlib")
+    expected = np.moveaxis(data, 0, -1)
+    with open_slide(path) as source:
+        for _ in range(2):  # cold, then from the cache
+            for y in range(0, 700, 256):
+                for x in range(0, 900, 256):
+                    chunk = source.read_channels(0, Region(x, y, 256, 256))
+                    assert chunk.flags.writeable
+                    h, w = min(256, 700 - y), min(256, 900 - x)
+                    assert np.array_equal(chunk[:h, :w], expected[y : y + h, x : x + w])

@@ -26,7 +26,6 @@ import tifffile
 from tileserver.errors import CorruptSlide, UnsupportedFeature, UnsupportedFormat
 from tileserver.geometry import Region, Size
 from tileserver.sources.base import (
-    CHANNEL_DTYPES,
     MAX_DECODE_PIXELS,
     Channel,
     Level,
@@ -35,7 +34,7 @@ from tileserver.sources.base import (
     SlideSource,
     to_rgb,
 )
-from tileserver.sources.channel_metadata import default_names, parse_ome, parse_qpi
+from tileserver.sources.channel_metadata import parse_ome
 from tileserver.sources.codestreams import (
     Declared,
     j2k_declared,
@@ -44,25 +43,12 @@ from tileserver.sources.codestreams import (
     webp_declared,
 )
 from tileserver.sources.metadata import allowlisted, parse_aperio_description, parse_float
+from tileserver.sources.segment_cache import SegmentCache
+from tileserver.sources.tiff_layout import Layout, channels_of, layout_of
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _JPEG = 7
 _PHOTOMETRIC_RGB = 2
-_PHOTOMETRIC_YCBCR = 6
-# Axes a slide may have beyond Y, X and samples (S): channels (C; tifffile calls a generic
-# stack of same-sized pages I or Q) and focal planes (Z). Others are refused by name.
-_CHANNEL_AXES = frozenset("CIQ")
-_AXIS_NAMES = {
-    "T": "time points",
-    "A": "angles",
-    "P": "phases",
-    "H": "lifetime bins",
-    "E": "wavelength bins",
-    "L": "exposures",
-    "V": "views",
-    "R": "tiles",
-    "M": "mosaic positions",
-}
 _ASSOCIATED = {"Thumbnail": "thumbnail", "Label": "label", "Macro": "macro"}
 # Adobe APP14 marker with transform 0: tells decoders the 3 components are RGB, not YCbCr.
 _APP14_RGB = bytes.fromhex("ffee000e41646f626500640000000000")
@@ -80,6 +66,7 @@ _DECLARED_SIZE: dict[int, Callable[[bytes], Declared]] = {
     34933: png_declared,
     50001: webp_declared,
 }
+_MAX_SEGMENT_CACHE = 192 << 20  # bytes of decoded segments one channel slide may keep
 _UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit inch, centimetre
 
 
@@ -109,86 +96,6 @@ class _LevelPage:
     first_segment: int = 0  # planar samples: this sample plane's first segment index
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """How the file's pages map onto levels, focal planes and channels."""
-
-    rgb: bool
-    dtype: np.dtype[Any]
-    planes: int  # Z
-    page_axes: str  # the axes indexing pages (channel axes and Z), outermost first
-    page_shape: tuple[int, ...]
-    samples: int  # samples per pixel in each page
-    planar: bool  # samples stored one plane after another (PlanarConfiguration 2)
-
-    def _channel_dims(self) -> list[int]:
-        return [n for a, n in zip(self.page_axes, self.page_shape, strict=True) if a != "Z"]
-
-    @property
-    def channel_pages(self) -> int:
-        return int(np.prod(self._channel_dims()))
-
-    def page_index(self, channel_page: int, z: int) -> int:
-        """Index into a level's page list of one channel page (outer axes first) at plane z."""
-        dims = self._channel_dims()
-        position = [int(i) for i in np.unravel_index(channel_page, dims)] if dims else []
-        if "Z" in self.page_axes:
-            position.insert(self.page_axes.index("Z"), z)
-        if not position:
-            return 0
-        return int(np.ravel_multi_index(position, self.page_shape))
-
-
-def _sample_problem(dtype: np.dtype[Any]) -> str | None:
-    """Why samples of this type are refused, or None for uint8 / uint16."""
-    if dtype.name in CHANNEL_DTYPES:
-        return None
-    bits = dtype.itemsize * 8
-    kinds = {"f": "floating-point", "c": "complex", "i": "signed integer", "u": "unsigned integer"}
-    if dtype.kind == "b":
-        return "1-bit bilevel samples"
-    return f"{bits}-bit {kinds.get(dtype.kind, dtype.kind)} samples ({dtype.name})"
-
-
-def _layout(tif: tifffile.TiffFile, series: Any, path: Path) -> _Layout:
-    """Classify the first series: an RGB slide (8-bit RGB or gray, as always) or a channel
-    slide, refusing sample formats and axes no reader here renders faithfully."""
-    dtype, axes, shape = np.dtype(series.dtype), str(series.axes), tuple(series.shape)
-    page0 = series.levels[0].keyframe
-    problems = [
-        f"{n} {_AXIS_NAMES.get(a, f'planes along axis {a}')} ({a})"
-        for a, n in zip(axes, shape, strict=True)
-        if a not in "YXSCZIQ" and n > 1
-    ]
-    sample = _sample_problem(dtype)
-    if sample:
-        problems.append(sample)
-    if problems or not (axes.endswith("YX") or axes.endswith("YXS")):
-        # A vendor TIFF may still be OpenSlide's to read: let open_slide try it.
-        vendor = tif.is_scn or tif.is_philips or tif.is_bif or tif.is_svs or tif.is_ndpi
-        error = UnsupportedFormat if vendor else UnsupportedFeature
-        what = " and ".join(problems) or f"an image with axes {axes}"
-        raise error(f"{path.name}: {what} are not supported (axes {axes}, {dtype})")
-    contig = axes.endswith("S")
-    lead = axes[:-3] if contig else axes[:-2]
-    lead_shape = shape[: len(lead)]
-    planar = "S" in lead
-    page_axes = lead.replace("S", "")
-    page_shape = tuple(n for a, n in zip(lead, lead_shape, strict=True) if a != "S")
-    samples = int(page0.samplesperpixel)
-    planes = page_shape[page_axes.index("Z")] if "Z" in page_axes else 1
-    colour = int(page0.photometric) in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR) and samples >= 3
-    microscopy = tif.is_ome or tif.is_qpi  # declare channels: even one 8-bit gray is a channel
-    rgb = (
-        dtype == np.uint8
-        and not _CHANNEL_AXES & set(page_axes)
-        and (colour or (samples <= 2 and not microscopy))
-    )
-    if rgb and planar:
-        raise UnsupportedFormat(f"{path.name}: planar (separate) samples")
-    return _Layout(rgb, dtype, planes, page_axes, page_shape, samples, planar)
-
-
 class TiffSource(SlideSource):
     """A slide read through tifffile. Thread-safe: reads use pread, decoding is pure."""
 
@@ -213,6 +120,7 @@ class TiffSource(SlideSource):
         self._pages = tuple(planes[0][0] for planes in self._stack)
         self._tif = tif
         self._file_size = path.stat().st_size
+        self._segments = SegmentCache(_segment_budget(self._stack, info))
         self._fd = os.open(path, os.O_RDONLY)
         super().__init__(path, info)
 
@@ -224,7 +132,7 @@ class TiffSource(SlideSource):
         if not tif.series:
             raise UnsupportedFormat(f"{path.name}: TIFF without images")
         series = tif.series[0]
-        layout = _layout(tif, series, path)
+        layout = layout_of(tif, series, path)
         orientation = series.levels[0].keyframe.tags.valueof(274, 1)
         if orientation not in (0, 1):  # 0 is invalid; readers treat it as the default, 1
             # libtiff (under OpenSlide) flips each tile on its own: refuse rather than mislead.
@@ -262,7 +170,7 @@ class TiffSource(SlideSource):
         if tif.is_ome and tif.ome_metadata:
             z_spacing = parse_ome(tif.ome_metadata).z_spacing_um
         if not layout.rgb:
-            channels, qpi_mpp, qpi_mag = _channels(tif, series, layout)
+            channels, qpi_mpp, qpi_mag = channels_of(tif, series, layout)
             mpp = (qpi_mpp, qpi_mpp) if qpi_mpp else mpp
             objective = qpi_mag or objective
         if layout.planes > 1:
@@ -285,7 +193,7 @@ class TiffSource(SlideSource):
         return info, tuple(stack), assoc, props
 
     def _level_planes(
-        self, level: Any, layout: _Layout, path: Path, where: str, file_size: int
+        self, level: Any, layout: Layout, path: Path, where: str, file_size: int
     ) -> tuple[tuple[_LevelPage, ...], ...]:
         """Per focal plane, the segment tables that fill the level's samples in order."""
         pages = level.pages
@@ -309,7 +217,7 @@ class TiffSource(SlideSource):
 
     @classmethod
     def _page_parts(
-        cls, page: Any, path: Path, where: str, file_size: int, layout: _Layout
+        cls, page: Any, path: Path, where: str, file_size: int, layout: Layout
     ) -> list[_LevelPage]:
         lp = cls._level_page(page, path, where, file_size, rgb=layout.rgb)
         if layout.rgb:
@@ -423,8 +331,9 @@ class TiffSource(SlideSource):
         size = self.info.levels[level].size
         out = np.zeros((l_region.height, l_region.width, len(self.info.channels)), self.info.dtype)
         first = 0
-        for lp in self._stack[level][z]:
-            self._paint(lp, size, l_region, out[:, :, first : first + lp.samples])
+        for part, lp in enumerate(self._stack[level][z]):
+            view = out[:, :, first : first + lp.samples]
+            self._paint(lp, size, l_region, view, cache=(level, z, part))
             first += lp.samples
         return out
 
@@ -433,8 +342,16 @@ class TiffSource(SlideSource):
         self._paint(lp, size, l_region, out)
         return out
 
-    def _paint(self, lp: _LevelPage, size: Size, l_region: Region, out: np.ndarray) -> None:
-        """Decode the segments under ``l_region`` into ``out`` (the region's pixels)."""
+    def _paint(
+        self,
+        lp: _LevelPage,
+        size: Size,
+        l_region: Region,
+        out: np.ndarray,
+        cache: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Decode the segments under ``l_region`` into ``out`` (the region's pixels); with
+        ``cache`` (level, plane, part), through the decoded-segment cache."""
         inside = l_region.intersect(size)
         if inside.width == 0 or inside.height == 0:
             return
@@ -444,7 +361,12 @@ class TiffSource(SlideSource):
         t_row1 = (inside.y + inside.height - 1) // seg.height
         for t_row in range(t_row0, t_row1 + 1):
             for t_col in range(t_col0, t_col1 + 1):
-                pixels = self._decode_segment(lp, t_col, t_row)
+                key = None if cache is None else (*cache, t_col, t_row)
+                pixels = None if key is None else self._segments.get(key)
+                if pixels is None:
+                    pixels = self._decode_segment(lp, t_col, t_row)
+                    if key is not None and pixels is not None:
+                        self._segments.put(key, pixels)
                 if pixels is None:
                     continue  # an empty segment is background
                 l_x, l_y = t_col * seg.width, t_row * seg.height
@@ -521,24 +443,18 @@ class TiffSource(SlideSource):
         if fd >= 0:  # closing twice must not close a descriptor someone else now owns
             os.close(fd)
             self._tif.close()
+            self._segments.clear()
 
 
-def _channels(
-    tif: tifffile.TiffFile, series: Any, layout: _Layout
-) -> tuple[tuple[Channel, ...], float | None, float | None]:
-    """The channels' names and colours (OME-XML, QPTIFF page XML, else numbered), and
-    QPTIFF's pixel size and magnification."""
-    count = layout.channel_pages * layout.samples
-    colour = int(series.levels[0].keyframe.photometric) in (_PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR)
-    if tif.is_ome and tif.ome_metadata:
-        declared = parse_ome(tif.ome_metadata).channels
-        if len(declared) == count:
-            return declared, None, None
-    if tif.is_qpi and layout.samples == 1:
-        pages = series.levels[0].pages
-        qpi = [parse_qpi(pages[layout.page_index(c, 0)].description, c) for c in range(count)]
-        return tuple(q.channel for q in qpi), qpi[0].mpp, qpi[0].magnification
-    return default_names(count, colour), None, None
+def _segment_budget(stack: tuple[tuple[tuple[_LevelPage, ...], ...], ...], info: SlideInfo) -> int:
+    """Bytes of decoded segments to keep for a channel slide: one row of level-0 segments of
+    every channel, so a reader going chunk row by chunk row decodes each segment once
+    (capped: a server may hold several sources open). RGB slides keep none."""
+    if not info.channels:
+        return 0
+    itemsize = np.dtype(info.dtype).itemsize
+    row = sum(lp.grid.width * lp.segment.pixels * lp.samples * itemsize for lp in stack[0][0])
+    return min(row + row // 4, _MAX_SEGMENT_CACHE)
 
 
 def standalone_jpeg(data: bytes, tables: bytes | None, rgb: bool) -> bytes:
