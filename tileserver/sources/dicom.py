@@ -66,6 +66,9 @@ _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.
 # Caches are per open series (a server holds dozens): frames are decoded here, not by
 # wsidicom, and a few MiB of stored frames serve the neighbouring tiles of a view.
 _DECODED_CACHE_BYTES = 16 << 20
+_HEADERS: OrderedDict[tuple[str, int, int], Instance] = OrderedDict()
+_HEADERS_LOCK = threading.Lock()
+_HEADERS_KEPT = 4096  # a few hundred bytes each
 _SETTINGS = Settings(
     strict_tile_size_check=False, decoded_frame_cache_size=0, encoded_frame_cache_size=4 << 20
 )
@@ -91,7 +94,26 @@ def holds_dicom(directory: Path) -> bool:
 
 def read_instance(path: Path) -> Instance:
     """The header of one VL WSI file. UnsupportedFormat for a file that is not DICOM or not a
-    VL WSI image; UnsupportedFeature, naming what is missing, for one wsidicom cannot read."""
+    VL WSI image; UnsupportedFeature, naming what is missing, for one wsidicom cannot read.
+    Remembered per file version: listing a folder, then opening its series, reads it once."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise UnsupportedFormat(f"{path.name}: cannot be read: {exc.strerror}") from exc
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _HEADERS_LOCK:
+        known = _HEADERS.get(key)
+    if known is not None:
+        return known
+    instance = _read_instance(path)
+    with _HEADERS_LOCK:
+        _HEADERS[key] = instance
+        while len(_HEADERS) > _HEADERS_KEPT:
+            _HEADERS.popitem(last=False)
+    return instance
+
+
+def _read_instance(path: Path) -> Instance:
     opened = list(WsiDicomStreamOpener().open(path))
     if not opened:
         raise UnsupportedFormat(f"{path.name}: not a DICOM file")
