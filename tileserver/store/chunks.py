@@ -58,7 +58,7 @@ def encode_channel_chunk(pixels: np.ndarray) -> bytes:
     """One channel's (tile, tile) uint8/uint16 samples: little-endian bytes, C order, zstd
     (zarr's bytes + zstd codecs)."""
     data = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
-    return bytes(imagecodecs.zstd_encode(data, level=CHANNEL_ZSTD_LEVEL))
+    return bytes(imagecodecs.zstd_encode(data.tobytes(), level=CHANNEL_ZSTD_LEVEL))
 
 
 def decode_channel_chunk(data: bytes, dtype: str, tile: int) -> np.ndarray:
