@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tileserver.errors import RegionError, SlideError, SlideNotFound
+from tileserver.errors import RegionError, SlideError, SlideNotFound, UnsupportedFeature
 from tileserver.geometry import Region, Size
 from tileserver.protocols.display import SlideDisplay, layout_display, source_display
 from tileserver.render.encode import decode, resize
@@ -182,6 +182,8 @@ class SourcePyramid:
     ) -> np.ndarray:
         picked = list(channels)
         count = len(self.source.info.channels)
+        if not count:
+            raise UnsupportedFeature(f"{self.slide_id}: an RGB slide has no channels to read")
         if not picked or any(not 0 <= c < count for c in picked):
             raise RegionError(f"{self.slide_id}: channels {picked} outside 0..{count - 1}")
         out = np.zeros((l_region.height, l_region.width, len(picked)), self.source.info.dtype)

@@ -204,7 +204,7 @@ class StoreReader:
         """uint8 RGB pixels of a region in level pixels, plane ``z``; outside the level is
         white. RGB stores only (a channel store's pixels are composited by the renderer)."""
         self._require("rgb")
-        self._check_region(level, l_region, 1)
+        self._check_region(level, l_region, 3)
         self._check_plane(z)
         out = np.full((l_region.height, l_region.width, 3), FILL_VALUE, dtype=np.uint8)
         inside = l_region.intersect(self.layout.levels[level])
@@ -229,8 +229,8 @@ class StoreReader:
         for c in picked:
             self._check_channel(c)
         self._check_plane(z)
-        # The cap counts samples: a region of 8 channels costs what 8 / 3 RGB regions do.
-        self._check_region(level, l_region, max(1, len(picked) // 3))
+        itemsize = np.dtype(self.layout.dtype).itemsize
+        self._check_region(level, l_region, len(picked) * itemsize)
         out = np.zeros((l_region.height, l_region.width, len(picked)), dtype=self.layout.dtype)
         inside = l_region.intersect(self.layout.levels[level])
         if inside.width and inside.height:
@@ -262,13 +262,16 @@ class StoreReader:
             what = "RGB pixels" if kind == "rgb" else "channels"
             raise UnsupportedFeature(f"{self.name}: a {self.layout.kind} store has no {what}")
 
-    def _check_region(self, level: int, l_region: Region, weight: int) -> None:
+    def _check_region(self, level: int, l_region: Region, pixel_bytes: int) -> None:
+        """The cap is on bytes allocated, an RGB region's of ``MAX_REGION_PIXELS``: a region
+        of many or 16-bit channels may have proportionally fewer pixels."""
         if not 0 <= level < len(self.layout.levels):
             raise RegionError(f"{self.name}: level {level} out of range")
         if l_region.width <= 0 or l_region.height <= 0:
             raise RegionError(f"{self.name}: empty region")
-        if l_region.width * l_region.height * weight > MAX_REGION_PIXELS:
-            raise RegionError(f"{self.name}: region exceeds the cap of {MAX_REGION_PIXELS} pixels")
+        cap = MAX_REGION_PIXELS * 3 // pixel_bytes
+        if l_region.width * l_region.height > cap:
+            raise RegionError(f"{self.name}: region exceeds the cap of {cap} pixels")
 
     def _check_channel(self, c: int) -> None:
         if not 0 <= c < len(self.layout.chunk_channels):
