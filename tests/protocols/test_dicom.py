@@ -158,10 +158,13 @@ def test_jpeg_photometric_of_ycbcr() -> None:
     assert jpeg_photometric(simplejpeg.encode_jpeg(pixels, colorsubsampling="422")) == (
         "YBR_FULL_422"
     )
-    assert jpeg_photometric(simplejpeg.encode_jpeg(pixels, colorsubsampling="444")) == "YBR_FULL"
-    # libjpeg's default is YCbCr 4:2:0; the store's own chunk encoder keeps chroma (4:4:4).
+    # 4:4:4 too: the VL WSI IOD enumerates YBR_FULL_422 (not YBR_FULL) for lossy JPEG, and
+    # OpenSlide reads no other YCbCr model. The store's own chunks are 4:4:4.
+    assert jpeg_photometric(simplejpeg.encode_jpeg(pixels, colorsubsampling="444")) == (
+        "YBR_FULL_422"
+    )
     assert jpeg_photometric(bytes(imagecodecs.jpeg8_encode(pixels, level=90))) == "YBR_FULL_422"
-    assert jpeg_photometric(encode_chunk(pixels, "jpeg", 90)) == "YBR_FULL"
+    assert jpeg_photometric(encode_chunk(pixels, "jpeg", 90)) == "YBR_FULL_422"
 
 
 def test_jpeg_photometric_of_rgb_matches_what_decoders_do() -> None:
@@ -178,7 +181,7 @@ def test_jpeg_photometric_of_rgb_matches_what_decoders_do() -> None:
         assert np.abs(decoded.astype(int) - pixels).max() < 12
     # Component IDs 'R','G','B' lose to a JFIF marker, as in libjpeg.
     jfif = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    assert jpeg_photometric(ids_only[:2] + jfif + ids_only[2:]) == "YBR_FULL"
+    assert jpeg_photometric(ids_only[:2] + jfif + ids_only[2:]) == "YBR_FULL_422"
 
 
 @pytest.mark.parametrize(

@@ -504,7 +504,11 @@ def test_frames_declare_one_colour_model_per_level(tmp_path: Path) -> None:
     u = uids_of(slide_id, 2)
     with run_server(tmp_path / "stores", home) as srv:
         metadata = srv.get(f"/dicomweb/studies/{u.study}/series/{u.series}/metadata").json()
-        assert [value(m, "PhotometricInterpretation") for m in metadata] == ["RGB", "YBR_FULL"]
+        # a 4:4:4 YCbCr JPEG is declared YBR_FULL_422, the value the WSI IOD enumerates
+        assert [value(m, "PhotometricInterpretation") for m in metadata] == [
+            "RGB",
+            "YBR_FULL_422",
+        ]
         frames = [
             body for _, body in parts(srv.get(f"{u.instance(0)}/frames/1,2,3,4", {"Accept": JPEG}))
         ]

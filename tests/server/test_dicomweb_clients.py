@@ -154,13 +154,14 @@ def test_wsidicom_opens_the_slide_and_reads_regions(site: Site) -> None:
 @pytest.mark.slides
 def test_wsidicom_reads_a_real_svs_with_rgb_jpeg_tiles(site: Site) -> None:
     """CMU-1-Small-Region's Aperio tiles are RGB JPEGs, copied as level 0; the levels we
-    encode are YCbCr 4:4:4: each instance declares its own frames' photometric."""
+    encode are YCbCr (4:4:4, declared YBR_FULL_422 as the WSI IOD enumerates): each
+    instance declares its own frames' photometric."""
     require_corpus()
     slide_id = site.slides["cmu"]
     uids = dicom.derive_uids(slide_id, 1)
     metadata = site.client().retrieve_series_metadata(uids.study, uids.series)
     photometrics = [m["00280004"]["Value"][0] for m in metadata]
-    assert photometrics[0] == "RGB" and set(photometrics[1:]) == {"YBR_FULL"}
+    assert photometrics[0] == "RGB" and set(photometrics[1:]) == {"YBR_FULL_422"}
     check_wsidicom(site, slide_id)
 
 

@@ -170,8 +170,11 @@ _APP0, _APP14 = 0xE0, 0xEE
 def jpeg_photometric(jpeg: bytes) -> str:
     """The PhotometricInterpretation of a 3-component JPEG, decided as libjpeg decides its
     colour space: a JFIF marker means YCbCr; else an Adobe APP14 marker's transform (0: RGB);
-    else component IDs 'R','G','B' mean RGB. YCbCr is "YBR_FULL_422" when the chroma is
-    subsampled, else "YBR_FULL". ValueError for data that is not such a JPEG."""
+    else component IDs 'R','G','B' mean RGB. YCbCr is "YBR_FULL_422" whatever its chroma
+    sampling (the store's own chunks are 4:4:4): it is the value the VL WSI IOD enumerates
+    for lossy JPEG (PS3.3 C.8.12.4.1.5; wsidicom declares the same, OpenSlide 4 reads no
+    other), and decoders take the sampling from the frame header. ValueError for data that
+    is not such a JPEG."""
     if not jpeg.startswith(b"\xff\xd8"):
         raise ValueError("not a JPEG (no SOI marker)")
     jfif = False
@@ -188,7 +191,6 @@ def jpeg_photometric(jpeg: bytes) -> str:
             if count != 3 or len(body) < 6 + 3 * count:
                 raise ValueError(f"JPEG with {count} components, not 3")
             ids = bytes(body[6 + 3 * k] for k in range(3))
-            sampling = {body[7 + 3 * k] for k in range(3)}
             if jfif:
                 rgb = False
             elif adobe_transform is not None:
@@ -197,7 +199,7 @@ def jpeg_photometric(jpeg: bytes) -> str:
                 rgb = ids == b"RGB"
             if rgb:
                 return "RGB"
-            return "YBR_FULL_422" if len(sampling) > 1 else "YBR_FULL"
+            return "YBR_FULL_422"
     raise ValueError("JPEG has no frame header before its scan")
 
 
