@@ -306,7 +306,9 @@ class DicomService:
 
         def recode() -> bytes:
             self.service.stats["dicom_frames_made"] += 1
-            return encode_jpeg_as(self.service._chunk(p, level, col, row), photometric, quality)
+            return encode_jpeg_as(
+                self.service.display_chunk(p, level, col, row), photometric, quality
+            )
 
         return await self.service._run(recode)
 
@@ -320,7 +322,7 @@ class DicomService:
     ) -> bytes:
         """A frame we make (render pool): the decoded chunk, full size, as native bytes or
         encoded as JPEG in the colour model its level declares."""
-        pixels = self.service._chunk(p, level, col, row)
+        pixels = self.service.display_chunk(p, level, col, row)
         if pixels.shape[:2] != (p.tile, p.tile):  # chunks are stored padded; be sure
             raise TileserverError(f"{p.slide_id}: chunk {col},{row} is {pixels.shape}")
         self.service.stats["dicom_frames_made"] += 1
@@ -349,6 +351,6 @@ class DicomService:
         quality = self.service.settings.quality
 
         def work() -> bytes:
-            return encode(self.service._chunk(p, level, col, row), fmt, quality)
+            return encode(self.service.display_chunk(p, level, col, row), fmt, quality)
 
         return await self.service._respond(p, key, fmt, if_none_match, work, plan=plan)

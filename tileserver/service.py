@@ -597,6 +597,16 @@ class SlideService:
             self._chunks.put(key, samples)
         return samples
 
+    def display_chunk(self, p: Pyramid, level: int, t_col: int, t_row: int) -> np.ndarray:
+        """(tile, tile, 3) RGB of one chunk as the slide shows by default: the stored chunk of
+        an RGB single-plane slide, else its default plane or channel composite (DICOMweb's
+        frames: one picture per tile, whatever the slide holds)."""
+        d = parse_display({}, p.display)
+        if _plain(p, d):
+            return self._chunk(p, level, t_col, t_row)
+        tile = p.tile
+        return self._pixels(p, level, Region(t_col * tile, t_row * tile, tile, tile), d)
+
     def _read(self, p: Pyramid, level: int, l_region: Region, z: int = 0) -> np.ndarray:
         """Pixels of a region inside a level, composed from (cached) decoded chunks."""
         return compose(lambda c, r: self._chunk(p, level, c, r, z), p.tile, l_region)

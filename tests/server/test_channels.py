@@ -240,3 +240,37 @@ def test_openapi_names_the_display_parameters(site: Site) -> None:
         assert {"channels", "colors", "windows", "z"} <= names, path
     slide = doc["components"]["schemas"]["Slide"]["properties"]
     assert {"kind", "dtype", "channels", "planes", "default_plane"} <= set(slide)
+
+
+def test_dicomweb_frames_are_the_default_composite(site: Site) -> None:
+    """DICOMweb has no display parameters: a channel slide's frames are its default
+    composite (RGB, as its metadata says), never a 500."""
+    study = site.server.get("/dicomweb/studies").json()
+    uids = {s["0020000D"]["Value"][0] for s in study}
+    for uid in uids:
+        series = site.server.get(f"/dicomweb/studies/{uid}/series").json()
+        se = series[0]["0020000E"]["Value"][0]
+        base = f"/dicomweb/studies/{uid}/series/{se}"
+        instances = site.server.get(f"{base}/instances").json()
+        meta = [
+            site.server.get(f"{base}/instances/{i['00080018']['Value'][0]}/metadata").json()[0]
+            for i in instances
+        ]
+        level0 = [m for m in meta if m.get("00480006", {}).get("Value") == [400]]
+        if level0:
+            break
+    else:
+        raise AssertionError("no level-0 instance of the channel slide")
+    inst = level0[0]["00080018"]["Value"][0]
+    accept = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+    reply = site.server.get(f"{base}/instances/{inst}/frames/2", accept)
+    assert reply.status == 200, reply.body[:200]
+    want = composite_of(
+        site,
+        (128, 0, 128, 128),
+        [0, 2],
+        1,
+        [(0, 0, 255), (255, 255, 0)],
+        [(100.0, 3000.0), (200.0, 60000.0)],
+    )
+    assert want.tobytes() in reply.body
