@@ -427,3 +427,21 @@ def test_export_from_an_s3_store(
             dims = slide.level_dimensions[level]
             pixels = np.asarray(slide.read_region((0, 0), level, dims).convert("RGB"))
             assert np.array_equal(pixels, whole_level(pyramid, level)), level
+
+
+def test_channel_slides_and_z_stacks_are_refused_in_one_line(home: Path, tmp_path: Path) -> None:
+    from tests.channel_stores import write_store
+    from tileserver.store.layout import ChannelInfo
+
+    stores = tmp_path / "stores"
+    samples = np.full((2, 1, 64, 64), 9, np.uint16)
+    info = (ChannelInfo("a", "00FF00", None, (0.0, 10.0)), ChannelInfo("b", "FF0000"))
+    write_store(stores, "c" * 32, samples, tile=32, channels=info)
+    z_stack = np.full((3, 2, 64, 64), 9, np.uint8)
+    write_store(stores, "d" * 32, z_stack, tile=32, plane_offsets=(0.0, 1.0))
+    for slide_id, kind in (("c" * 32, "channel"), ("d" * 32, "z-stack")):
+        out = tmp_path / slide_id
+        proc = cli(home, "export", slide_id, "--store", str(stores), "--dicom", str(out))
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("\n") == 1 and kind in proc.stderr, proc.stderr
+        assert not out.exists()

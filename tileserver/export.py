@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from tileserver.errors import SlideNotFound, StoreError, TileserverError
+from tileserver.errors import SlideNotFound, StoreError, TileserverError, UnsupportedFeature
 from tileserver.sources.codestreams import jpeg_declared
 from tileserver.store.layout import FILL_VALUE
 
@@ -205,6 +205,11 @@ def export_dicom(
 
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TileserverError(f"{out_dir}: exists and is not an empty directory; not overwritten")
+    if pyramid.display.channels or pyramid.display.plane_count > 1:
+        # Frames are copies of stored RGB chunks; channels (one optical path each) and focal
+        # planes would need their own DICOM modelling, not a rendering of one display.
+        kind = "a channel (fluorescence) slide" if pyramid.display.channels else "a z-stack"
+        raise UnsupportedFeature(f"{pyramid.slide_id}: export --dicom of {kind} is not supported")
     try:
         uids = dicom.derive_uids(pyramid.slide_id, len(pyramid.levels), uid_root)
     except ValueError as exc:
