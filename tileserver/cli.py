@@ -56,6 +56,11 @@ def slide_summary(source: SlideSource) -> dict[str, Any]:
         "icc_profile": info.icc_profile is not None,
         "icc": _icc_summary(info.icc_profile),
         "properties": dict(info.properties),
+        "channels": [
+            {"name": c.name, "color": c.color, "emission_nm": c.emission_nm} for c in info.channels
+        ],
+        "dtype": info.dtype,
+        "planes": list(info.planes),
     }
 
 
@@ -71,7 +76,11 @@ def check_pixels(source: SlideSource) -> None:
     level = len(source.info.levels) - 1
     size = source.info.levels[level].size
     side = int(_CHECK_PIXELS**0.5)
-    source.read_region(level, Region(0, 0, min(size.width, side), min(size.height, side)))
+    region = Region(0, 0, min(size.width, side), min(size.height, side))
+    if source.info.channels:  # channel slides have samples, not RGB pixels
+        source.read_channels(level, region)
+    else:
+        source.read_region(level, region)
 
 
 def _icc_line(icc: dict[str, Any] | None) -> str:
@@ -98,6 +107,12 @@ def _format_info(summary: dict[str, Any]) -> str:
         lines.append(
             f"  [{i}] {lv['width']:>7} x {lv['height']:<7} downsample {lv['downsample']:<9g} {tile}"
         )
+    if summary.get("channels"):
+        names = ", ".join(c["name"] for c in summary["channels"])
+        lines.append(f"channels:        {len(summary['channels'])} x {summary['dtype']}: {names}")
+    if summary.get("planes"):
+        planes = ", ".join(f"{z:g}" for z in summary["planes"])
+        lines.append(f"focal planes:    {len(summary['planes'])} at {planes} um")
     return "\n".join(lines)
 
 

@@ -268,3 +268,13 @@ def test_chunks_smaller_than_the_source_tiles_read_the_same(tmp_path: Path) -> N
                     assert chunk.flags.writeable
                     h, w = min(256, 700 - y), min(256, 900 - x)
                     assert np.array_equal(chunk[:h, :w], expected[y : y + h, x : x + w])
+
+
+def test_info_describes_channels_and_planes(ome_pyramid: tuple[Path, np.ndarray]) -> None:
+    from tileserver.cli import check_pixels, slide_summary
+
+    with open_slide(ome_pyramid[0]) as source:
+        check_pixels(source)  # reads channels, not RGB
+        summary = slide_summary(source)
+    assert summary["dtype"] == "uint16" and summary["planes"] == [0.0, 1.5, 3.0, 4.5]
+    assert summary["channels"][0] == {"name": "DAPI", "color": "ff0000", "emission_nm": 461.0}
