@@ -37,7 +37,7 @@ from tileserver.render.encode import encode, encode_jpeg_as
 from tileserver.service import Encoded, NotModified, SlideService, _Plan, _plan_at
 from tileserver.store.layout import FILL_VALUE
 
-ENCODED_PHOTOMETRIC = "YBR_FULL_422"  # frames we encode: YCbCr 4:2:0, as our tiles are
+ENCODED_PHOTOMETRIC = "YBR_FULL_422"  # frames we encode (4:2:0); stored 4:4:4 chunks declare it too
 SLIDE_CACHE_ITEMS = 4096  # slides' facts and UIDs (a few KiB each); the study index is apart
 JSON_CACHE_ITEMS = 4096  # instances' DICOM JSON (a few KiB each)
 REFRESH_SECONDS = 2.0  # the library is listed again for an unknown UID at most this often
