@@ -195,3 +195,53 @@ def test_plan_bounds_the_shard_rows_a_wide_channel_slide_holds() -> None:
     assert wide.shard == 3 and wide.codec == "zstd" and wide.tile == 256
     narrow, _ = plan_layout(info(1, "uint8"), None, ConvertOptions(shard=8), new_slide_id())
     assert narrow.shard == 8
+
+
+def test_channels_beyond_the_band_budget_convert_in_passes(
+    stack: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for 2 channels' bands, 5 channels take 3 passes per plane: same store."""
+    from tileserver.pyramid import builder
+
+    data = stack[:2, :300, :500]
+    per_channel = 4 * TILE * 500 * 2
+    monkeypatch.setattr(builder, "CHANNEL_BANDS_BYTES", 2 * per_channel + 1)
+    seen: list[tuple[int, int]] = []
+    source = ArraySource(data, CHANNELS, planes=(0.0, 1.0))
+    slide_id = new_slide_id()
+    convert(
+        source, LocalObjects(tmp_path / slide_id), slide_id, OPTIONS, None,
+        lambda done, total: seen.append((done, total)),
+    )  # fmt: skip
+    reader = StoreReader.open(LocalObjects(tmp_path / slide_id), slide_id)
+    assert [list(g) for g in builder.channel_groups(reader.layout)] == [[0, 1], [2, 3], [4]]
+    grid = reader.layout.grid(0)
+    assert sum(done for done, _ in seen) == seen[0][1] == grid.pixels * 2 * 3
+    whole = ArraySource(data, CHANNELS, planes=(0.0, 1.0))
+    reference_id = new_slide_id()
+    monkeypatch.setattr(builder, "CHANNEL_BANDS_BYTES", 1 << 30)
+    convert(whole, LocalObjects(tmp_path / reference_id), reference_id, OPTIONS, None)
+    one_pass = StoreReader.open(LocalObjects(tmp_path / reference_id), reference_id)
+    assert [info.window for info in reader.layout.channel_info] == [
+        info.window for info in one_pass.layout.channel_info
+    ]
+    for z in range(2):
+        for level, size in enumerate(reader.layout.levels):
+            region = Region(0, 0, size.width, size.height)
+            np.testing.assert_array_equal(
+                reader.read_channels(level, region, range(5), z),
+                one_pass.read_channels(level, region, range(5), z),
+            )
+
+
+def test_jpeg_z_stack_opens_with_zarr_through_our_codec(tmp_path: Path) -> None:
+    """The tileserver.jpeg zarr codec takes (1, tile, tile, 3) plane chunks."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 200, (3, 100, 130, 3), dtype=np.uint8)
+    reader = _convert(ArraySource(data, planes=(0.0, 1.0, 2.0)), tmp_path)
+    assert reader.layout.codec == "jpeg" and reader.layout.default_plane == 1
+    group = zarr.open_group(str(tmp_path / reader.layout.slide_id), mode="r")
+    for z in range(3):
+        ours = reader.read_region(0, Region(0, 0, 130, 100), z)
+        np.testing.assert_array_equal(np.asarray(group["0"][:, z]).transpose(1, 2, 0), ours)
+        assert np.abs(ours.astype(int) - data[z]).mean() < 12  # JPEG of noise, still that plane

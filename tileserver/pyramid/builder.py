@@ -8,7 +8,8 @@ levels (~4 x 240 x 100k x 3 = 290 MB for a 100k-wide slide), independent of heig
 
 Channel slides go the same way with bands of (rows, width, C) samples (uint8 or uint16),
 each channel of a chunk encoded on its own (zstd); the display windows come from a histogram
-of a low level, taken as its bands pass. Focal planes are converted one after another.
+of a low level, taken as its bands pass. Focal planes are converted one after another, and
+channels in groups whose bands fit CHANNEL_BANDS_BYTES (more passes, bounded memory).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from tileserver.store.writer import StoreWriter
 if TYPE_CHECKING:
     from tileserver.security.keys import KeyRing
 
+# Level bands of a channel slide: more channels than fit are converted in further passes
+# (each reads the source again) - 8 16-bit channels of a 64k-wide slide fit in one.
+CHANNEL_BANDS_BYTES = 1 << 30
 # Called with (level-0 chunks just finished, level-0 chunks in all).
 Progress = Callable[[int, int], None]
 
@@ -115,6 +119,8 @@ class _Builder:
         pool: ThreadPoolExecutor,
         z: int = 0,
         counts: dict[str, int] | None = None,
+        group: range = range(0),
+        passes: int = 1,
     ) -> None:
         self.source = source
         self.layout = layout
@@ -124,12 +130,14 @@ class _Builder:
         self.pool = pool
         self.z = z  # the focal plane this builder converts
         self.channels = layout.kind == "channels"
+        self.group = group  # channel slides: the channels this pass converts
+        self.passes = passes  # over the whole slide (planes x channel groups), for progress
         tile = layout.tile
         # Level 0 copied from JPEG tiles: level 1 comes straight from half-size DCT-domain
         # decodes, so full-size level-0 pixels are never made (nor downsampled).
         self.half = copy_level0 and len(layout.levels) > 1
         # Two bands per level: rows [0, tile) hold even chunk rows, [tile, 2 tile) odd ones.
-        samples = layout.channels if self.channels else 3
+        samples = len(group) if self.channels else 3
         self.buffers = [
             np.empty((2 * tile, s.width, samples), layout.dtype) if k or not self.half else None
             for k, s in enumerate(layout.levels)
@@ -142,14 +150,14 @@ class _Builder:
         self.histogram: np.ndarray | None = None
         if self.channels and z == layout.default_plane:
             bins = 1 << (8 * np.dtype(layout.dtype).itemsize)
-            self.histogram = np.zeros((layout.channels, bins), np.int64)
+            self.histogram = np.zeros((len(group), bins), np.int64)
         # Encoded level-0 tiles already found to be background (whole, not edge tiles).
         self.white_tiles: set[bytes] = set()
 
     # -- level 0 ---------------------------------------------------------------------------
     def build(self, progress: Progress | None) -> None:
         grid = self.layout.grid(0)
-        total = grid.pixels * self.layout.planes
+        total = grid.pixels * self.passes
         chunk = self._level0_half if self.half else self._level0_chunk
         for t_row in range(grid.height):
             kinds = list(self.pool.map(lambda c, r=t_row: chunk(c, r), range(grid.width)))
@@ -209,6 +217,7 @@ class _Builder:
             l_region = Region(l_x, t_row * tile, tile, tile)
             if self.channels:
                 pixels = self.source.read_channels(0, l_region, self.z)
+                pixels = pixels[:, :, self.group.start : self.group.stop]
             elif self.layout.stacked:
                 pixels = self.source.read_region(0, l_region, self.z)
             else:
@@ -268,9 +277,9 @@ class _Builder:
         tile = self.layout.tile
         height, width = pixels.shape[:2]
         kinds = set()
-        for c in range(self.layout.channels):
+        for i, c in enumerate(self.group):
             full = np.zeros((tile, tile), pixels.dtype)
-            full[:height, :width] = pixels[:, :, c]
+            full[:height, :width] = pixels[:, :, i]
             if not full.any():
                 kinds.add("background")
             elif self.writes.writer.has_shard(level, t_col, t_row, c=c, z=self.z):
@@ -316,9 +325,21 @@ class _Builder:
         self.writes.end_row(level, t_row, self.z)
 
     def display_windows(self) -> tuple[tuple[float, float], ...]:
-        """Each channel's display window from the histogram taken while building."""
+        """The display window of each channel of the group, from the histogram taken while
+        building."""
         assert self.histogram is not None
         return tuple(display_window(counts) for counts in self.histogram)
+
+
+def channel_groups(layout: StoreLayout) -> list[range]:
+    """The channels converted together, one pass over the slide each: as many as keep the
+    level bands (about 4 x tile x width samples a channel) within CHANNEL_BANDS_BYTES, so
+    memory stays bounded by width whatever the channel count (RGB: one pass)."""
+    if layout.kind != "channels":
+        return [range(0)]
+    per_channel = 4 * layout.tile * layout.levels[0].width * np.dtype(layout.dtype).itemsize
+    size = max(1, CHANNEL_BANDS_BYTES // per_channel)
+    return [range(c, min(c + size, layout.channels)) for c in range(0, layout.channels, size)]
 
 
 def convert(
@@ -338,14 +359,18 @@ def convert(
     writer = StoreWriter.create(store, layout, metadata, keyring)
     writes = _ChunkWrites(writer)
     counts = {"written": 0, "copied": 0, "background": 0, "kept": 0}
-    windows: tuple[tuple[float, float], ...] = ()
+    windows: list[tuple[float, float]] = []
+    passes = [(z, group) for z in range(layout.planes) for group in channel_groups(layout)]
     try:
         with ThreadPoolExecutor(options.workers) as pool:
-            for z in range(layout.planes):
-                builder = _Builder(source, layout, writes, copy_level0, options, pool, z, counts)
+            for z, group in passes:
+                builder = _Builder(
+                    source, layout, writes, copy_level0, options, pool, z, counts, group,
+                    len(passes),
+                )  # fmt: skip
                 builder.build(progress)
                 if builder.histogram is not None:
-                    windows = builder.display_windows()
+                    windows.extend(builder.display_windows())
     finally:
         writes.close()
     if windows:
