@@ -96,14 +96,14 @@ def page(browser: Any, lab: Lab) -> Iterator[Any]:
     context.set_default_timeout(20_000)
     page = watch_errors(context.new_page())
     page.tiles = []  # query parameters of every tile request, in order
-    page.on(
-        "request",
-        lambda r: (
-            page.tiles.append(parse_qs(urlsplit(r.url).query))
-            if "/deepzoom/" in r.url and "_files/" in r.url
-            else None
-        ),
-    )
+    page.urls = []  # and the requests' URLs
+
+    def seen(request: Any) -> None:
+        if "/deepzoom/" in request.url and "_files/" in request.url:
+            page.tiles.append(parse_qs(urlsplit(request.url).query))
+            page.urls.append(request.url)
+
+    page.on("request", seen)
     yield page
     context.close()
 
@@ -207,4 +207,29 @@ def test_rgb_z_stack_has_a_focus_slider(lab: Lab, page: Any) -> None:
     assert page.tiles[-1] == {"z": ["1"]}, page.tiles[-1]
     assert page.text_content("#channel-z-value") == "2 / 2 (+2.5 µm)"
     assert canvas_rgb(page).mean() > dark.mean() + 100
+    assert not page.errors, page.errors
+
+
+def test_side_by_side_panes_keep_their_own_display(lab: Lab, page: Any) -> None:
+    """The panel acts on the pane last touched: a focal plane for the z-stack beside the
+    fluorescence slide changes that pane's tiles only, and back on the slide's viewer the
+    panel shows its channels again."""
+    page.goto(f"/view/{lab.fluor}?with={lab.stack}")
+    poll(page, "document.body.dataset.compare === 'ready'")
+    page.wait_for_selector("#pane-1[data-fully-loaded=true]", state="attached")
+    page.wait_for_timeout(500)
+    page.click("#pane-1", position={"x": 40, "y": 200})  # the z-stack's pane leads
+    page.click("#channel-toggle")
+    assert page.locator("#channel-panel fieldset").count() == 0
+    assert page.text_content("#channel-z-value").startswith("1 / 2")
+    n = len(page.urls)
+    page.fill("#channel-z", "1")
+    poll(page, "document.querySelector('#pane-1').dataset.fullyLoaded === 'true'")
+    page.wait_for_timeout(600)
+    after = page.urls[n:]
+    assert after, "the pane's tiles were not asked for again"
+    assert all(lab.stack in url and "z=1" in url for url in after), after
+    page.click("#osd", position={"x": 40, "y": 200})  # the slide's viewer leads again
+    assert page.locator("#channel-panel fieldset").count() == 3
+    assert page.is_checked("#channel-0-on") and not page.is_checked("#channel-1-on")
     assert not page.errors, page.errors

@@ -13,7 +13,6 @@
 const TSChannels = (() => {
   const $ = (id) => document.getElementById(id);
   const APPLY_DELAY_MS = 150; // a slider's drag settles before the tiles are asked for again
-  const state = new WeakMap(); // viewer -> {info, channels: [{on, color, start, end}], z}
 
   /** The query string (with "?") for ``s``: the whole display, so tile URLs name it. */
   function query(s) {
@@ -162,29 +161,12 @@ const TSChannels = (() => {
   }
 
   function buildPanel(viewer, s) {
-    let timer = null;
-    const schedule = () => {
-      window.clearTimeout(timer);
-      timer = window.setTimeout(() => reload(viewer, s), APPLY_DELAY_MS);
-    };
     const panel = TS.el("section", {
       id: "channel-panel",
       class: "side-panel hidden",
       "aria-labelledby": "channel-title",
     });
-    panel.append(TS.el("h2", { id: "channel-title", text: s.channels.length ? "Channels" : "Focal plane" }));
-    if (s.planes > 1) panel.append(planeRow(s, schedule));
-    s.channels.forEach((channel, index) => panel.append(channelRow(viewer, s, channel, index, schedule)));
-    const reset = TS.el("button", { type: "button", id: "channel-reset", text: "Reset" });
     const close = TS.el("button", { type: "button", id: "channel-close", class: "ghost", text: "Close" });
-    panel.append(TS.el("div", { class: "panel-row" }, [reset, close]));
-    reset.addEventListener("click", () => {
-      const fresh = initial(s.info);
-      Object.assign(s, fresh, { info: s.info });
-      panel.replaceWith(buildPanel(viewer, s));
-      $("channel-panel").classList.remove("hidden");
-      reload(viewer, s);
-    });
     close.addEventListener("click", () => toggle(false));
     // Keys typed into the controls are theirs (arrows on sliders), not the viewer's shortcuts.
     panel.addEventListener("keydown", (event) => {
@@ -193,6 +175,29 @@ const TSChannels = (() => {
         $("channel-toggle").focus();
       }
       event.stopPropagation();
+    });
+    if (!s) { // side by side: the active slide is an RGB single-plane one
+      panel.append(
+        TS.el("h2", { id: "channel-title", text: "Channels" }),
+        TS.el("p", { class: "hint", text: "The active slide has no channels or focal planes." }),
+        TS.el("div", { class: "panel-row" }, [close]),
+      );
+      return panel;
+    }
+    let timer = null;
+    const schedule = () => {
+      window.clearTimeout(timer);
+      timer = window.setTimeout(() => reload(viewer, s), APPLY_DELAY_MS);
+    };
+    panel.append(TS.el("h2", { id: "channel-title", text: s.channels.length ? "Channels" : "Focal plane" }));
+    if (s.planes > 1) panel.append(planeRow(s, schedule));
+    s.channels.forEach((channel, index) => panel.append(channelRow(viewer, s, channel, index, schedule)));
+    const reset = TS.el("button", { type: "button", id: "channel-reset", text: "Reset" });
+    panel.append(TS.el("div", { class: "panel-row" }, [reset, close]));
+    reset.addEventListener("click", () => {
+      Object.assign(s, initial(s.info));
+      rebuild();
+      reload(viewer, s);
     });
     return panel;
   }
@@ -203,32 +208,68 @@ const TSChannels = (() => {
     $("channel-toggle").setAttribute("aria-pressed", String(show));
   }
 
-  /** Shows the panel's button and panel for ``viewer`` when ``info`` (REST describe) has
-      channels or several focal planes; the tiles start at the stored defaults, which is what
-      the server gives without parameters, so nothing is reloaded until the user acts. */
-  function attach(viewer, info) {
-    const s = { ...initial(info), info };
-    if (!s.channels.length && s.planes < 2) return;
-    state.set(viewer, s);
-    const button = TS.el("button", {
-      type: "button",
-      id: "channel-toggle",
-      class: "tool",
-      "aria-pressed": "false",
-      "aria-controls": "channel-panel",
-      title: s.channels.length ? "Channels: visibility, colour, window" : "Focal plane",
-      text: s.channels.length ? "Channels" : "Focus",
-    });
-    button.addEventListener("click", () => toggle());
-    const anchor = $("adjust-toggle");
-    if (anchor) anchor.before(button);
-    else $("menu").prepend(button);
-    const panel = buildPanel(viewer, s);
-    const adjust = $("adjust-panel");
-    if (adjust) adjust.before(panel);
-    else document.querySelector("main").append(panel);
-    document.body.dataset.channels = String(s.channels.length);
+  // -- viewers: the slide's, and side-by-side panes (compare.js), each with its own display --
+  const registry = new Map(); // viewer -> its state, or null (RGB, one plane)
+  let current = null; // the viewer the panel acts on
+
+  /** The panel again, for the current viewer, shown or hidden as it was. */
+  function rebuild() {
+    const old = $("channel-panel");
+    if (!$("channel-toggle")) return; // no channel or z-stack slide on the page
+    const panel = buildPanel(current, registry.get(current) || null);
+    if (old) {
+      panel.classList.toggle("hidden", old.classList.contains("hidden"));
+      old.replaceWith(panel);
+    } else {
+      const adjust = $("adjust-panel");
+      if (adjust) adjust.before(panel);
+      else document.querySelector("main").append(panel);
+    }
   }
 
-  return { attach, query, state };
+  function showButton(s) {
+    let button = $("channel-toggle");
+    if (!button) {
+      button = TS.el("button", {
+        type: "button",
+        id: "channel-toggle",
+        class: "tool",
+        "aria-pressed": "false",
+        "aria-controls": "channel-panel",
+      });
+      button.addEventListener("click", () => toggle());
+      const anchor = $("adjust-toggle");
+      if (anchor) anchor.before(button);
+      else $("menu").prepend(button);
+    }
+    const channels = s.channels.length || button.textContent === "Channels";
+    button.textContent = channels ? "Channels" : "Focus";
+    button.title = channels ? "Channels: visibility, colour, window; focal plane" : "Focal plane";
+  }
+
+  /** ``viewer`` shows the slide ``info`` (REST describe; null: unknown) describes. A channel or
+      multi-plane slide brings the tool's button; the tiles start at the stored defaults, which
+      is what the server gives without parameters, so nothing is reloaded until the user acts.
+      The first viewer attached (the slide's) is the panel's until ``target`` says otherwise. */
+  function attach(viewer, info) {
+    const s = info ? { ...initial(info), info } : null;
+    const useful = Boolean(s && (s.channels.length || s.planes > 1));
+    registry.set(viewer, useful ? s : null);
+    if (!current) current = viewer;
+    if (useful) {
+      showButton(s);
+      document.body.dataset.channels = String(Math.max(
+        Number(document.body.dataset.channels || 0), s.channels.length));
+    }
+    if (viewer === current || !$("channel-panel")) rebuild();
+  }
+
+  /** The panel acts on ``viewer`` from now on (compare.js: the pane last touched). */
+  function target(viewer) {
+    if (viewer === current) return;
+    current = viewer;
+    rebuild();
+  }
+
+  return { attach, target, query, registry };
 })();

@@ -122,6 +122,7 @@ const TSCompare = (() => {
   function lead(pane, event) {
     leader = pane;
     TSAdjust.target(pane.viewer);
+    if (typeof TSChannels !== "undefined") TSChannels.target(pane.viewer); // channels.js
     for (const p of panes) p.element.classList.toggle("active-pane", p === pane);
     if (panes.length > 1 && event && (event.shiftKey || offsetMode) && event.type === "pointerdown") {
       pane.adjusting = true;
@@ -228,6 +229,7 @@ const TSCompare = (() => {
       timeout: 30000,
     }));
     viewer.addHandler("canvas-key", (event) => { event.preventDefaultAction = true; });
+    if (typeof TSChannels !== "undefined") TSChannels.attach(viewer, info); // its own display
     caption(element, nameOf(id, info));
     const pane = { id, viewer, element, mpp: [1, 1], offset: { x: 0, y: 0 }, adjusting: false,
                    open: false, info, slot: index };
