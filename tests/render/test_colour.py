@@ -41,8 +41,16 @@ def test_to_srgb_matches_a_reference_transform() -> None:
 
 def test_srgb_profile_is_near_identity() -> None:
     pixels = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    converted = colour.to_srgb(pixels, colour.srgb_icc_profile())
+    srgb = colour.srgb_icc_profile()
+    converted = colour.to_srgb(pixels, srgb)
     assert np.abs(converted.astype(int) - pixels).max() <= 1
+    # so it is not worth converting: srgb is none; embed still embeds
+    assert colour.profile_kind(srgb) == colour.IDENTITY and colour.profile_info(srgb).srgb
+    assert colour.effective("srgb", srgb, tile=False) == "none"
+    assert colour.effective(None, srgb, tile=False) == "none"
+    assert colour.effective("embed", srgb, tile=False) == "embed"
+    wide = wide_gamut_profile()
+    assert colour.profile_kind(wide) == colour.CONVERTS and not colour.profile_info(wide).srgb
 
 
 def test_transforms_are_cached_per_profile_and_bounded() -> None:
@@ -72,6 +80,7 @@ def test_unreadable_profile_is_described_not_raised() -> None:
     with pytest.raises(UnsupportedFeature):
         colour.to_srgb(np.zeros((2, 2, 3), np.uint8), b"\0" * 200)
     assert not colour.can_convert(b"\0" * 200)
+    assert colour.effective("embed", b"\0" * 200, tile=False) == "none"  # never embedded
 
 
 def test_gray_profile_cannot_convert_rgb() -> None:
@@ -136,7 +145,7 @@ def test_usability_is_remembered_past_transform_eviction(monkeypatch: pytest.Mon
     no transform is built again for it even when its transform was evicted."""
     cache = colour._Transforms(capacity=1)
     monkeypatch.setattr(colour, "TRANSFORMS", cache)
-    monkeypatch.setattr(colour, "_usable", {})
+    monkeypatch.setattr(colour, "_kinds", {})
     profile = wide_gamut_profile()
     assert colour.can_convert(profile) and not colour.can_convert(b"junk")
     assert len(cache) == 1 and cache.built == 2  # the profile's transform was evicted

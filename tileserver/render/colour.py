@@ -33,7 +33,7 @@ ICC_CHOICES = (NONE, EMBED, SRGB)
 # usually carry it is the same as relative colorimetric (LittleCMS falls back).
 INTENT = ImageCms.Intent.PERCEPTUAL
 TRANSFORM_CACHE = 64  # profiles whose transforms stay built (tens of KB each)
-USABLE_CACHE = 4096  # profiles known to make (or not) a transform: a bool each
+USABLE_CACHE = 4096  # profiles whose kind (profile_kind) is remembered: a word each
 MAX_PROFILE_BYTES = 4 << 20  # a profile is kilobytes (LUT profiles a few hundred); refuse more
 
 _APP2_ICC = b"ICC_PROFILE\x00"
@@ -50,6 +50,7 @@ class ProfileInfo:
     size: int  # bytes
     digest: str  # sha256 of the bytes, hex: tells profiles apart
     usable: bool  # LittleCMS can build an sRGB transform from it
+    srgb: bool  # equivalent to sRGB: converting moves no value by more than one level
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -59,6 +60,7 @@ class ProfileInfo:
             "size": self.size,
             "sha256": self.digest,
             "usable": self.usable,
+            "srgb_equivalent": self.srgb,
         }
 
 
@@ -84,9 +86,17 @@ def profile_info(profile: bytes) -> ProfileInfo:
         space = core.xcolor_space.strip()
         version = f"{core.version:.1f}"
     except UnsupportedFeature:
-        return ProfileInfo("", "", "", len(profile), digest(profile), False)
-    usable = space == "RGB" and can_convert(profile)
-    return ProfileInfo(description, space, version, len(profile), digest(profile), usable)
+        return ProfileInfo("", "", "", len(profile), digest(profile), False, False)
+    kind = profile_kind(profile)
+    return ProfileInfo(
+        description,
+        space,
+        version,
+        len(profile),
+        digest(profile),
+        kind != UNUSABLE,
+        kind == IDENTITY,
+    )
 
 
 class _Transforms:
@@ -147,35 +157,70 @@ def to_srgb(pixels: np.ndarray, profile: bytes) -> np.ndarray:
     return np.asarray(transform.apply(image))
 
 
-_usable: dict[bytes, bool] = {}
+UNUSABLE, IDENTITY, CONVERTS = "unusable", "identity", "converts"
+_kinds: dict[bytes, str] = {}
+
+
+def profile_kind(profile: bytes) -> str:
+    """``unusable`` (no sRGB transform), ``identity`` (an sRGB profile in all but bytes:
+    converting moves no sampled value by more than one level) or ``converts``. Remembered
+    apart from the transforms, so after the first call (the service makes it in its pool
+    when a slide opens) this is a dictionary lookup, safe on the event loop even once the
+    transform has been evicted."""
+    known = _kinds.get(profile)
+    if known is None:
+        transform = TRANSFORMS.get(profile)
+        if transform is None:
+            known = UNUSABLE
+        else:
+            known = IDENTITY if _moves_at_most_one_level(transform) else CONVERTS
+        if len(_kinds) >= USABLE_CACHE:
+            _kinds.clear()  # rare: thousands of distinct profiles; found again on demand
+        _kinds[profile] = known
+    return known
+
+
+def _moves_at_most_one_level(transform: ImageCms.ImageCmsTransform) -> bool:
+    """Every grey level, every primary and secondary ramp, and an 18-level colour cube
+    (6,600 colours) converted: the curves and the matrix both show in them."""
+    levels = np.arange(256, dtype=np.uint8)
+    zero = np.zeros(256, np.uint8)
+    ramps = [
+        np.stack([r, g, b], axis=1)
+        for r, g, b in [
+            (levels, levels, levels),
+            (levels, zero, zero),
+            (zero, levels, zero),
+            (zero, zero, levels),
+            (levels, levels, zero),
+            (zero, levels, levels),
+            (levels, zero, levels),
+        ]
+    ]
+    grid = np.linspace(0, 255, 18).round().astype(np.uint8)
+    cube = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), axis=-1).reshape(-1, 3)
+    sample = np.concatenate([*ramps, cube])[np.newaxis]
+    out = np.asarray(transform.apply(Image.fromarray(sample, "RGB")))
+    return int(np.abs(out.astype(np.int16) - sample).max()) <= 1
 
 
 def can_convert(profile: bytes | None) -> bool:
-    """Whether ``profile`` makes an sRGB transform. Remembered apart from the transforms, so
-    after the first call (the service makes it in its pool when a slide opens) this is a
-    dictionary lookup, safe on the event loop even once the transform has been evicted."""
-    if profile is None:
-        return False
-    known = _usable.get(profile)
-    if known is None:
-        known = TRANSFORMS.get(profile) is not None
-        if len(_usable) >= USABLE_CACHE:
-            _usable.clear()  # rare: thousands of distinct profiles; rebuilt on demand
-        _usable[profile] = known
-    return known
+    """Whether ``profile`` makes an sRGB transform (a dictionary lookup after the first)."""
+    return profile is not None and profile_kind(profile) != UNUSABLE
 
 
 def effective(choice: str | None, profile: bytes | None, *, tile: bool) -> str:
     """What a request gets: ``choice`` (None: the default) resolved against the slide. No
-    usable profile: the pixels are taken as sRGB, so every choice is ``none`` (one cached
-    response, one ETag). Default: ``srgb`` for rendered images; ``none`` for a viewer's
-    tiles (DeepZoom, IIIF grid tiles): stored ones pass through with no decode, and the
-    rendered ones beside them (edges, small levels) must match them, not be converted."""
-    if profile is None:
+    profile, or one LittleCMS cannot use: the pixels are taken as sRGB, so every choice is
+    ``none`` (one cached response, one ETag). An sRGB-equivalent profile: ``srgb`` is
+    ``none`` (no conversion to pay for). Default: ``srgb`` for rendered images; ``none``
+    for a viewer's tiles (DeepZoom, IIIF grid tiles): stored ones pass through with no
+    decode, and the rendered ones beside them (edges, small levels) must match them."""
+    if profile is None or profile_kind(profile) == UNUSABLE:
         return NONE
     if choice is None:
         choice = NONE if tile else SRGB
-    if choice == SRGB and not can_convert(profile):
+    if choice == SRGB and profile_kind(profile) == IDENTITY:
         return NONE
     return choice
 

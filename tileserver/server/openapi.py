@@ -429,6 +429,7 @@ def openapi_document() -> dict[str, Any]:
                                 "size": {"type": "integer"},
                                 "sha256": {"type": "string"},
                                 "usable": {"type": "boolean"},
+                                "srgb_equivalent": {"type": "boolean"},
                             },
                         },
                         # Channel (fluorescence) slides and focal planes: what the display
