@@ -11,9 +11,14 @@ from sample_data import render_tile
 from sample_data._associated import MACRO_SIZE
 from sample_data.vendors import VENDORS
 from tests.corpus import require_corpus
+from tests.stores import open_reader
 from tileserver.geometry import Region
+from tileserver.pyramid.builder import convert
+from tileserver.pyramid.plan import ConvertOptions
+from tileserver.slide_ids import new_slide_id
 from tileserver.sources import _candidates, open_slide
 from tileserver.sources.openslide import detect_vendor
+from tileserver.store.local import LocalObjects
 
 SIZE = (1100, 700)  # level-0 pixels asked of each writer
 MPP = 0.25
@@ -69,6 +74,23 @@ def test_vendor_tiff_goes_to_openslide_with_its_geometry(
         assert info.dimensions.width >= SIZE[0] and info.dimensions.height >= SIZE[1]
     # The main image, not the macro, where the vendor's metadata puts it, stitched.
     assert texture_error(path, "auto", x0, y0) < 5
+
+
+def test_a_converted_scn_is_the_main_image_with_its_pixel_size(
+    vendor_files: dict[str, Path], tmp_path: Path
+) -> None:
+    slide_id = new_slide_id()
+    with open_slide(vendor_files["scn"]) as source:
+        size = source.info.dimensions
+        result = convert(
+            source, LocalObjects(tmp_path / slide_id), slide_id, ConvertOptions(), None
+        )
+    reader = open_reader(result.store)
+    assert reader.layout.levels[0] == size and tuple(size) != MACRO_SIZE
+    assert reader.source["vendor"] == "leica" and reader.source["mpp"] == [MPP, MPP]
+    x0, y0 = VENDOR_FILES["scn"][1]
+    stored = reader.read_region(0, Region(x0 + 700, y0 + 450, 96, 96)).astype(np.int16)
+    assert np.abs(stored - render_tile(700, 450, 96, 96, seed=SEED)).mean() < 5
 
 
 def test_tifffile_alone_would_convert_the_scn_macro(vendor_files: dict[str, Path]) -> None:
