@@ -23,6 +23,7 @@ import numpy as np
 from tileserver.errors import RegionError, SlideError, SlideNotFound, UnsupportedFeature
 from tileserver.geometry import Region, Size
 from tileserver.protocols.display import SlideDisplay, layout_display, source_display
+from tileserver.pyramid.windows import display_window
 from tileserver.render.encode import decode, resize
 from tileserver.slide_ids import is_slide_id
 from tileserver.sources import open_slide
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from tileserver.security.keys import KeyRing
 
 SOURCE_TILE = 256
+SOURCE_WINDOW_PIXELS = 1 << 22  # display windows of a file from a level of at most this
 _SOURCE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms"}
 # A DICOM series spans files: listed once, under an ID from its folder and Series Instance UID.
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -147,7 +149,7 @@ class SourcePyramid:
         stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
         self.generation = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
         info = source.info
-        self.display = source_display(info)
+        self.display = source_display(info, _source_windows(source))
         self.icc_profile = info.icc_profile
         self.metadata = {
             "vendor": info.vendor,
@@ -231,6 +233,25 @@ class SourcePyramid:
         if name not in self.associated:
             raise SlideNotFound(f"{self.slide_id}: no associated image {name!r}")
         return self.source.read_associated(name)
+
+
+def _source_windows(source: SlideSource) -> list[tuple[float, float]] | None:
+    """A channel slide file's display windows, as the converter takes them (percentiles of
+    each channel, pyramid/windows.py), from its smallest level and default plane when that is
+    small enough to read at open (a flat file's only level rarely is: then None, full range)."""
+    info = source.info
+    if not info.channels:
+        return None
+    level = min(range(len(info.levels)), key=lambda k: info.levels[k].size.pixels)
+    size = info.levels[level].size
+    if size.pixels > SOURCE_WINDOW_PIXELS:
+        return None
+    samples = source.read_channels(level, Region(0, 0, size.width, size.height), info.default_plane)
+    bins = 65536 if info.dtype == "uint16" else 256
+    return [
+        display_window(np.bincount(samples[..., c].ravel(), minlength=bins))
+        for c in range(samples.shape[-1])
+    ]
 
 
 class SlideLibrary:

@@ -15,6 +15,7 @@ from tileserver.protocols.display import (
     SlideDisplay,
     parse_display,
     slide_display,
+    source_display,
 )
 
 SLIDE = SlideDisplay(
@@ -157,3 +158,28 @@ def test_slide_display_of_rgb_store() -> None:
     assert slide_display({"kind": "rgb", "planes": [0.0, 2.0], "default_plane": 1}) == (
         SlideDisplay(planes=(0.0, 2.0), default_plane=1)
     )
+
+
+def test_source_display_from_slide_info() -> None:
+    from tileserver.geometry import Size
+    from tileserver.sources.base import Channel, Level, SlideInfo
+
+    info = SlideInfo(
+        backend="tifffile",
+        vendor="ome",
+        levels=(Level(Size(10, 10), 1.0, None),),
+        mpp=None,
+        objective_power=None,
+        associated=(),
+        icc_profile=None,
+        channels=tuple(Channel(f"c{i}", "FF0000" if i == 0 else None, 520.0) for i in range(6)),
+        dtype="uint16",
+        planes=(0.0, 1.0, 2.0),
+    )
+    full = source_display(info)
+    assert [c.window for c in full.channels] == [(0.0, 65535.0)] * 6
+    assert [c.color for c in full.channels][:2] == [(255, 0, 0), (0, 255, 0)]  # by emission
+    assert [c.active for c in full.channels] == [True] * 4 + [False] * 2  # as the converter
+    assert full.plane_count == 3 and full.default_plane == 1
+    windowed = source_display(info, [(float(i), 100.0 + i) for i in range(6)])
+    assert windowed.channels[5].window == (5.0, 105.0)

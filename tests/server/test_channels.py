@@ -274,3 +274,28 @@ def test_dicomweb_frames_are_the_default_composite(site: Site) -> None:
         [(100.0, 3000.0), (200.0, 60000.0)],
     )
     assert want.tobytes() in reply.body
+
+
+def test_serve_sources_composites_a_channel_file(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``serve --sources``: the OME-TIFF read as it is, with windows from its smallest level
+    (as the converter takes them), and the same composites."""
+    root = tmp_path_factory.mktemp("sources-channels")
+    home = root / "home"
+    KeyRing(home).initialise()
+    (root / "slides").mkdir()
+    slide = write_fluorescence(root / "slides" / "if.ome.tif", 600, 400, channels=3, tile=256)
+    with run_server(root / "slides", home, "--sources", "--no-auth", secure=True) as server:
+        (doc,) = server.get("/api/slides").json()["items"]
+        assert doc["kind"] == "channels" and len(doc["channels"]) == 3
+        windows = [tuple(c["window"]) for c in doc["channels"]]
+        assert all(end < 65535 for _, end in windows), windows  # not the full range
+        reply = server.get(f"/deepzoom/{doc['id']}_files/10/1_1.png?channels=2,0")
+        assert reply.status == 200, reply.body
+        with open_slide(slide) as source:
+            samples = source.read_channels(0, Region(256, 256, 256, 144))
+        want = composite_reference(
+            np.ascontiguousarray(np.moveaxis(samples, -1, 0)[[2, 0]]),
+            [tuple(bytes.fromhex(doc["channels"][c]["color"])) for c in (2, 0)],  # type: ignore[misc]
+            [windows[2], windows[0]],
+        )
+        np.testing.assert_array_equal(pixels(reply.body), want)

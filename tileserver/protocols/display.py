@@ -21,7 +21,7 @@ from typing import Any
 
 from tileserver.errors import RegionError
 from tileserver.sources.base import SlideInfo
-from tileserver.store.layout import StoreLayout
+from tileserver.store.layout import DEFAULT_ACTIVE, StoreLayout
 
 __all__ = [
     "PARAMETERS",
@@ -281,9 +281,9 @@ def layout_display(layout: StoreLayout) -> SlideDisplay:
     return SlideDisplay(channels, layout.dtype, planes, layout.default_plane)
 
 
-def source_display(info: SlideInfo) -> SlideDisplay:
-    """What a slide file read directly offers: its own colours, full-range windows (no
-    histogram is taken when serving a file as it is)."""
+def source_display(info: SlideInfo, windows: Sequence[Window] | None = None) -> SlideDisplay:
+    """What a slide file read directly offers: its own colours, and ``windows`` (one per
+    channel, e.g. from its smallest level) or else the full sample range."""
     top = float(DTYPE_MAX.get(info.dtype, 255))
     channels = tuple(
         DisplayChannel(
@@ -291,7 +291,8 @@ def source_display(info: SlideInfo) -> SlideDisplay:
             color=_rgb(ch.color)
             if ch.color and _HEX.fullmatch(ch.color)
             else default_color(i, ch.emission_nm),
-            window=(0.0, top),
+            window=windows[i] if windows else (0.0, top),
+            active=i < DEFAULT_ACTIVE,
             emission_nm=ch.emission_nm,
         )
         for i, ch in enumerate(info.channels)
