@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from tileserver.security.keys import KeyRing
 
 SOURCE_TILE = 256
-SOURCE_WINDOW_PIXELS = 1 << 22  # display windows of a file from a level of at most this
+SOURCE_WINDOW_BYTES = 64 << 20  # display windows of a file from a level of at most this
 _SOURCE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms"}
 # A DICOM series spans files: listed once, under an ID from its folder and Series Instance UID.
 _DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -244,7 +244,7 @@ def _source_windows(source: SlideSource) -> list[tuple[float, float]] | None:
         return None
     level = min(range(len(info.levels)), key=lambda k: info.levels[k].size.pixels)
     size = info.levels[level].size
-    if size.pixels > SOURCE_WINDOW_PIXELS:
+    if size.pixels * len(info.channels) * np.dtype(info.dtype).itemsize > SOURCE_WINDOW_BYTES:
         return None
     samples = source.read_channels(level, Region(0, 0, size.width, size.height), info.default_plane)
     bins = 65536 if info.dtype == "uint16" else 256
