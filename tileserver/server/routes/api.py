@@ -45,9 +45,7 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         )
 
     async def slide(request: web.Request) -> web.Response:
-        authorize(request, request.match_info["slide_id"], "metadata")
-        doc = await service.describe(request.match_info["slide_id"])
-        await _add_labels(request, [doc])
+        doc = await slide_document(request, service, request.match_info["slide_id"])
         return web.json_response(doc, headers={"Cache-Control": "private, no-cache"})
 
     async def thumbnail(request: web.Request) -> web.Response:
@@ -185,6 +183,17 @@ def routes(service: SlideService) -> list[web.RouteDef]:
         web.post(f"/api/slides/{SLIDE}/share", share),
         web.get("/api/openapi.json", openapi),
     ]
+
+
+async def slide_document(
+    request: web.Request, service: SlideService, slide_id: str
+) -> dict[str, Any]:
+    """``/api/slides/{id}``'s body for the caller (the viewer's page carries it inline too);
+    the 404 of a missing slide if the caller may not read its metadata."""
+    authorize(request, slide_id, "metadata")
+    doc = await service.describe(slide_id)
+    await _add_labels(request, [doc])
+    return doc
 
 
 async def _add_labels(request: web.Request, items: list[dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -25,11 +26,14 @@ from typing import Any
 
 from aiohttp import web
 
-from tileserver.errors import SlideNotFound
+from tileserver.errors import SlideNotFound, TileserverError
 from tileserver.security.accounts import Accounts
 from tileserver.security.slide_labels import NONE, LabelStore, order_key
 from tileserver.server.auth import SECURITY, authorize, principal_of, visible_slides
 from tileserver.server.errors import BadRequest
+from tileserver.server.http import format_param
+from tileserver.server.routes.api import slide_document
+from tileserver.service import SlideService
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +113,9 @@ _TYPES = {
     ".wasm": "application/wasm",  # WebAssembly.instantiateStreaming insists on it
 }
 PAGE_HEADERS = {"Cache-Control": "no-cache"}
+# The viewer page carries its slide's facts: the caller's metadata, as /api/slides/ID's.
+VIEWER_PAGE_HEADERS = {"Cache-Control": "private, no-cache"}
+SLIDE_DATA_ID = "slide-data"
 
 
 def vendor_dir(vendor: Vendor) -> Path | None:
@@ -162,6 +169,7 @@ def routes() -> list[web.RouteDef]:
     if found[OPENSEADRAGON.name] is None:
         logger.warning("%s; the slide viewer will not work", OSD_MISSING)
     static_root = STATIC.resolve()
+    viewer_page = split_viewer_page((static_root / "viewer.html").read_text())
 
     def vendor_file(relative: str) -> tuple[Path | None, dict[str, str]]:
         """The file ``vendor/<package>/<path>`` names, and the headers it is served with."""
@@ -185,7 +193,22 @@ def routes() -> list[web.RouteDef]:
         return page("worklist.html")
 
     async def view(request: web.Request) -> web.StreamResponse:
-        return page("viewer.html")
+        """viewer.html, and at its end the slide's facts and DZI descriptor (when the caller may
+        read them), so the viewer opens the slide without a round trip first. The page is sent
+        at once and the facts follow: the browser fetches the scripts meanwhile, and deferred
+        scripts run only once the whole page is in."""
+        from tileserver.server.app import SERVICE  # late: app imports this module
+
+        head, tail = viewer_page
+        response = web.StreamResponse(headers=VIEWER_PAGE_HEADERS)
+        response.content_type = "text/html"
+        response.charset = "utf-8"
+        await response.prepare(request)
+        await response.write(head.encode())
+        data = await _slide_data(request, request.app[SERVICE], request.match_info["slide_id"])
+        await response.write((slide_data_block(data) + tail).encode())
+        await response.write_eof()
+        return response
 
     async def static(request: web.Request) -> web.StreamResponse:
         relative = request.match_info["path"]
@@ -264,6 +287,36 @@ def routes() -> list[web.RouteDef]:
         web.get("/viewer/cases", cases),
         web.get("/static/{path:.+}", static),
     ]
+
+
+async def _slide_data(
+    request: web.Request, service: SlideService, slide_id: str
+) -> dict[str, Any] | None:
+    """``{"info": /api/slides/ID's body, "dzi": the descriptor}``, or None if the caller may not
+    read them or the slide cannot be opened: the page then asks the API, which says why (and
+    audits a refusal) as before."""
+    try:
+        info = await slide_document(request, service, slide_id)
+        authorize(request, slide_id, "tiles")
+        dzi = await service.dzi(slide_id, format_param(None))  # as /deepzoom/ID.dzi
+    except (TileserverError, web.HTTPException):
+        return None
+    return {"info": info, "dzi": dzi}
+
+
+def split_viewer_page(html: str) -> tuple[str, str]:
+    """The viewer page before its closing ``</body>`` and from there on."""
+    at = html.rfind("</body>")
+    return (html, "") if at < 0 else (html[:at], html[at:])
+
+
+def slide_data_block(data: dict[str, Any] | None) -> str:
+    """A JSON data block (``type="application/json"``: never run, so the CSP's script-src does
+    not apply) that common.js's TS.slideData reads; "<" escaped, so no value can close it."""
+    if data is None:
+        return ""
+    text = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
+    return f'<script type="application/json" id="{SLIDE_DATA_ID}">{text}</script>\n'
 
 
 def _cases(accounts: Accounts | None, ids: list[str]) -> dict[str, Any]:

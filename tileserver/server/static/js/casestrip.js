@@ -129,8 +129,8 @@
       if (button) button.click();
     });
     const [info, cases] = await Promise.all([
-      TS.json(`/api/slides/${slideId}`).catch(() => null),
-      TS.json("/viewer/cases").catch(() => null),
+      TS.slideInfo(slideId).catch(() => null), // the page's own copy (common.js)
+      TS.cases().catch(() => null),
     ]);
     if (!info) { // viewer.js says why
       $("case-strip").classList.add("hidden");

@@ -171,6 +171,41 @@ const TS = (() => {
     };
   }
 
+  let inline; // undefined: not read yet
+  /** The facts and DZI descriptor the viewer page carries (server/routes/viewer.py), as
+   *  ``{info, dzi}``, or null when the page has none (the caller may not read them: ask the
+   *  API, which says why). Read once. */
+  function slideData() {
+    if (inline === undefined) {
+      const node = document.getElementById("slide-data");
+      try {
+        inline = node ? JSON.parse(node.textContent) : null;
+      } catch (_) {
+        inline = null;
+      }
+    }
+    return inline;
+  }
+
+  const once = new Map();
+  /** ``json(path)`` shared by every script of the page: one request, one answer. */
+  function shared(path) {
+    if (!once.has(path)) once.set(path, json(path));
+    return once.get(path);
+  }
+
+  /** ``/api/slides/ID``'s body: from the page if it carries it, else one shared request. */
+  function slideInfo(slideId) {
+    const data = slideData();
+    if (data && data.info && data.info.id === slideId) return Promise.resolve(data.info);
+    return shared(`/api/slides/${slideId}`);
+  }
+
+  /** The caller's cases in worklist order (``/viewer/cases``), one request for the page. */
+  function cases() {
+    return shared("/viewer/cases");
+  }
+
   /** OpenSeadragon adds a small <style> for touch screens unless one marked
    *  data-openseadragon-mobile-css exists; the CSP refuses inline styles (even empty ones), so
    *  its rule lives in app.css and the marker is a "style" element outside the HTML and SVG
@@ -209,5 +244,5 @@ const TS = (() => {
 
   return { safeNext, loginUrl, toLogin, api, json, post, logout, checkSession, el,
            formatLength, shortId, header, viewerOptions, dziSource,
-           markOsdMobileCss, HttpError };
+           markOsdMobileCss, slideData, slideInfo, cases, HttpError };
 })();

@@ -309,7 +309,7 @@ const TSCompare = (() => {
     const list = $("compare-choices");
     let cases = [];
     try {
-      cases = (await TS.json("/viewer/cases")).cases || [];
+      cases = (await TS.cases()).cases || []; // the page's one request (common.js)
     } catch (_) { /* the panel says there is nothing to compare */ }
     const found = cases.find((c) => c.slides.includes(slideId));
     const chosen = withIds();

@@ -418,6 +418,28 @@
     }
   }
 
+  /** The first view fetches only the level it displays. OpenSeadragon would also fetch each
+      coarser level, down to its cut-off level (the finest with one tile), as blurry
+      placeholders until the displayed level covers the screen: a quarter more tiles before the
+      first sharp screen on the demo slide. Its cut-off level bounds that descent: held at the
+      displayed level until the first view is fully loaded, then restored, so later pans and
+      zooms show placeholders as before. (``savedCutOffLevel`` is OpenSeadragon 6's field.) */
+  function displayedLevelFirst(item) {
+    const cutoff = item.savedCutOffLevel;
+    const hold = () => {
+      item.savedCutOffLevel = Math.max(cutoff, finestLevel(item, false));
+    };
+    const done = (event) => {
+      if (!event.fullyLoaded) return;
+      item.savedCutOffLevel = cutoff;
+      viewer.removeHandler("viewport-change", hold);
+      item.removeHandler("fully-loaded-change", done);
+    };
+    hold();
+    viewer.addHandler("viewport-change", hold); // e.g. a shared link's view, set on opening
+    item.addHandler("fully-loaded-change", done);
+  }
+
   /** ``#osd[data-sharp]``: the view is still and every tile of the displayed level is in. */
   function showSharpness() {
     const item = viewer.world.getItemAt(0);
@@ -462,6 +484,10 @@
     viewer.addHandler("open", () => {
       document.body.dataset.open = "true";
       const item = viewer.world.getItemAt(0);
+      displayedLevelFirst(item);
+      // The first tiles asked for now, not at the next animation frame, after the page's other
+      // scripts have run: one update as OpenSeadragon's loop makes each frame.
+      viewer.world.update(true);
       item.addHandler("fully-loaded-change", (event) => {
         document.body.dataset.fullyLoaded = String(event.fullyLoaded);
         showSharpness();
@@ -513,31 +539,37 @@
               "An administrator must run scripts/setup-browser.sh.");
       return;
     }
-    let info;
-    const casesPromise = TS.json("/viewer/cases").catch(() => null);
-    const dziPromise = fetch(`/deepzoom/${slideId}.dzi`, { credentials: "same-origin" })
-      .then((response) => (response.ok ? response.text() : null))
-      .catch(() => null);
-    try {
-      info = await TS.json(`/api/slides/${slideId}`);
-    } catch (error) {
-      if (error.status === 404) {
-        message("Slide not found — it does not exist or it is not in a case assigned to you.");
-      } else if (error.status !== 401) {
-        message(`The slide could not be loaded: ${error.message}`);
+    // The page carries the slide's facts and descriptor (server/routes/viewer.py): the viewer
+    // starts as this script runs, with no round trip first. Without them, the API says why.
+    const inline = TS.slideData();
+    let info = inline && inline.info && inline.info.id === slideId ? inline.info : null;
+    let dzi = info ? TS.dziSource(inline.dzi, slideId) : null;
+    if (!info) {
+      const dziPromise = fetch(`/deepzoom/${slideId}.dzi`, { credentials: "same-origin" })
+        .then((response) => (response.ok ? response.text() : null))
+        .catch(() => null);
+      try {
+        info = await TS.slideInfo(slideId);
+      } catch (error) {
+        if (error.status === 404) {
+          message("Slide not found — it does not exist or it is not in a case assigned to you.");
+        } else if (error.status !== 401) {
+          message(`The slide could not be loaded: ${error.message}`);
+        }
+        buildPresets();
+        return;
       }
-      buildPresets();
-      return;
+      dzi = TS.dziSource(await dziPromise, slideId); // fetched alongside: no second fetch
     }
     mpp = Array.isArray(info.mpp) && info.mpp[0] > 0 ? info.mpp : null;
     objective = info.objective_power > 0 ? Number(info.objective_power)
       : (mpp ? Math.round(10 / mpp[0]) : null); // ~10 µm/px at 1×
     buildPresets();
-    facts(info);
-    startViewer(TS.dziSource(await dziPromise, slideId)); // no second fetch of the DZI
+    startViewer(dzi); // first: its tile requests go out before the rest of the page's work
     if (typeof TSChannels !== "undefined") TSChannels.attach(viewer, info); // channels.js
+    facts(info);
     loadLabel(info);
-    wireCase((await casesPromise || {}).cases);
+    wireCase(((await TS.cases().catch(() => null)) || {}).cases);
   }
 
   init();
