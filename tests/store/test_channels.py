@@ -192,3 +192,22 @@ def test_a_swapped_channel_shard_is_an_integrity_error(tmp_path: Path) -> None:
     reader = StoreReader.open(LocalObjects(tmp_path / slide_id), slide_id, keyring)
     with pytest.raises(IntegrityError):
         reader.read_channel_chunk(0, 0, 0, 0)
+
+
+def test_only_the_root_document_may_be_rewritten(tmp_path: Path) -> None:
+    """The builder's window rewrite cannot change what the arrays are."""
+    import dataclasses
+
+    slide_id = new_slide_id()
+    layout = _layout(slide_id, 2, 1, "uint16", Size(64, 64))
+    writer = StoreWriter.create(LocalObjects(tmp_path / slide_id), layout, {"mpp": None}, None)
+    with pytest.raises(ValueError, match="attributes"):
+        writer.rewrite_group_metadata(dataclasses.replace(layout, dtype="uint8"), {"mpp": None})
+    windows = tuple(dataclasses.replace(c, window=(5.0, 6.0)) for c in layout.channel_info)
+    writer.rewrite_group_metadata(dataclasses.replace(layout, channel_info=windows), {})
+    for t_row in range(2):
+        writer.end_row(0, t_row)
+    writer.end_row(1, 0)
+    assert writer.finish({"slide_id": slide_id})
+    reader = StoreReader.open(LocalObjects(tmp_path / slide_id), slide_id)
+    assert [c.window for c in reader.layout.channel_info] == [(5.0, 6.0)] * 2

@@ -144,7 +144,7 @@ class StoreLayout:
         return self.planes > 1
 
     @property
-    def default(self) -> bool:
+    def plain_rgb(self) -> bool:
         """An RGB single-plane store: metadata exactly as before channels and planes existed."""
         return self.kind == "rgb" and not self.stacked
 
@@ -311,7 +311,7 @@ class StoreLayout:
                     "codec": self.codec,
                     "levels": [list(size) for size in self.levels],
                     "source": source,
-                    **({} if self.default else self.image_attributes()),
+                    **({} if self.plain_rgb else self.image_attributes()),
                 },
             },
         }
