@@ -126,6 +126,11 @@ def test_store_and_source_pyramids_read_the_same_channels(
         )
     with pytest.raises(UnsupportedFeature):
         stored.read_chunk(0, 0, 0)
+    # Level 1 read directly: a box resize of level 0, within rounding of the stored level.
+    region = Region(0, 0, 150, 100)
+    direct_1 = direct.read_channels(1, region, [0, 3], 1).astype(int)
+    stored_1 = stored.read_channels(1, region, [0, 3], 1).astype(int)
+    assert np.abs(direct_1 - stored_1).max() <= 1
 
 
 def test_single_8_bit_channel_is_white_and_exact(tmp_path: Path) -> None:
