@@ -233,3 +233,37 @@ def test_side_by_side_panes_keep_their_own_display(lab: Lab, page: Any) -> None:
     assert page.locator("#channel-panel fieldset").count() == 3
     assert page.is_checked("#channel-0-on") and not page.is_checked("#channel-1-on")
     assert not page.errors, page.errors
+
+
+def test_a_shared_view_carries_the_display(lab: Lab, page: Any) -> None:
+    """Share: the link names the changed display, and opening it shows that display (its
+    first tiles already ask for it, the panel shows it)."""
+    page.goto(f"/view/{lab.fluor}")
+    poll(page, "document.body.dataset.fullyLoaded === 'true'")
+    page.click("#channel-toggle")
+    n = len(page.tiles)
+    page.uncheck("#channel-0-on")  # DAPI off: Cy5 alone
+    page.fill("#channel-2-end", "20000")
+    page.fill("#channel-z", "0")
+    settle(page, n)
+    page.click("#share-toggle")
+    link = page.input_value("#share-link")
+    query = parse_qs(urlsplit(link).query)
+    assert query["channels"] == ["2"] and query["colors"] == ["ff0000"], link
+    assert query["windows"] == ["0-20000"] and query["z"] == ["0"], link
+    shown = canvas_rgb(page)
+
+    page.tiles.clear()
+    page.goto(link)
+    poll(page, "document.body.dataset.fullyLoaded === 'true'")
+    page.wait_for_timeout(300)
+    # No tile of the stored display first: every request names the shared one.
+    assert page.tiles and all(q.get("channels") == ["2"] for q in page.tiles), page.tiles
+    assert page.tiles[-1]["windows"] == ["0-20000"] and page.tiles[-1]["z"] == ["0"]
+    page.click("#channel-toggle")
+    assert not page.is_checked("#channel-0-on") and page.is_checked("#channel-2-on")
+    assert page.input_value("#channel-2-end") == "20000"
+    assert page.text_content("#channel-z-value").startswith("1 / 3")
+    again = canvas_rgb(page)
+    assert np.abs(again - shown).max() < 8, (shown, again)
+    assert not page.errors, page.errors

@@ -27,6 +27,44 @@ const TSChannels = (() => {
     return "?" + params.toString().replaceAll("%2C", ",");
   }
 
+  /** A display asked for in the page's address (a shared view: share.js adds ``shared``'s
+      parameters to its link) set into ``s``; what does not fit the slide is ignored, so the
+      server is never asked for a display it would refuse. True when anything was set. */
+  function fromAddress(s, params) {
+    let changed = false;
+    const n = s.channels.length;
+    const list = (name) => (params.get(name) || "").split(",").filter(Boolean);
+    const chosen = list("channels").map(Number);
+    const valid = chosen.length && chosen.every((c) => Number.isInteger(c) && c >= 0 && c < n)
+      && new Set(chosen).size === chosen.length;
+    if (valid) {
+      s.channels.forEach((c, i) => { c.on = chosen.includes(i); });
+      const colors = list("colors");
+      if (colors.length === chosen.length && colors.every((c) => /^[0-9a-f]{6}$/i.test(c))) {
+        chosen.forEach((c, i) => { s.channels[c].color = hex(colors[i]); });
+      }
+      const windows = list("windows").map((w) => w.split("-").map(Number));
+      const fits = ([a, b]) => Number.isInteger(a) && Number.isInteger(b) && a >= 0 && a < b && b <= s.max;
+      if (windows.length === chosen.length && windows.every(fits)) {
+        chosen.forEach((c, i) => { [s.channels[c].start, s.channels[c].end] = windows[i]; });
+      }
+      changed = true;
+    }
+    const z = Number(params.get("z"));
+    if (params.has("z") && Number.isInteger(z) && z >= 0 && z < s.planes) {
+      s.z = z;
+      changed = true;
+    }
+    return changed;
+  }
+
+  /** The parameters of ``viewer``'s display when it differs from the stored one (share.js). */
+  function shared(viewer) {
+    const s = registry.get(viewer);
+    if (!s || query(s) === query({ ...initial(s.info), info: s.info })) return [];
+    return [...new URLSearchParams(query(s).slice(1))];
+  }
+
   /** Tiles of every item showing this source (the slide and its overview map) are dropped and
       asked for again under the new URLs: the tile matrix is rebuilt so each tile gets its URL
       from the source again (OpenSeadragon keeps a tile's URL from when it was made). */
@@ -255,7 +293,13 @@ const TSChannels = (() => {
     const s = info ? { ...initial(info), info } : null;
     const useful = Boolean(s && (s.channels.length || s.planes > 1));
     registry.set(viewer, useful ? s : null);
-    if (!current) current = viewer;
+    if (!current) {
+      current = viewer; // the slide's own viewer: a shared view's display is for it
+      if (useful && fromAddress(s, new URLSearchParams(location.search))) {
+        if (viewer.world.getItemCount()) reload(viewer, s);
+        else viewer.world.addOnceHandler("add-item", () => reload(viewer, s));
+      }
+    }
     if (useful) {
       showButton(s);
       document.body.dataset.channels = String(Math.max(
@@ -271,5 +315,5 @@ const TSChannels = (() => {
     rebuild();
   }
 
-  return { attach, target, query, registry };
+  return { attach, target, query, shared, registry };
 })();

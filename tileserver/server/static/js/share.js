@@ -62,6 +62,9 @@
       params.set("with", compare.with.join(","));
       params.set("off", compare.off);
     }
+    if (typeof TSChannels !== "undefined") {
+      for (const [name, value] of TSChannels.shared(viewer)) params.set(name, value); // channels.js
+    }
     return params;
   }
 
