@@ -41,7 +41,7 @@ from tileserver.errors import RegionError, SlideNotFound, TileserverError
 from tileserver.geometry import Region, Size, best_level, level_region
 from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
-from tileserver.protocols.display import Display, parse_display
+from tileserver.protocols.display import Display, display_document, parse_display
 from tileserver.render import colour
 from tileserver.render.admission import MIB, RenderGate, estimate_bytes
 from tileserver.render.budget import RenderBudget
@@ -259,7 +259,7 @@ class SlideService:
             "associated": list(p.associated),
             "properties": meta.get("properties", {}),
             "icc_profile": colour.profile_info(p.icc_profile).as_dict() if p.icc_profile else None,
-            **_describe_display(p),
+            **display_document(p.display),
         }
 
     async def icc_profile(self, slide_id: str) -> bytes:
@@ -667,26 +667,3 @@ def _to_srgb(p: Pyramid, pixels: np.ndarray, icc: str) -> np.ndarray:
 
 def _embedded(p: Pyramid, icc: str) -> bytes | None:
     return p.icc_profile if icc == colour.EMBED else None
-
-
-def _describe_display(p: Pyramid) -> dict[str, Any]:
-    """Channels (name, colour, emission, default window, shown by default) and focal planes
-    (offsets in µm, the default) for REST describe; an RGB slide is one plane, no channels."""
-    s = p.display
-    return {
-        "kind": "channels" if s.channels else "rgb",
-        "dtype": s.dtype,
-        "channels": [
-            {
-                "index": i,
-                "name": ch.name,
-                "color": "{:02x}{:02x}{:02x}".format(*ch.color),
-                "emission_nm": ch.emission_nm,
-                "window": list(ch.window),
-                "active": ch.active,
-            }
-            for i, ch in enumerate(s.channels)
-        ],
-        "planes": list(s.planes) or [0.0],
-        "default_plane": s.default_plane,
-    }

@@ -29,6 +29,7 @@ __all__ = [
     "DisplayChannel",
     "DisplayError",
     "SlideDisplay",
+    "display_document",
     "layout_display",
     "parse_display",
     "slide_display",
@@ -298,3 +299,25 @@ def source_display(info: SlideInfo, windows: Sequence[Window] | None = None) -> 
         for i, ch in enumerate(info.channels)
     )
     return SlideDisplay(channels, info.dtype, info.planes, info.default_plane)
+
+
+def display_document(s: SlideDisplay) -> dict[str, Any]:
+    """Channels (name, colour, emission, default window, shown by default) and focal planes
+    (offsets in µm, the default) for REST describe; an RGB slide is one plane, no channels."""
+    return {
+        "kind": "channels" if s.channels else "rgb",
+        "dtype": s.dtype,
+        "channels": [
+            {
+                "index": i,
+                "name": ch.name,
+                "color": _hex(ch.color),
+                "emission_nm": ch.emission_nm,
+                "window": list(ch.window),
+                "active": ch.active,
+            }
+            for i, ch in enumerate(s.channels)
+        ],
+        "planes": list(s.planes) or [0.0],
+        "default_plane": s.default_plane,
+    }
