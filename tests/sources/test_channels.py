@@ -278,3 +278,17 @@ def test_info_describes_channels_and_planes(ome_pyramid: tuple[Path, np.ndarray]
         summary = slide_summary(source)
     assert summary["dtype"] == "uint16" and summary["planes"] == [0.0, 1.5, 3.0, 4.5]
     assert summary["channels"][0] == {"name": "DAPI", "color": "ff0000", "emission_nm": 461.0}
+
+
+def test_eight_threads_agree_with_one(ome_pyramid: tuple[Path, np.ndarray]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    regions = [
+        Region(int(rng.integers(-40, 333)), int(rng.integers(-40, 300)), 70, 90) for _ in range(48)
+    ]
+    with open_slide(ome_pyramid[0]) as source:
+        serial = [source.read_channels(0, r, 3) for r in regions]
+    with open_slide(ome_pyramid[0]) as source, ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda r: source.read_channels(0, r, 3), regions))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, parallel, strict=True))

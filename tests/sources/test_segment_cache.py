@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,40 @@ def test_a_zero_budget_keeps_nothing() -> None:
     cache = SegmentCache(max_bytes=0)
     cache.put("a", np.zeros(1, np.uint8))
     assert cache.get("a") is None
+
+
+def test_a_key_being_loaded_is_loaded_once() -> None:
+    """A second thread asking while the first decodes waits for it instead of decoding."""
+    cache = SegmentCache(max_bytes=1000)
+    inside, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def load() -> np.ndarray:
+        calls.append(1)
+        inside.set()
+        release.wait(30)
+        return np.ones(10, np.uint8)
+
+    results: list[np.ndarray | None] = []
+    first = threading.Thread(target=lambda: results.append(cache.get_or_load("k", load)))
+    first.start()
+    assert inside.wait(30)
+    second = threading.Thread(target=lambda: results.append(cache.get_or_load("k", load)))
+    second.start()
+    second.join(0.5)  # gives it time to reach the wait (or, were it broken, the load)
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert len(calls) == 1
+    assert len(results) == 2 and all(r is not None and r.sum() == 10 for r in results)
+
+
+def test_a_failed_load_leaves_nothing_pending() -> None:
+    cache = SegmentCache(max_bytes=1000)
+
+    def broken() -> np.ndarray:
+        raise OSError("disk")
+
+    with pytest.raises(OSError, match="disk"):
+        cache.get_or_load("k", broken)
+    assert cache.get_or_load("k", lambda: np.zeros(3, np.uint8)) is not None

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -361,12 +362,11 @@ class TiffSource(SlideSource):
         t_row1 = (inside.y + inside.height - 1) // seg.height
         for t_row in range(t_row0, t_row1 + 1):
             for t_col in range(t_col0, t_col1 + 1):
-                key = None if cache is None else (*cache, t_col, t_row)
-                pixels = None if key is None else self._segments.get(key)
-                if pixels is None:
+                if cache is None:
                     pixels = self._decode_segment(lp, t_col, t_row)
-                    if key is not None and pixels is not None:
-                        self._segments.put(key, pixels)
+                else:
+                    load = partial(self._decode_segment, lp, t_col, t_row)
+                    pixels = self._segments.get_or_load((*cache, t_col, t_row), load)
                 if pixels is None:
                     continue  # an empty segment is background
                 l_x, l_y = t_col * seg.width, t_row * seg.height
