@@ -90,7 +90,7 @@ PROBE = """
     bench.scripts = performance.now(); // the page's scripts have run: the viewer's part begins
   });
   // Right after OpenSeadragon's script has run (a script's load event fires before the next
-  // deferred script runs): the viewer may make its viewer while its own script runs.
+  // deferred script runs), whenever the viewer makes its viewer.
   document.addEventListener("load", (event) => {
     const src = (event.target && event.target.src) || "";
     if (!src.endsWith("/openseadragon.min.js") || typeof OpenSeadragon === "undefined") return;
@@ -428,8 +428,13 @@ def markdown(results: dict[str, Any]) -> str:
         "else runs share the cores). Per-run figures: `benchmarks/results/viewer.json`.",
         "",
         'Reading it: "open" starts with a cold browser cache (the page, its scripts and '
-        'OpenSeadragon are fetched too, the same for both viewers); "scripts loaded" is the '
-        "part the viewer controls. A preset's time is the key press to the first sharp frame "
+        "OpenSeadragon are fetched too, the same page for both viewers: only viewer.js "
+        'differs); "scripts loaded" is from DOMContentLoaded (every script of the page has '
+        "run) on. The new viewer opens the slide from the facts and descriptor the page "
+        "carries, the old one asks the API first; the new one's first view fetches only the "
+        "level it displays, the old one coarser levels too (a blurry picture first): sharp is "
+        "the same for both, every tile of the level drawn. A preset's time is the key press "
+        "to the first sharp frame "
         "(the new viewer jumps, the old one animates for 0.45 s); a preset already covered by"
         ' the whole-slide view\'s tiles costs no request. "Finer than needed": tiles of a '
         "level finer than the coarsest with at most one pixel per screen pixel (the old "

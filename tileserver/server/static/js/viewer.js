@@ -529,6 +529,11 @@
     document.addEventListener("keydown", onKey);
   }
 
+  const pageScriptsRun = new Promise((resolve) => {
+    document.addEventListener("DOMContentLoaded", resolve, { once: true });
+    if (document.readyState === "complete") resolve();
+  });
+
   async function init() {
     wireButtons();
     TS.header();
@@ -565,6 +570,9 @@
     objective = info.objective_power > 0 ? Number(info.objective_power)
       : (mpp ? Math.round(10 / mpp[0]) : null); // ~10 µm/px at 1×
     buildPresets();
+    // The page's later scripts lay it out (the case strip, side-by-side panes) as they run:
+    // the viewer measures its element once they have (this deferred script runs before them).
+    await pageScriptsRun;
     startViewer(dzi); // first: its tile requests go out before the rest of the page's work
     if (typeof TSChannels !== "undefined") TSChannels.attach(viewer, info); // channels.js
     facts(info);
