@@ -284,7 +284,8 @@ class DicomService:
         """One frame, cached per representation (its ETag names that too)."""
         syntax = offer.transfer_syntax
         key = ("frame", level, col, row, *offer)
-        if syntax == dicom.JPEG_BASELINE and p.codec == "jpeg":
+        # A z-stack's stored chunks are of every plane; its frames are of the default one.
+        if syntax == dicom.JPEG_BASELINE and p.codec == "jpeg" and p.display.plane_count == 1:
             photometric = slide.facts[level].photometric
             fetch = partial(self._stored, p, level, col, row, photometric)
             return await self.service._respond(p, key, "jpeg", if_none_match, fetch=fetch)
@@ -344,7 +345,7 @@ class DicomService:
         one, else encoded in the render pool."""
         p = await self.service.pyramid(slide.slide_id)
         key = ("frame-rendered", level, col, row, fmt)
-        if fmt == "jpeg" and p.codec == "jpeg":
+        if fmt == "jpeg" and p.codec == "jpeg" and p.display.plane_count == 1:
             fetch = partial(self.service._passthrough, p, level, col, row, "jpeg")
             return await self.service._respond(p, key, fmt, if_none_match, fetch=fetch)
         plan = self._frame_plan(p, level, col, row)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sample_data.fluorescence import write_fluorescence
+from sample_data.fluorescence import write_fluorescence, write_rgb_z_stack
 from tests.channel_stores import level_samples, write_store
 from tests.server.conftest import Server, converted, run_server
 from tileserver.geometry import Region
@@ -299,3 +299,51 @@ def test_serve_sources_composites_a_channel_file(tmp_path_factory: pytest.TempPa
             [windows[2], windows[0]],
         )
         np.testing.assert_array_equal(pixels(reply.body), want)
+
+
+def test_dicomweb_frames_of_a_jpeg_z_stack_are_its_default_plane(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A converted RGB z-stack (JPEG chunks, 3 planes, default the middle one): DICOMweb's
+    rendered frame is the default plane, as the DeepZoom tile without z= is, not plane 0."""
+    root = tmp_path_factory.mktemp("z-stack-dicomweb")
+    home = root / "home"
+    KeyRing(home).initialise()
+    slide = write_rgb_z_stack(root / "z.ome.tif", 2048, 2048, planes=3, tile=256)
+    slide_id = converted(slide, root / "stores", None)
+    with run_server(root / "stores", home, "--no-auth", secure=True) as server:
+        doc = server.get(f"/api/slides/{slide_id}").json()
+        assert len(doc["planes"]) == 3 and doc["default_plane"] == 1
+        (study,) = server.get("/dicomweb/studies").json()
+        uid = study["0020000D"]["Value"][0]
+        (series,) = server.get(f"/dicomweb/studies/{uid}/series").json()
+        base = f"/dicomweb/studies/{uid}/series/{series['0020000E']['Value'][0]}"
+        for inst in server.get(f"{base}/instances").json():
+            sop = inst["00080018"]["Value"][0]
+            meta = server.get(f"{base}/instances/{sop}/metadata").json()[0]
+            if meta.get("00480006", {}).get("Value") == [2048]:
+                break
+        else:
+            raise AssertionError("no level-0 instance")
+        for n in range(64):  # the first tile where the planes differ (not background)
+            row, col = divmod(n, 8)
+            tiles = {
+                z: pixels(server.get(f"/deepzoom/{slide_id}_files/11/{col}_{row}.png?z={z}").body)
+                for z in (0, 1)
+            }
+            if not np.array_equal(tiles[0], tiles[1]):
+                break
+        else:
+            raise AssertionError("the planes do not differ")
+        frame = server.get(
+            f"{base}/instances/{sop}/frames/{n + 1}/rendered", {"Accept": "image/png"}
+        )
+        assert frame.status == 200, frame.body[:200]
+        np.testing.assert_array_equal(pixels(frame.body), tiles[1])
+        # As JPEG too: not the stored chunk of plane 0 passed through.
+        jpeg = server.get(
+            f"{base}/instances/{sop}/frames/{n + 1}/rendered", {"Accept": "image/jpeg"}
+        )
+        got = pixels(jpeg.body).astype(np.int16)
+        err = [float(np.abs(got - tiles[z]).mean()) for z in (0, 1)]
+        assert err[1] < err[0], err
