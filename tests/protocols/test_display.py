@@ -14,7 +14,6 @@ from tileserver.protocols.display import (
     DisplayError,
     SlideDisplay,
     parse_display,
-    slide_display,
     source_display,
 )
 
@@ -132,34 +131,6 @@ def test_distinct_displays_have_distinct_keys() -> None:
     assert len({a.key, b.key, c.key}) == 3
 
 
-def test_slide_display_from_store_attributes() -> None:
-    attrs = {
-        "kind": "channels",
-        "dtype": "uint16",
-        "channels": [
-            {"name": "DAPI", "color": "0000FF", "emission_nm": 461, "window": [10, 900]},
-            {"name": "", "color": None, "emission_nm": 520.0, "window": [5, 5]},
-            {"name": "x", "color": None, "emission_nm": None, "window": None, "active": False},
-        ],
-        "planes": [-1.5, 0.0, 1.5, 3.0],
-        "default_plane": None,
-    }
-    s = slide_display(attrs)
-    assert [c.name for c in s.channels] == ["DAPI", "Channel 1", "x"]
-    assert [c.color for c in s.channels] == [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
-    assert s.channels[0].window == (10.0, 900.0)
-    assert s.channels[1].window == (5.0, 6.0)  # flat: made a valid window
-    assert s.channels[2].window == (0.0, 65535.0) and not s.channels[2].active
-    assert s.plane_count == 4 and s.default_plane == 1  # the middle, as the sources say
-
-
-def test_slide_display_of_rgb_store() -> None:
-    assert slide_display({}) == SlideDisplay()
-    assert slide_display({"kind": "rgb", "planes": [0.0, 2.0], "default_plane": 1}) == (
-        SlideDisplay(planes=(0.0, 2.0), default_plane=1)
-    )
-
-
 def test_source_display_from_slide_info() -> None:
     from tileserver.geometry import Size
     from tileserver.sources.base import Channel, Level, SlideInfo
@@ -178,7 +149,8 @@ def test_source_display_from_slide_info() -> None:
     )
     full = source_display(info)
     assert [c.window for c in full.channels] == [(0.0, 65535.0)] * 6
-    assert [c.color for c in full.channels][:2] == [(255, 0, 0), (0, 255, 0)]  # by emission
+    # The file's colour, else the converter's palette (sources/channel_metadata.py).
+    assert [c.color for c in full.channels][:2] == [(255, 0, 0), (0, 255, 0)]
     assert [c.active for c in full.channels] == [True] * 4 + [False] * 2  # as the converter
     assert full.plane_count == 3 and full.default_plane == 1
     windowed = source_display(info, [(float(i), 100.0 + i) for i in range(6)])

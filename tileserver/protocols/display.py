@@ -21,6 +21,7 @@ from typing import Any
 
 from tileserver.errors import RegionError
 from tileserver.sources.base import SlideInfo
+from tileserver.sources.channel_metadata import display_colors
 from tileserver.store.layout import DEFAULT_ACTIVE, StoreLayout
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "display_document",
     "layout_display",
     "parse_display",
-    "slide_display",
     "source_display",
 ]
 
@@ -40,24 +40,6 @@ PARAMETERS = ("channels", "colors", "windows", "z")
 RGB = tuple[int, int, int]
 Window = tuple[float, float]
 DTYPE_MAX = {"uint8": 255, "uint16": 65535}
-# Colours for channels stored without one: by emission band where known, else in turn.
-_PALETTE: tuple[RGB, ...] = (
-    (0, 0, 255),
-    (0, 255, 0),
-    (255, 0, 0),
-    (255, 255, 0),
-    (255, 0, 255),
-    (0, 255, 255),
-    (255, 128, 0),
-    (255, 255, 255),
-)
-_BANDS: tuple[tuple[float, RGB], ...] = (
-    (500.0, (0, 0, 255)),  # DAPI, Hoechst
-    (560.0, (0, 255, 0)),  # FITC, GFP
-    (600.0, (255, 255, 0)),  # Cy3, TRITC
-    (680.0, (255, 0, 0)),  # Cy5
-    (float("inf"), (255, 0, 255)),  # Cy7 and beyond
-)
 _INDEX = re.compile(r"\d{1,3}")
 _HEX = re.compile(r"[0-9a-fA-F]{6}")
 _NUMBER = r"\d{1,6}(?:\.\d{1,6})?"
@@ -224,48 +206,6 @@ def _rgb(text: str) -> RGB:
     return (value >> 16) & 255, (value >> 8) & 255, value & 255
 
 
-def default_color(index: int, emission_nm: float | None) -> RGB:
-    """A channel's colour when the slide stores none: by emission band, else in turn."""
-    if emission_nm is not None and emission_nm > 0:
-        return next(rgb for limit, rgb in _BANDS if emission_nm < limit)
-    return _PALETTE[index % len(_PALETTE)]
-
-
-def slide_display(info: Mapping[str, Any]) -> SlideDisplay:
-    """The display description from a store's ``tileserver`` attributes (or a summary):
-    ``kind``, ``dtype``, ``channels`` [{name, color, emission_nm, window, active?}],
-    ``planes`` (µm offsets) and ``default_plane``. Missing keys mean an RGB single plane."""
-    dtype = str(info.get("dtype") or "uint8")
-    if dtype not in DTYPE_MAX:
-        raise DisplayError(f"sample type {dtype!r} cannot be displayed")
-    top = float(DTYPE_MAX[dtype])
-    channels = []
-    if info.get("kind", "channels" if info.get("channels") else "rgb") == "channels":
-        for i, ch in enumerate(info.get("channels") or ()):
-            emission = ch.get("emission_nm")
-            color = ch.get("color")
-            window = ch.get("window") or (0.0, top)
-            start, end = float(window[0]), float(window[1])
-            if not start < end:  # a flat channel: any window shows it flat
-                start, end = min(start, top - 1), min(start, top - 1) + 1
-            channels.append(
-                DisplayChannel(
-                    name=str(ch.get("name") or f"Channel {i}"),
-                    color=_rgb(color)
-                    if color and _HEX.fullmatch(color)
-                    else default_color(i, emission),
-                    window=(start, end),
-                    active=bool(ch.get("active", True)),
-                    emission_nm=float(emission) if emission is not None else None,
-                )
-            )
-    planes = tuple(float(p) for p in info.get("planes") or ())
-    default = info.get("default_plane")
-    if default is None or not 0 <= int(default) < max(1, len(planes)):
-        default = (max(1, len(planes)) - 1) // 2  # the middle, as sources/base.py chooses
-    return SlideDisplay(tuple(channels), dtype, planes, int(default))
-
-
 def layout_display(layout: StoreLayout) -> SlideDisplay:
     """What a store offers to display (its layout was validated when the store opened)."""
     channels = tuple(
@@ -286,12 +226,11 @@ def source_display(info: SlideInfo, windows: Sequence[Window] | None = None) -> 
     """What a slide file read directly offers: its own colours, and ``windows`` (one per
     channel, e.g. from its smallest level) or else the full sample range."""
     top = float(DTYPE_MAX.get(info.dtype, 255))
+    colors = display_colors(info.channels)  # as the converter chooses them
     channels = tuple(
         DisplayChannel(
             name=ch.name or f"Channel {i}",
-            color=_rgb(ch.color)
-            if ch.color and _HEX.fullmatch(ch.color)
-            else default_color(i, ch.emission_nm),
+            color=_rgb(colors[i]),
             window=windows[i] if windows else (0.0, top),
             active=i < DEFAULT_ACTIVE,
             emission_nm=ch.emission_nm,
