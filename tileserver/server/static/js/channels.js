@@ -6,8 +6,11 @@
    server composites the chosen channels. The defaults are the slide's stored display
    settings (REST describe: channels[].active/color/window, default_plane).
 
-   viewer.js calls TSChannels.attach(viewer, info) once the viewer exists; for an RGB slide
-   with one plane it does nothing. No inline styles or scripts (the CSP refuses them). */
+   viewer.js calls TSChannels.attach(viewer, info) once the slide's viewer exists, compare.js
+   for each side-by-side pane (each keeps its own display) and TSChannels.target(viewer) for
+   the pane the panel acts on; share.js puts TSChannels.shared(viewer) into its links. The
+   tool appears only when a slide on the page has channels or several focal planes. No inline
+   styles or scripts (the CSP refuses them). */
 "use strict";
 
 const TSChannels = (() => {
@@ -83,7 +86,6 @@ const TSChannels = (() => {
       item.reset();
       item.tilesMatrix = {};
     }
-    document.body.dataset.channelQuery = extra;
     viewer.forceRedraw();
   }
 
@@ -99,7 +101,8 @@ const TSChannels = (() => {
       start: Math.round(c.window[0]),
       end: Math.round(c.window[1]),
     }));
-    if (channels.length && !channels.some((c) => c.on)) channels[0].on = true;
+    // None marked active: the server then shows them all (protocols/display.py).
+    if (!channels.some((c) => c.on)) channels.forEach((c) => { c.on = true; });
     const planes = (info.planes || []).length;
     return {
       channels,
@@ -118,7 +121,7 @@ const TSChannels = (() => {
     return node;
   }
 
-  function channelRow(viewer, s, channel, index, schedule) {
+  function channelRow(s, channel, index, schedule) {
     const row = TS.el("fieldset", { class: "channel", "data-channel": String(index) });
     const visible = TS.el("input", {
       type: "checkbox",
@@ -229,7 +232,7 @@ const TSChannels = (() => {
     };
     panel.append(TS.el("h2", { id: "channel-title", text: s.channels.length ? "Channels" : "Focal plane" }));
     if (s.planes > 1) panel.append(planeRow(s, schedule));
-    s.channels.forEach((channel, index) => panel.append(channelRow(viewer, s, channel, index, schedule)));
+    s.channels.forEach((channel, index) => panel.append(channelRow(s, channel, index, schedule)));
     const reset = TS.el("button", { type: "button", id: "channel-reset", text: "Reset" });
     panel.append(TS.el("div", { class: "panel-row" }, [reset, close]));
     reset.addEventListener("click", () => {
