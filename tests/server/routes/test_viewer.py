@@ -15,7 +15,12 @@ from tests.cli import cli
 from tests.server.conftest import Server, converted, run_server
 from tests.server.test_security import Person, enrol, last_line_token
 from tileserver.security.keys import KeyRing
-from tileserver.server.routes.viewer import SLIDE_DATA_ID, slide_data_block, split_viewer_page
+from tileserver.server.routes.viewer import (
+    SLIDE_DATA_ID,
+    STATIC,
+    slide_data_block,
+    split_viewer_page,
+)
 
 PASSWORD = "correct horse battery staple V"  # test-only, generated for this suite
 BLOCK = re.compile(
@@ -88,3 +93,21 @@ def test_the_block_goes_before_the_closing_body() -> None:
     head, tail = split_viewer_page("<html><body><p>x</p></body></html>\n")
     assert (head, tail) == ("<html><body><p>x</p>", "</body></html>\n")
     assert split_viewer_page("<p>no body</p>") == ("<p>no body</p>", "")
+
+
+def test_static_files_from_memory_are_revalidated_as_from_disk(site: Site) -> None:
+    served = site.server.get("/static/js/viewer.js")
+    assert served.status == 200
+    assert served.body == (STATIC / "js" / "viewer.js").read_bytes()
+    assert served.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert served.headers["cache-control"] == "no-cache"
+    etag, modified = served.headers["etag"], served.headers["last-modified"]
+    again = site.server.get("/static/js/viewer.js", {"If-None-Match": etag})
+    assert (again.status, again.body) == (304, b"")
+    since = site.server.get("/static/js/viewer.js", {"If-Modified-Since": modified})
+    assert since.status == 304
+    other = site.server.get("/static/js/viewer.js", {"If-None-Match": '"0-0"'})
+    assert (other.status, other.body) == (200, served.body)
+    icon = site.server.get("/static/favicon.svg")
+    assert icon.headers["content-type"].startswith("image/svg+xml") and icon.body.startswith(b"<svg")
+    assert site.server.get("/static/js/none.js").status == 404

@@ -101,6 +101,7 @@ UNSORTED = "Unassigned"
 # Our longest static path is far shorter; longer names are 404 before the file system sees
 # them (which would raise ENAMETOOLONG).
 MAX_STATIC_NAME = 200
+MEMORY_MAX = 1 << 20  # static files kept in memory: ours and OpenSeadragon, not the codecs
 
 _TYPES = {
     ".html": "text/html",
@@ -155,13 +156,64 @@ def _file_under(base: Path, relative: str) -> Path | None:
     return path
 
 
-def _file_response(path: Path, headers: dict[str, str] | None = None) -> web.FileResponse:
+def _typed(response: web.StreamResponse, path: Path) -> None:
     content_type = _TYPES.get(path.suffix.lower(), "application/octet-stream")
-    response = web.FileResponse(path, headers={**PAGE_HEADERS, **(headers or {})})
     response.content_type = content_type
     if content_type.startswith("text/") or content_type.endswith(("json", "xml")):
         response.charset = "utf-8"
+
+
+def _file_response(path: Path, headers: dict[str, str] | None = None) -> web.FileResponse:
+    response = web.FileResponse(path, headers={**PAGE_HEADERS, **(headers or {})})
+    _typed(response, path)
     return response
+
+
+@dataclass(frozen=True)
+class _Kept:
+    stamp: tuple[int, int]  # the file's (mtime_ns, size) when it was read
+    body: bytes
+
+
+class StaticFiles:
+    """Static files of up to ``MEMORY_MAX`` bytes served from memory once read, revalidated
+    as FileResponse does (ETag, Last-Modified; ``no-cache``). A viewer page asks for a dozen
+    (OpenSeadragon is 350 kB); FileResponse reads each through the default executor in chunks
+    (no sendfile under TLS), where under load they queued behind tile and database reads
+    (200 ms for a 20 kB script, benchmarks/bench_viewer.py's trace). A changed file (another
+    mtime or size) is read again; larger ones (the DICOM viewer's codecs) stream from disk."""
+
+    def __init__(self) -> None:
+        self._kept: dict[Path, _Kept] = {}
+
+    async def response(
+        self, request: web.Request, path: Path, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        try:
+            found = path.stat()
+        except OSError:  # gone since it was looked up
+            raise web.HTTPNotFound(reason="not found") from None
+        if found.st_size > MEMORY_MAX:
+            return _file_response(path, headers)
+        stamp = (found.st_mtime_ns, found.st_size)
+        kept = self._kept.get(path)
+        if kept is None or kept.stamp != stamp:
+            body = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+            kept = self._kept[path] = _Kept(stamp, body)
+        etag = f"{stamp[0]:x}-{stamp[1]:x}"
+        fresh = any(tag.value == etag for tag in request.if_none_match or ())
+        if request.if_none_match is None and request.if_modified_since is not None:
+            fresh = int(found.st_mtime) <= request.if_modified_since.timestamp()
+        response = web.Response(
+            status=304 if fresh else 200,
+            body=None if fresh else kept.body,
+            headers={**PAGE_HEADERS, **headers},
+        )
+        response.etag = etag
+        response.last_modified = found.st_mtime
+        if not fresh:
+            _typed(response, path)
+        return response
 
 
 def routes() -> list[web.RouteDef]:
@@ -170,6 +222,7 @@ def routes() -> list[web.RouteDef]:
         logger.warning("%s; the slide viewer will not work", OSD_MISSING)
     static_root = STATIC.resolve()
     viewer_page = split_viewer_page((static_root / "viewer.html").read_text())
+    static_files = StaticFiles()
 
     def vendor_file(relative: str) -> tuple[Path | None, dict[str, str]]:
         """The file ``vendor/<package>/<path>`` names, and the headers it is served with."""
@@ -219,7 +272,7 @@ def routes() -> list[web.RouteDef]:
             path = _file_under(static_root, relative)
         if path is None:
             raise web.HTTPNotFound(reason="not found")
-        return _file_response(path, headers)
+        return await static_files.response(request, path, headers)
 
     async def cases(request: web.Request) -> web.Response:
         """The caller's worklist order: cases (collections), each with its slide IDs in
