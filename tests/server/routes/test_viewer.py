@@ -109,5 +109,6 @@ def test_static_files_from_memory_are_revalidated_as_from_disk(site: Site) -> No
     other = site.server.get("/static/js/viewer.js", {"If-None-Match": '"0-0"'})
     assert (other.status, other.body) == (200, served.body)
     icon = site.server.get("/static/favicon.svg")
-    assert icon.headers["content-type"].startswith("image/svg+xml") and icon.body.startswith(b"<svg")
+    assert icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.body.startswith(b"<svg")
     assert site.server.get("/static/js/none.js").status == 404
