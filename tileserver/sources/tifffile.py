@@ -1,4 +1,8 @@
-"""Slide source over tifffile: tiled pyramidal TIFF, OME-TIFF, SVS and NDPI.
+"""Slide source over tifffile: tiled pyramidal TIFF, OME-TIFF, QPTIFF, SVS and NDPI.
+
+8-bit RGB and gray images are RGB slides (``read_region``); OME-TIFF, QPTIFF and TIFF with
+other samples (more channels, 16 bits, a page per channel) are channel slides
+(``read_channels``), with focal planes where the file has Z (tiff_layout.py classifies them).
 
 The only module that imports ``tifffile``. Reads use ``os.pread`` on a private file
 descriptor plus tifffile's pure per-segment decoder, so any number of threads read at once
