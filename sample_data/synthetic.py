@@ -136,14 +136,24 @@ def svs_levels(width: int, height: int, tile: int = 240) -> list[tuple[int, int,
 
 def tiff_levels(width: int, height: int, tile: int = 256) -> list[tuple[int, int, int]]:
     """(width, height, downsample) of the generic/OME pyramid: 2x steps down to ~one tile."""
+    return _levels(width, height, tile, 2)
+
+
+def _levels(width: int, height: int, tile: int, step: int) -> list[tuple[int, int, int]]:
+    """(width, height, downsample) levels at ``step``x steps, down to about one tile."""
     levels = [(width, height, 1)]
-    ds = 2
-    while True:
-        w, h = width // ds, height // ds
-        if max(w, h) < tile or min(w, h) < 1:
-            return levels
-        levels.append((w, h, ds))
-        ds *= 2
+    ds = step
+    while max(width // ds, height // ds) >= tile and min(width // ds, height // ds) >= 1:
+        levels.append((width // ds, height // ds, ds))
+        ds *= step
+    return levels
+
+
+def _macro(width: int, height: int, seed: int, label: np.ndarray | None = None) -> np.ndarray:
+    """The glass-slide photo: the (canary) label beside the slide's texture."""
+    if label is None:
+        label = make_label(CANARY_PATIENT, CANARY_BARCODE)
+    return make_macro(label, (width, height), lambda w, h, ds: render_tile(0, 0, w, h, ds, seed))
 
 
 def _thumbnail(width: int, height: int, seed: int, longest: int) -> np.ndarray:
@@ -226,9 +236,7 @@ def write_svs(
             metadata=None,
             software=False,
         )
-        macro = make_macro(
-            label, (width, height), lambda w, h, ds: render_tile(0, 0, w, h, ds, seed)
-        )
+        macro = _macro(width, height, seed, label)
         mh, mw = macro.shape[:2]
         tif.write(macro, description=f"{APERIO_HEADER}\r\nmacro {mw}x{mh}", subfiletype=9, **jpeg)
     return path

@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from sample_data._associated import make_label, make_macro
+from sample_data._associated import make_label
 from sample_data.synthetic import (
     CANARY_BARCODE,
     CANARY_PATIENT,
     _check,
+    _levels,
+    _macro,
     _thumbnail,
     _tiles,
     _workers,
@@ -51,6 +53,8 @@ __all__ = ["VENDORS", "write_bif", "write_philips", "write_scn", "write_vendor"]
 _XMP = 700  # TIFF tag XMLPacket
 _SCN_NS = "http://www.leica-microsystems.com/scn/2010/10/01"
 _SCN_MARGIN = 32  # level-0 pixels of empty glass around the SCN main image
+# untiled JPEG pages (label, macro, thumbnail); read-only, spread into tifffile's write()
+_STRIP: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg", "metadata": None}
 
 
 def _b64(text: str) -> str:
@@ -67,21 +71,6 @@ def _tiled(tile: int, quality: int) -> dict[str, Any]:
         "maxworkers": _workers(),
         "metadata": None,
     }
-
-
-def _macro(width: int, height: int, seed: int) -> np.ndarray:
-    label = make_label(CANARY_PATIENT, CANARY_BARCODE)
-    return make_macro(label, (width, height), lambda w, h, ds: render_tile(0, 0, w, h, ds, seed))
-
-
-def _pyramid(width: int, height: int, tile: int, step: int) -> list[tuple[int, int, int]]:
-    """(width, height, downsample) levels at ``step``x steps, down to about one tile."""
-    levels = [(width, height, 1)]
-    ds = step
-    while max(width // ds, height // ds) >= tile and min(width // ds, height // ds) >= 1:
-        levels.append((width // ds, height // ds, ds))
-        ds *= step
-    return levels
 
 
 def _scn_xml(
@@ -142,7 +131,7 @@ def write_scn(
     if abs(mpp * 1000 - round(mpp * 1000)) > 1e-9:
         raise ValueError(f"SCN needs a whole number of nanometres per pixel, not mpp={mpp}")
     path = Path(path)
-    levels = _pyramid(width, height, tile, 4)
+    levels = _levels(width, height, tile, 4)
     macro = _macro(width, height, seed)
     opts = _tiled(tile, quality)
     res_cm = 1e4 / mpp
@@ -254,7 +243,6 @@ def write_bif(
         '<AoiOrigin><AOI0 OriginX="0" OriginY="0"/></AoiOrigin></EncodeInfo>'
     ).encode("ascii")
     opts = _tiled(tile, quality)
-    strip: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg", "metadata": None}
     software = "ScanOutputManager 1.1.0.15854"
     render_tile(0, 0, 16, 16, 1.0, seed)
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
@@ -263,9 +251,9 @@ def write_bif(
             description="Label_Image",
             software=software,
             extratags=[(_XMP, "B", len(iscan), iscan, True)],
-            **strip,
+            **_STRIP,
         )
-        tif.write(_thumbnail(width, height, seed, 1024), description="Thumbnail", **strip)
+        tif.write(_thumbnail(width, height, seed, 1024), description="Thumbnail", **_STRIP)
         # Ventana pads every level to whole tiles
         level = 0
         ds = 1
@@ -342,9 +330,8 @@ def write_philips(
     """Write a Philips-TIFF-like slide: XML on level 0, 2x levels, label and macro pages."""
     _check(width, height, tile, quality, mpp)
     path = Path(path)
-    levels = _pyramid(width, height, tile, 2)
+    levels = _levels(width, height, tile, 2)
     opts = _tiled(tile, quality)
-    strip: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg", "metadata": None}
     render_tile(0, 0, 16, 16, 1.0, seed)
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for i, (w, h, ds) in enumerate(levels):
@@ -354,8 +341,8 @@ def write_philips(
                 else {"subfiletype": 1, "description": f"level={i}"}
             )
             tif.write(_tiles(w, h, tile, float(ds), seed, None), shape=(h, w, 3), **first, **opts)
-        tif.write(make_label(CANARY_PATIENT, CANARY_BARCODE), description="Label", **strip)
-        tif.write(_macro(width, height, seed), description="Macro", **strip)
+        tif.write(make_label(CANARY_PATIENT, CANARY_BARCODE), description="Label", **_STRIP)
+        tif.write(_macro(width, height, seed), description="Macro", **_STRIP)
     return path
 
 
