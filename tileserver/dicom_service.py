@@ -34,8 +34,9 @@ from tileserver.library import Pyramid
 from tileserver.protocols import dicom
 from tileserver.protocols import dicomweb as dw
 from tileserver.render.encode import encode, encode_jpeg_as
-from tileserver.service import Encoded, NotModified, SlideService, _Plan, _plan_at
+from tileserver.service import Encoded, NotModified, SlideService
 from tileserver.store.layout import FILL_VALUE
+from tileserver.view_plan import Plan, plan_at
 
 ENCODED_PHOTOMETRIC = "YBR_FULL_422"  # frames we encode (4:2:0); stored 4:4:4 chunks declare it too
 SLIDE_CACHE_ITEMS = 4096  # slides' facts and UIDs (a few KiB each); the study index is apart
@@ -314,9 +315,9 @@ class DicomService:
         return await self.service._run(recode)
 
     @staticmethod
-    def _frame_plan(p: Pyramid, level: int, col: int, row: int) -> _Plan:
+    def _frame_plan(p: Pyramid, level: int, col: int, row: int) -> Plan:
         tile = p.tile
-        return _plan_at(level, Region(col * tile, row * tile, tile, tile), Size(tile, tile))
+        return plan_at(level, Region(col * tile, row * tile, tile, tile), Size(tile, tile))
 
     def _pixels(
         self, p: Pyramid, slide: SlideDicom, level: int, col: int, row: int, syntax: str | None

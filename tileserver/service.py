@@ -7,6 +7,7 @@ awaited on the loop: from an object store the read is asynchronous, and from loc
 is about 50 us from the page cache, less than the two thread hops of the pool would cost
 (cold random tiles: about 1.3x the throughput at concurrency 8; decision 0001).
 Caches (all bounded): open slides (in the library), decoded chunks, encoded responses.
+What a request shows (render plan, display, colour handling) is decided in view_plan.py.
 
 Renders are limited by cost (issue 14, finding 3). Each is planned first (level, source
 region, output size), then charged to its principal's output-pixel budget (429 when spent;
@@ -38,17 +39,29 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from tileserver.errors import RegionError, SlideNotFound, TileserverError
-from tileserver.geometry import Region, Size, best_level, level_region
+from tileserver.geometry import Region, Size
 from tileserver.library import Pyramid, SlideLibrary
 from tileserver.protocols import deepzoom, iiif
 from tileserver.protocols.display import Display, display_document, parse_display
 from tileserver.render import colour
-from tileserver.render.admission import MIB, RenderGate, estimate_bytes
+from tileserver.render.admission import MIB, RenderGate
 from tileserver.render.budget import RenderBudget
 from tileserver.render.composite import compose_channels, composite
 from tileserver.render.encode import MEDIA_TYPES, encode, resize, rotate, to_quality
 from tileserver.store.layout import FILL_VALUE
 from tileserver.store.reader import compose
+from tileserver.view_plan import (
+    Plan,
+    channel_sample_bytes,
+    embedded,
+    icc_keyed,
+    icc_mode,
+    keyed,
+    plain,
+    plan_at,
+    plan_for,
+    to_srgb,
+)
 
 T = TypeVar("T")
 
@@ -99,38 +112,6 @@ def _yield_cpu() -> None:
         thread = threading.get_native_id()
         nice = os.getpriority(os.PRIO_PROCESS, thread) + LARGE_RENDER_NICENESS
         os.setpriority(os.PRIO_PROCESS, thread, min(19, nice))
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A render decided before it starts: what it reads and makes, and what that costs."""
-
-    level: int
-    l_region: Region  # in ``level``
-    out: Size
-    nbytes: int  # estimated peak memory
-
-
-def _plan_at(level: int, l_region: Region, out: Size, sample_bytes: int = 0) -> _Plan:
-    """``sample_bytes``: channel samples per pixel read (bytes), held beside the RGB
-    composite; counted in RGB pixels' worth, the unit of ``estimate_bytes``."""
-    source = l_region.size.pixels
-    source += -(-source * sample_bytes // 3)
-    return _Plan(level, l_region, out, estimate_bytes(source, out.pixels))
-
-
-def _plan(p: Pyramid, l0_region: Region, out: Size, sample_bytes: int = 0) -> _Plan:
-    level = best_level(l0_region, out, len(p.levels))
-    return _plan_at(level, level_region(l0_region, level, p.levels[0]), out, sample_bytes)
-
-
-def _sample_bytes(p: Pyramid, display: Display) -> int:
-    return len(display.channels) * np.dtype(p.display.dtype).itemsize
-
-
-def _plain(p: Pyramid, display: Display) -> bool:
-    """An RGB single-plane view: what stored chunks hold as they are (pass-through)."""
-    return not display.channels and p.display.plane_count == 1
 
 
 @dataclass(frozen=True)
@@ -299,15 +280,15 @@ class SlideService:
         grid = self._grid(p)
         grid.tile_region(z, t_col, t_row)  # TileNotFound before any work
         chunk = deepzoom.passthrough_chunk(grid, z, t_col, t_row, p.tile, len(p.levels))
-        key = _keyed(("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt), p, d)
-        stored = chunk is not None and p.codec == fmt and _plain(p, d)
-        mode = _icc_mode(p, d, icc, tile=True)
-        key = _icc_keyed(key, mode)
+        key = keyed(("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt), p, d)
+        stored = chunk is not None and p.codec == fmt and plain(p, d)
+        mode = icc_mode(p, d, icc, tile=True)
+        key = icc_keyed(key, mode)
         if chunk is not None and stored and mode != colour.SRGB:
             fetch = partial(self._passthrough, p, *chunk, fmt, mode)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
         source = grid.tile_source(z, t_col, t_row, len(p.levels))
-        plan = _plan_at(source.level, source.l_region, source.z_size, _sample_bytes(p, d))
+        plan = plan_at(source.level, source.l_region, source.z_size, channel_sample_bytes(p, d))
         work = partial(self._render, p, plan, fmt, d, mode)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan)
 
@@ -345,14 +326,14 @@ class SlideService:
         fmt = {"jpg": "jpeg"}.get(request.format, request.format)
         chunk = iiif.passthrough_chunk(request, p.levels[0], p.tile, len(p.levels))
         d = parse_display({}, p.display)  # IIIF has no channel parameters: the default view
-        key = _keyed(("iiif", request), p, d)
-        stored = chunk is not None and p.codec == fmt and _plain(p, d)
-        mode = _icc_mode(p, d, icc, tile=stored)  # the route says "none" for grid tiles
-        key = _icc_keyed(key, mode)
+        key = keyed(("iiif", request), p, d)
+        stored = chunk is not None and p.codec == fmt and plain(p, d)
+        mode = icc_mode(p, d, icc, tile=stored)  # the route says "none" for grid tiles
+        key = icc_keyed(key, mode)
         if chunk is not None and stored and mode != colour.SRGB:
             fetch = partial(self._passthrough, p, *chunk, fmt, mode)
             return await self._respond(p, key, fmt, if_none_match, fetch=fetch)
-        plan = _plan(p, request.l0_region, request.out_size, _sample_bytes(p, d))
+        plan = plan_for(p, request.l0_region, request.out_size, channel_sample_bytes(p, d))
         work = partial(self._render_iiif, p, request, plan, fmt, d, mode)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
@@ -378,16 +359,16 @@ class SlideService:
         self,
         p: Pyramid,
         request: iiif.ImageRequest,
-        plan: _Plan,
+        plan: Plan,
         fmt: str,
         d: Display,
         icc: str = colour.NONE,
     ) -> bytes:
         self.stats["rendered"] += 1
         pixels = resize(self._pixels(p, plan.level, plan.l_region, d), plan.out)
-        pixels = _to_srgb(p, pixels, icc)
+        pixels = to_srgb(p, pixels, icc)
         pixels = rotate(to_quality(pixels, request.quality), request.rotation, request.mirror)
-        return encode(pixels, fmt, self.settings.quality, _embedded(p, icc))
+        return encode(pixels, fmt, self.settings.quality, embedded(p, icc))
 
     # -- REST images -----------------------------------------------------------------------
     async def thumbnail(
@@ -474,10 +455,10 @@ class SlideService:
         icc: str | None = None,
     ) -> Encoded | NotModified:
         d = parse_display(display or {}, p.display)
-        plan = _plan(p, l0_region, out, _sample_bytes(p, d))
-        mode = _icc_mode(p, d, icc, tile=False)
+        plan = plan_for(p, l0_region, out, channel_sample_bytes(p, d))
+        mode = icc_mode(p, d, icc, tile=False)
         work = partial(self._render, p, plan, fmt, d, mode)
-        key = _icc_keyed(_keyed(key, p, d), mode)
+        key = icc_keyed(keyed(key, p, d), mode)
         return await self._respond(p, key, fmt, if_none_match, work, plan=plan, who=who)
 
     async def associated(
@@ -495,7 +476,7 @@ class SlideService:
         def render() -> bytes:
             return encode(p.read_associated(name), fmt, self.settings.quality)
 
-        plan = _plan_at(0, Region(0, 0, 0, 0), Size(ASSOCIATED_PIXELS, 1))  # nominal
+        plan = plan_at(0, Region(0, 0, 0, 0), Size(ASSOCIATED_PIXELS, 1))  # nominal
         key = ("associated", name, fmt)
         return await self._respond(p, key, fmt, if_none_match, render, plan=plan, who=who)
 
@@ -507,7 +488,7 @@ class SlideService:
         if_none_match: Collection[str],
         work: Callable[[], bytes] | None = None,
         *,
-        plan: _Plan | None = None,
+        plan: Plan | None = None,
         who: str | None = None,
         fetch: Callable[[], Awaitable[bytes]] | None = None,
     ) -> Encoded | NotModified:
@@ -531,7 +512,7 @@ class SlideService:
         return encoded
 
     async def _render_admitted(
-        self, work: Callable[[], bytes], plan: _Plan, who: str | None
+        self, work: Callable[[], bytes], plan: Plan, who: str | None
     ) -> bytes:
         """Charge the budget, wait for memory, then render: small renders in the render
         pool, large ones in their own."""
@@ -568,7 +549,7 @@ class SlideService:
         self.stats["passthrough"] += 1
         data = await p.chunk_bytes_async(level, t_col, t_row)
         data = _blank_tile(p.tile, fmt, self.settings.quality) if data is None else data
-        profile = _embedded(p, icc)
+        profile = embedded(p, icc)
         if profile is not None and fmt == "jpeg":  # spliced in: the scan stays as stored
             data = colour.embed_in_jpeg(data, profile)
         return data
@@ -602,7 +583,7 @@ class SlideService:
         an RGB single-plane slide, else its default plane or channel composite (DICOMweb's
         frames: one picture per tile, whatever the slide holds)."""
         d = parse_display({}, p.display)
-        if _plain(p, d):
+        if plain(p, d):
             return self._chunk(p, level, t_col, t_row)
         tile = p.tile
         return self._pixels(p, level, Region(t_col * tile, t_row * tile, tile, tile), d)
@@ -625,12 +606,12 @@ class SlideService:
         return composite(samples, d.colors, d.windows)
 
     def _render(
-        self, p: Pyramid, plan: _Plan, fmt: str, d: Display, icc: str = colour.NONE
+        self, p: Pyramid, plan: Plan, fmt: str, d: Display, icc: str = colour.NONE
     ) -> bytes:
         self.stats["rendered"] += 1
         pixels = resize(self._pixels(p, plan.level, plan.l_region, d), plan.out)
-        pixels = _to_srgb(p, pixels, icc)
-        return encode(pixels, fmt, self.settings.quality, _embedded(p, icc))
+        pixels = to_srgb(p, pixels, icc)
+        return encode(pixels, fmt, self.settings.quality, embedded(p, icc))
 
     # -- caching -----------------------------------------------------------------------------
     @staticmethod
@@ -638,32 +619,3 @@ class SlideService:
         """Strong ETag: the store's generation plus a digest of what was asked for."""
         digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
         return f'"{p.generation}-{digest}"'
-
-
-def _keyed(key: tuple[Any, ...], p: Pyramid, d: Display) -> tuple[Any, ...]:
-    """``key`` with the display in canonical form; an RGB single-plane slide's keys (and so
-    its ETags) are as they were before channels and planes existed."""
-    return key if not d.channels and p.display.plane_count == 1 else (*key, d.key)
-
-
-def _icc_mode(p: Pyramid, d: Display, choice: str | None, *, tile: bool) -> str:
-    """The colour choice a request gets (render/colour.py: effective). Channel composites
-    are made in sRGB display colours: the slide's profile does not describe them."""
-    if d.channels:
-        return colour.NONE
-    return colour.effective(choice, p.icc_profile, tile=tile)
-
-
-def _icc_keyed(key: tuple[Any, ...], mode: str) -> tuple[Any, ...]:
-    """``key`` with the colour choice; raw pixels keep the keys (and ETags) they had."""
-    return key if mode == colour.NONE else (*key, "icc", mode)
-
-
-def _to_srgb(p: Pyramid, pixels: np.ndarray, icc: str) -> np.ndarray:
-    if icc != colour.SRGB or p.icc_profile is None:
-        return pixels
-    return colour.to_srgb(pixels, p.icc_profile)
-
-
-def _embedded(p: Pyramid, icc: str) -> bytes | None:
-    return p.icc_profile if icc == colour.EMBED else None
