@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.channel_stores import write_store  # noqa: E402
+from tileserver.bench.load import percentile as sorted_percentile  # noqa: E402
+from tileserver.bench.report import load_now, replace_section  # noqa: E402
 from tileserver.library import SlideLibrary  # noqa: E402
 from tileserver.render.composite import composite  # noqa: E402
 from tileserver.security.keys import KeyRing  # noqa: E402
@@ -49,7 +50,6 @@ TILE = 256
 CHANNELS = 8
 CHOSEN = "0,3,6"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-START, END = "<!-- composite:start -->", "<!-- composite:end -->"
 
 
 def fluorescence(size: int, seed: int = 15) -> np.ndarray:
@@ -79,7 +79,7 @@ def brightfield(size: int, seed: int = 16) -> np.ndarray:
 
 
 def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+    return sorted_percentile(sorted(values), q)
 
 
 async def measure(
@@ -140,7 +140,6 @@ def report(
     ).stdout.strip()
     rgb95 = percentile(times["rgb"], 95)
     lines = [
-        START,
         f"### Composite tiles (3 of 8 uint16 channels) vs RGB tile render, at {commit}",
         "",
         f"`.venv/bin/python benchmarks/bench_composite.py --size {args.size} "
@@ -168,29 +167,8 @@ def report(
         "",
         f"Composite kernel alone (256 x 256 x 3 uint16 -> RGB): {kernel * 1e6:.0f} µs median. "
         f"Target p95 < 20 ms per composite tile warm: {verdict}.",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_results(section: str) -> None:
-    text = RESULTS.read_text()
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
-
-
-def load_now() -> str:
-    text = f"load {os.getloadavg()[0]:.1f} (2 cores, shared)"
-    try:
-        with open("/proc/pressure/cpu") as f:
-            text += f", CPU pressure avg10 {f.readline().split()[1].split('=')[1]} %"
-    except OSError:
-        pass
-    return text
 
 
 def main() -> None:
@@ -219,7 +197,7 @@ def main() -> None:
     section = report(times, kernel_time(), args, load)
     print(section)
     if args.results:
-        write_results(section)
+        RESULTS.write_text(replace_section(RESULTS.read_text(), "composite", section))
 
 
 if __name__ == "__main__":

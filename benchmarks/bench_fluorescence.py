@@ -41,6 +41,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tileserver.bench.report import load_now, replace_section
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / ".data"
@@ -52,7 +54,7 @@ TILE = 256
 GIB = 1 << 30
 TARGET_RATIO = 1.5
 TARGET_RSS = 1.5 * GIB
-START, END = "<!-- fluorescence:start -->", "<!-- fluorescence:end -->"
+START = "<!-- fluorescence:start -->"
 _VIPS_CHILD = "--vips-child"
 
 
@@ -70,16 +72,6 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WxH, got {text!r}") from None
     return w, h
-
-
-def load_now() -> str:
-    text = f"load {os.getloadavg()[0]:.1f}"
-    try:
-        with open("/proc/pressure/cpu") as f:
-            text += f", CPU pressure {f.readline().split()[1].split('=')[1]} %"
-    except OSError:
-        pass
-    return text
 
 
 def slide_path(size: tuple[int, int], channels: int) -> Path:
@@ -241,12 +233,9 @@ def report(
 
 def write_results(text: str) -> None:
     old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in old and END in old:
-        new = old[: old.index(START)] + block + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n## Fluorescence conversion (issue 15)\n\n" + block + "\n"
-    RESULTS.write_text(new, encoding="utf-8")
+    if START not in old:  # a first run: the section gets its heading
+        old = old.rstrip("\n") + "\n\n## Fluorescence conversion (issue 15)\n"
+    RESULTS.write_text(replace_section(old, "fluorescence", text), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sample_data.icc import write_icc  # noqa: E402
+from tileserver.bench.report import load_now, replace_section  # noqa: E402
 from tileserver.geometry import Region, Size  # noqa: E402
 from tileserver.library import SlideLibrary  # noqa: E402
 from tileserver.pyramid.builder import convert  # noqa: E402
@@ -49,7 +50,6 @@ from tileserver.store.local import LocalObjects  # noqa: E402
 
 CHOICES = ("none", "embed", "srgb")
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-START, END = "<!-- icc:start -->", "<!-- icc:end -->"
 
 
 SIZE = [4096]  # the slide's edge (set by main)
@@ -106,13 +106,8 @@ async def measure(directory: Path, keyring: KeyRing, slide: str, rounds: int) ->
     return {"times": times, "stats": stats}
 
 
-def load_now() -> str:
-    return f"load {os.getloadavg()[0]:.1f} (2 cores, shared)"
-
-
 def report(times: dict[tuple[str, str], list[float]], args: argparse.Namespace, load: str) -> str:
     lines = [
-        START,
         "## Colour management: cost of `icc=srgb` and `icc=embed` (`benchmarks/bench_icc.py`)",
         "",
         f"Measured with `.venv/bin/python benchmarks/bench_icc.py --size {args.size} "
@@ -139,19 +134,8 @@ def report(times: dict[tuple[str, str], list[float]], args: argparse.Namespace, 
         "Rendered images (the REST and IIIF defaults are `srgb`) pay the LittleCMS transform "
         "after resizing; pass-through tiles stay the stored bytes unless `srgb` is asked "
         "(then every tile is decoded, converted and encoded: the viewer should ask `embed`).",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_results(section: str) -> None:
-    text = RESULTS.read_text()
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -176,7 +160,7 @@ def main() -> None:
     section = report(result["times"], args, load)
     print(section)
     if args.results:
-        write_results(section)
+        RESULTS.write_text(replace_section(RESULTS.read_text(), "icc", section))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,18 @@ def machine_facts() -> dict[str, str]:
     }
 
 
+def load_now() -> str:
+    """How busy the shared machine is: the 1-minute load average and, where Linux reports
+    it, CPU pressure (share of the last 10 s some task waited for a core)."""
+    text = f"load {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores, shared)"
+    try:
+        with open("/proc/pressure/cpu") as f:
+            text += f", CPU pressure avg10 {f.readline().split()[1].split('=')[1]} %"
+    except OSError:
+        pass
+    return text
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     """Replace what lies between ``<!-- name:start -->`` and ``<!-- name:end -->``.
 
