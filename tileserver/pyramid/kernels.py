@@ -177,7 +177,7 @@ def is_uniform(tile: np.ndarray, value: int, tolerance: int) -> bool:
     return bool(_is_uniform_rows(rows, lo, hi))
 
 
-# -- composite of display channels (served, not built; H5) ---------------------------------
+# -- composite of display channels (served, not built) ------------------------------------
 # Kept here so Numba has one importer. The checked wrapper and its NumPy twin live in
 # tileserver.render.composite; this kernel trusts them for shapes, dtypes and windows.
 

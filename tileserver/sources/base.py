@@ -74,11 +74,6 @@ class SlideInfo:
         return self.levels[0].size
 
     @property
-    def is_channels(self) -> bool:
-        """A channel (fluorescence / multiplex) slide rather than RGB brightfield."""
-        return bool(self.channels)
-
-    @property
     def plane_count(self) -> int:
         return max(1, len(self.planes))
 

@@ -49,8 +49,6 @@ ZSTD_CODEC: dict[str, Any] = {
     "name": "zstd",
     "configuration": {"level": CHANNEL_ZSTD_LEVEL, "checksum": False},
 }
-# Colours for channels their source gives none: blue, green, red, then the secondaries.
-PALETTE = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FFFFFF")
 DEFAULT_ACTIVE = 4  # channels shown by default: the first few (a 40-plex panel at once is mush)
 _HEX = re.compile(r"[0-9A-Fa-f]{6}")
 JPEG_CODEC_NAME = "tileserver.jpeg"  # our zarr v3 codec; see tileserver.store.zarr_codec
@@ -63,11 +61,6 @@ def pyramid_sizes(l0_size: Size, tile: int) -> tuple[Size, ...]:
         last = sizes[-1]
         sizes.append(Size(-(-last.width // 2), -(-last.height // 2)))
     return tuple(sizes)
-
-
-def default_color(index: int, count: int) -> str:
-    """A channel's colour when its source names none: white for a lone channel."""
-    return "FFFFFF" if count == 1 else PALETTE[index % len(PALETTE)]
 
 
 def dtype_max(dtype: str) -> int:
