@@ -116,6 +116,17 @@ def _items(name: str, raw: str) -> list[str]:
     return items
 
 
+def _per_channel(name: str, raw: str, chosen: Sequence[int], each: str) -> list[str]:
+    """``raw``'s items, one per chosen channel."""
+    items = _items(name, raw)
+    if len(items) != len(chosen):
+        raise DisplayError(
+            f"query parameter '{name}' needs one {each} per chosen channel ({len(chosen)}), "
+            f"got {len(items)}"
+        )
+    return items
+
+
 def parse_display(query: Mapping[str, str], slide: SlideDisplay) -> Display:
     """The display ``query`` asks for on ``slide``, defaults filled in."""
     z = _parse_z(query.get("z"), slide)
@@ -161,12 +172,7 @@ def _parse_channels(raw: str | None, slide: SlideDisplay) -> tuple[int, ...]:
 def _parse_colors(raw: str | None, slide: SlideDisplay, chosen: Sequence[int]) -> tuple[RGB, ...]:
     if raw is None:
         return tuple(slide.channels[c].color for c in chosen)
-    items = _items("colors", raw)
-    if len(items) != len(chosen):
-        raise DisplayError(
-            f"query parameter 'colors' needs one RRGGBB per chosen channel ({len(chosen)}), "
-            f"got {len(items)}"
-        )
+    items = _per_channel("colors", raw, chosen, "RRGGBB")
     colors = []
     for item in items:
         if not _HEX.fullmatch(item):
@@ -180,12 +186,7 @@ def _parse_windows(
 ) -> tuple[Window, ...]:
     if raw is None:
         return tuple(slide.channels[c].window for c in chosen)
-    items = _items("windows", raw)
-    if len(items) != len(chosen):
-        raise DisplayError(
-            f"query parameter 'windows' needs one start-end per chosen channel ({len(chosen)}), "
-            f"got {len(items)}"
-        )
+    items = _per_channel("windows", raw, chosen, "start-end")
     top = DTYPE_MAX[slide.dtype]
     windows = []
     for item in items:
