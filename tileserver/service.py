@@ -29,8 +29,8 @@ import functools
 import hashlib
 import os
 import threading
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +41,7 @@ import numpy as np
 from tileserver.errors import RegionError, SlideNotFound, TileserverError
 from tileserver.geometry import Region, Size
 from tileserver.library import Pyramid, SlideLibrary
+from tileserver.lru import WeightedLRU
 from tileserver.protocols import deepzoom, iiif
 from tileserver.protocols.display import Display, display_document, parse_display
 from tileserver.render import colour
@@ -134,38 +135,6 @@ def _blank_tile(edge: int, fmt: str, quality: int) -> bytes:
     return encode(np.full((edge, edge, 3), FILL_VALUE, np.uint8), fmt, quality)
 
 
-class _LRU:
-    """A thread-safe LRU bounded by total weight (bytes, or 1 per item)."""
-
-    def __init__(self, capacity: int, weigh: Callable[[Any], int]) -> None:
-        self.capacity = capacity
-        self.weigh = weigh
-        self.weight = 0
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        weight = self.weigh(value)
-        if weight > self.capacity:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.weight -= self.weigh(old)
-            self._items[key] = value
-            self.weight += weight
-            while self.weight > self.capacity:
-                _, evicted = self._items.popitem(last=False)
-                self.weight -= self.weigh(evicted)
-
-
 class SlideService:
     def __init__(self, library: SlideLibrary, settings: ServiceSettings) -> None:
         self.library = library
@@ -183,8 +152,8 @@ class SlideService:
             wait=settings.render_wait,
         )
         self._slots = asyncio.Semaphore(settings.max_pending)
-        self._responses = _LRU(settings.response_cache_bytes, lambda e: len(e.data))
-        self._chunks = _LRU(settings.chunk_cache_items, lambda _: 1)
+        self._responses = WeightedLRU[Any](settings.response_cache_bytes, lambda e: len(e.data))
+        self._chunks = WeightedLRU[Any](settings.chunk_cache_items, lambda _: 1)
         # Work actually done (not just asked for), for tests and benchmarks.
         self.stats: Counter[str] = Counter()
 

@@ -10,26 +10,25 @@ asking for a segment another thread is decoding wait for that decode instead of 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import numpy as np
 
+from tileserver.lru import WeightedLRU
 
-class SegmentCache:
+
+class SegmentCache(WeightedLRU[np.ndarray]):
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        super().__init__(max_bytes, lambda value: value.nbytes)
         self._loading: dict[Hashable, threading.Event] = {}
 
-    def get(self, key: Hashable) -> np.ndarray | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+    @property
+    def max_bytes(self) -> int:
+        return self.capacity
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight
 
     def get_or_load(
         self, key: Hashable, load: Callable[[], np.ndarray | None]
@@ -60,24 +59,6 @@ class SegmentCache:
             pending.set()
 
     def put(self, key: Hashable, value: np.ndarray) -> None:
-        if value.nbytes > self.max_bytes:
-            return
-        value.setflags(write=False)
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._items[key] = value
-            self._bytes += value.nbytes
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= dropped.nbytes
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
+        if value.nbytes <= self.capacity:  # kept, so shared between readers
+            value.setflags(write=False)
+        super().put(key, value)
