@@ -229,6 +229,12 @@ def make_runner(app: web.Application) -> web.AppRunner:
 
 
 async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | None = None) -> None:
+    # Handlers first: a stop asked for while starting up still records APPLICATION_STOP and
+    # cleans up, instead of the default action killing a server that has recorded its start.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     library = SlideLibrary(
         options.location,
         sources=options.sources,
@@ -270,10 +276,6 @@ async def _serve(options: ServeOptions, announce: bool, sock: socket.socket | No
                 "link", options.login_link, None, LINK_TTL
             )
             print(f"one-time login link (10 minutes): {base}/auth/link?token={token}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
     if security.audit is not None:
