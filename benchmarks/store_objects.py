@@ -1,10 +1,11 @@
 """Objects per store: what format 2 holds on disk, and what format 1 would have held.
 
 Format 1 stored one sealed object per stored (non-background) chunk, plus the metadata
-documents (root ``zarr.json`` and one per level), any associated images and the completion
-marker. The converter no longer writes format 1, so its count is computed from a real
-format-2 store: the marker's chunk counts (``written`` + ``copied`` + ``kept``), checked
-against the chunks the shards' indexes actually list. Used by ``bench_convert.py``.
+documents (root ``zarr.json`` and one per level, the wrapped data key and the ICC profile
+when the store has them), any associated images and the completion marker. The converter no
+longer writes format 1, so its count is computed from a real format-2 store: the marker's
+chunk counts (``written`` + ``copied`` + ``kept``), checked against the chunks the shards'
+indexes actually list. Used by ``bench_convert.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class ObjectCount:
     on_disk: int  # files in the format-2 store directory
     shards: int  # shards the completion marker lists
     shard: int  # chunks per shard edge
-    metadata: int  # zarr.json documents (root + one per level)
+    metadata: int  # zarr.json documents (root + one per level), the key and ICC objects
     associated: int
     marker_chunks: int  # written + copied + kept, from the completion marker
     stored_chunks: int  # chunks the shards' indexes list (-1: not checked)
@@ -48,6 +49,8 @@ def count_store(store_dir: Path, home: Path, *, check_chunks: bool = True) -> Ob
     """Count the objects of one complete format-2 store (``store_dir`` is named by its slide
     ID; ``home`` holds the key ring that opens it when it is encrypted)."""
     from tileserver.security.keys import KeyRing
+    from tileserver.store.icc import ICC_OBJECT
+    from tileserver.store.layout import KEY_OBJECT
     from tileserver.store.local import LocalObjects
     from tileserver.store.reader import StoreReader
 
@@ -68,7 +71,9 @@ def count_store(store_dir: Path, home: Path, *, check_chunks: bool = True) -> Ob
         on_disk=files_under(store_dir),
         shards=len(reader.shards),
         shard=layout.shard,
-        metadata=1 + len(layout.levels),
+        metadata=1
+        + len(layout.levels)
+        + sum((store_dir / name).is_file() for name in (KEY_OBJECT, ICC_OBJECT)),
         associated=len(reader.marker.get("associated", [])),
         marker_chunks=chunks["written"] + chunks["copied"] + chunks.get("kept", 0),
         stored_chunks=stored,
