@@ -152,9 +152,19 @@ const TS = (() => {
     }
   }
 
+  /** The query every tile of a slide asks with: ``?icc=embed`` when the slide has an ICC
+   *  profile the server can use and that is not sRGB in all but bytes, so stored tiles still
+   *  pass through (the profile spliced in) and the browser shows the scanner's colours; ""
+   *  for the others (docs/colour.md). */
+  function tileQuery(info) {
+    const icc = info && info.icc_profile;
+    return icc && icc.usable && !icc.srgb_equivalent ? "?icc=embed" : "";
+  }
+
   /** The DZI descriptor ``text`` of ``slideId`` as the object form OpenSeadragon takes (it
-   *  then does not fetch the descriptor again); null when it is not a usable DZI. */
-  function dziSource(text, slideId) {
+   *  then does not fetch the descriptor again), its tiles asked for with ``query``; null when
+   *  it is not a usable DZI. */
+  function dziSource(text, slideId, query = "") {
     if (!text) return null;
     const image = new DOMParser().parseFromString(text, "application/xml").documentElement;
     const size = image.getElementsByTagName("Size")[0];
@@ -168,6 +178,7 @@ const TS = (() => {
         TileSize: image.getAttribute("TileSize"),
         Size: { Width: size.getAttribute("Width"), Height: size.getAttribute("Height") },
       },
+      queryParams: query,
     };
   }
 
@@ -243,6 +254,6 @@ const TS = (() => {
   }
 
   return { safeNext, loginUrl, toLogin, api, json, post, logout, checkSession, el,
-           formatLength, shortId, header, viewerOptions, dziSource,
+           formatLength, shortId, header, viewerOptions, dziSource, tileQuery,
            markOsdMobileCss, slideData, slideInfo, cases, HttpError };
 })();

@@ -218,7 +218,7 @@ const TSCompare = (() => {
     (index === 1 ? $("osd") : $(`pane-${index - 1}`)).after(element);
     const viewer = OpenSeadragon(TS.viewerOptions({
       element,
-      tileSources: `/deepzoom/${id}.dzi`,
+      tileSources: `/deepzoom/${id}.dzi${TS.tileQuery(info)}`, // tiles get its query
       navigatorSizeRatio: 0.15,
       maxZoomPixelRatio: 4,
       minZoomImageRatio: 0.05,

@@ -548,7 +548,7 @@
     // starts as this script runs, with no round trip first. Without them, the API says why.
     const inline = TS.slideData();
     let info = inline && inline.info && inline.info.id === slideId ? inline.info : null;
-    let dzi = info ? TS.dziSource(inline.dzi, slideId) : null;
+    let dzi = info ? TS.dziSource(inline.dzi, slideId, TS.tileQuery(info)) : null;
     if (!info) {
       const dziPromise = fetch(`/deepzoom/${slideId}.dzi`, { credentials: "same-origin" })
         .then((response) => (response.ok ? response.text() : null))
@@ -564,7 +564,8 @@
         buildPresets();
         return;
       }
-      dzi = TS.dziSource(await dziPromise, slideId); // fetched alongside: no second fetch
+      // fetched alongside: no second fetch
+      dzi = TS.dziSource(await dziPromise, slideId, TS.tileQuery(info));
     }
     mpp = Array.isArray(info.mpp) && info.mpp[0] > 0 ? info.mpp : null;
     objective = info.objective_power > 0 ? Number(info.objective_power)

@@ -1,0 +1,102 @@
+"""The viewer shows a slide in its scanner's colours (issue 15, colour management) in a real
+browser (Debian Chromium) against the real HTTPS server with authentication: the tiles of a
+slide tagged with a wide-gamut ICC profile are asked for with ``icc=embed`` (stored tiles
+still pass through, the profile spliced in, and the browser converts); an untagged slide's
+tiles carry no query at all."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from PIL import Image
+
+from sample_data.icc import wide_gamut_profile, write_icc
+from sample_data.synthetic import write_svs
+from tests.server.conftest import Server, converted, run_server
+from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, poll, watch_errors
+from tileserver.security.keys import KeyRing
+
+PASSWORD = "colour test password fay"  # test-only
+
+
+@dataclass
+class Lab:
+    server: Server
+    tagged: str
+    plain: str
+    storage: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("icc-viewer")
+    home = root / "home"
+    keyring = KeyRing(home)
+    keyring.initialise()
+    stores = root / "stores"
+    tagged = converted(write_icc(root / "icc.svs", 1200, 1000, fmt="svs", seed=2), stores, keyring)
+    plain = converted(write_svs(root / "plain.svs", 1200, 1000, seed=3), stores, keyring)
+    _cli(home, "slides", "assign", "case-c", tagged, plain)
+    with run_server(stores, home, secure=True) as server:
+        fay = Person("fay", PASSWORD)
+        enrol(server, home, fay, "case-c")
+        context = browser.new_context(base_url=server.base, ignore_https_errors=True)
+        login = {"username": "fay", "password": PASSWORD, "code": fay.fresh_code()}
+        assert context.request.post("/auth/login", data=login).status == 200
+        storage = context.storage_state()
+        context.close()
+        yield Lab(server, tagged, plain, storage)
+
+
+@pytest.fixture
+def page(browser: Any, lab: Lab) -> Iterator[Any]:
+    context = browser.new_context(
+        base_url=lab.server.base,
+        ignore_https_errors=True,
+        viewport=VIEWPORT,
+        storage_state=lab.storage,
+    )
+    context.set_default_timeout(20_000)
+    page = watch_errors(context.new_page())
+    page.tiles = {}  # slide ID -> URLs of its tiles asked for
+
+    def seen(request: Any) -> None:
+        path = urlsplit(request.url).path
+        if path.startswith("/deepzoom/") and "_files/" in path:
+            page.tiles.setdefault(path.split("/")[2].removesuffix("_files"), []).append(request.url)
+
+    page.on("request", seen)
+    yield page
+    context.close()
+
+
+def _answers(page: Any, urls: list[str]) -> list[tuple[dict[str, list[str]], bytes | None]]:
+    """Each tile URL's query, and the ICC profile of what the server answers to it (asked
+    again: the viewer's fetches hand their bodies to the canvas, not to Playwright)."""
+    found = []
+    for url in urls:
+        reply = page.request.get(url)
+        assert reply.ok, (url, reply.status)
+        with Image.open(io.BytesIO(reply.body())) as image:
+            found.append((parse_qs(urlsplit(url).query), image.info.get("icc_profile")))
+    return found
+
+
+def test_a_tagged_slide_is_shown_through_its_profile(lab: Lab, page: Any) -> None:
+    page.goto(f"/view/{lab.tagged}")
+    poll(page, "document.body.dataset.fullyLoaded === 'true'")
+    tiles = _answers(page, page.tiles[lab.tagged])
+    assert tiles and all(query == {"icc": ["embed"]} for query, _ in tiles), tiles
+    assert all(profile == wide_gamut_profile() for _, profile in tiles)
+
+
+def test_an_untagged_slide_asks_nothing_more(lab: Lab, page: Any) -> None:
+    page.goto(f"/view/{lab.plain}")
+    poll(page, "document.body.dataset.fullyLoaded === 'true'")
+    tiles = _answers(page, page.tiles[lab.plain])
+    assert tiles and all(query == {} and profile is None for query, profile in tiles), tiles
