@@ -151,6 +151,16 @@ def enrol(server: Server, home: Path, person: Person, *grant: str) -> None:
     _cli(home, "users", "grant", person.name, *grant)
 
 
+def session_of(browser: Any, server: Server, person: Person) -> dict[str, Any]:
+    """``person``'s signed-in browser state (cookies), for contexts opened already logged in."""
+    context = browser.new_context(base_url=server.base, ignore_https_errors=True)
+    login = {"username": person.name, "password": person.password, "code": person.fresh_code()}
+    assert context.request.post("/auth/login", data=login).status == 200
+    storage: dict[str, Any] = context.storage_state()
+    context.close()
+    return storage
+
+
 def enrol_over_http(site: Site, person: Person, collection: str) -> None:
     """A user added by the administrator, enrolled with the API (not the page)."""
     token = _token(_cli(site.home, "users", "add", person.name, "--url", site.server.base))

@@ -17,7 +17,16 @@ from PIL import Image
 
 from tests.channel_stores import write_store
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import ARTIFACTS, VIEWPORT, Person, _cli, enrol, poll, watch_errors
+from tests.viewer.conftest import (
+    ARTIFACTS,
+    VIEWPORT,
+    Person,
+    _cli,
+    enrol,
+    poll,
+    session_of,
+    watch_errors,
+)
 from tileserver.security.keys import KeyRing
 from tileserver.slide_ids import new_slide_id
 from tileserver.store.layout import ChannelInfo
@@ -77,12 +86,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Lab]
     with run_server(out, home, secure=True) as server:
         erin = Person("erin", PASSWORD)
         enrol(server, home, erin, "case-f")
-        context = browser.new_context(base_url=server.base, ignore_https_errors=True)
-        login = {"username": "erin", "password": PASSWORD, "code": erin.fresh_code()}
-        assert context.request.post("/auth/login", data=login).status == 200
-        storage = context.storage_state()
-        context.close()
-        yield Lab(server, fluor, rgb, stack, storage)
+        yield Lab(server, fluor, rgb, stack, session_of(browser, server, erin))
 
 
 @pytest.fixture

@@ -17,7 +17,16 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, image_stats, poll, watch_errors
+from tests.viewer.conftest import (
+    VIEWPORT,
+    Person,
+    _cli,
+    enrol,
+    image_stats,
+    poll,
+    session_of,
+    watch_errors,
+)
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -58,13 +67,7 @@ def clinic(
         people = {name: Person(name, password) for name, password in PASSWORDS.items()}
         for person in people.values():
             enrol(server, home, person, "case-c")
-        context = browser.new_context(base_url=server.base, ignore_https_errors=True)
-        carol = people["carol"]
-        login = {"username": "carol", "password": carol.password, "code": carol.fresh_code()}
-        assert context.request.post("/auth/login", data=login).status == 200
-        storage = context.storage_state()
-        context.close()
-        yield Clinic(server, slides, people, storage)
+        yield Clinic(server, slides, people, session_of(browser, server, people["carol"]))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from PIL import Image
 from sample_data.icc import wide_gamut_profile, write_icc
 from sample_data.synthetic import write_svs
 from tests.server.conftest import Server, converted, run_server
-from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, poll, watch_errors
+from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, poll, session_of, watch_errors
 from tileserver.security.keys import KeyRing
 
 PASSWORD = "colour test password fay"  # test-only
@@ -45,12 +45,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Lab]
     with run_server(stores, home, secure=True) as server:
         fay = Person("fay", PASSWORD)
         enrol(server, home, fay, "case-c")
-        context = browser.new_context(base_url=server.base, ignore_https_errors=True)
-        login = {"username": "fay", "password": PASSWORD, "code": fay.fresh_code()}
-        assert context.request.post("/auth/login", data=login).status == 200
-        storage = context.storage_state()
-        context.close()
-        yield Lab(server, tagged, plain, storage)
+        yield Lab(server, tagged, plain, session_of(browser, server, fay))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.server.conftest import Server, run_server
-from tests.viewer.conftest import Person, _cli, enrol, watch_errors
+from tests.viewer.conftest import Person, _cli, enrol, session_of, watch_errors
 from tileserver.pyramid.builder import convert
 from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
@@ -85,12 +85,7 @@ def ward(
     with run_server(out, home, secure=True) as server:
         robin = Person("robin", PASSWORD)
         enrol(server, home, robin, "case-r", "--labels")
-        context = browser.new_context(base_url=server.base, ignore_https_errors=True)
-        login = {"username": "robin", "password": PASSWORD, "code": robin.fresh_code()}
-        assert context.request.post("/auth/login", data=login).status == 200
-        storage = context.storage_state()
-        context.close()
-        yield Ward(server, slides, robin, storage)
+        yield Ward(server, slides, robin, session_of(browser, server, robin))
 
 
 def open_page(browser: Any, ward: Ward, screen: str, signed_in: bool = True, **extra: Any) -> Any:
