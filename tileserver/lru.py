@@ -1,7 +1,8 @@
 """A thread-safe LRU bounded by total weight (bytes, or 1 per item).
 
-Used by SlideService's response and decoded-chunk caches and, with one load at a time per
-key on top, by the sources' decoded-segment cache (sources/segment_cache.py).
+Used by SlideService's response and decoded-chunk caches, the DICOM source's headers and
+decoded frames and, with one load at a time per key on top, by the sources' decoded-segment
+cache (sources/segment_cache.py).
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ them, not always those the dataset declares (``dicom_rules.py``, docs/dicom.md).
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from wsidicom.tags import SOPInstanceUIDTag  # type: ignore[import-untyped]
 
 from tileserver.errors import CorruptSlide, SlideError, UnsupportedFeature, UnsupportedFormat
 from tileserver.geometry import Region, Size
+from tileserver.lru import WeightedLRU
 from tileserver.render.encode import decode
 from tileserver.sources.base import (
     MAX_DECODE_PIXELS,
@@ -66,9 +65,7 @@ _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.
 # Caches are per open series (a server holds dozens): frames are decoded here, not by
 # wsidicom, and a few MiB of stored frames serve the neighbouring tiles of a view.
 _DECODED_CACHE_BYTES = 16 << 20
-_HEADERS: OrderedDict[tuple[str, int, int], Instance] = OrderedDict()
-_HEADERS_LOCK = threading.Lock()
-_HEADERS_KEPT = 4096  # a few hundred bytes each
+_HEADERS: WeightedLRU[Instance] = WeightedLRU(4096, lambda _: 1)  # a few hundred bytes each
 _SETTINGS = Settings(
     strict_tile_size_check=False, decoded_frame_cache_size=0, encoded_frame_cache_size=4 << 20
 )
@@ -92,6 +89,10 @@ def holds_dicom(directory: Path) -> bool:
         return False
 
 
+def _nbytes(pixels: np.ndarray) -> int:
+    return pixels.nbytes
+
+
 def read_instance(path: Path) -> Instance:
     """The header of one VL WSI file. UnsupportedFormat for a file that is not DICOM or not a
     VL WSI image; UnsupportedFeature, naming what is missing, for one wsidicom cannot read.
@@ -101,15 +102,10 @@ def read_instance(path: Path) -> Instance:
     except OSError as exc:
         raise UnsupportedFormat(f"{path.name}: cannot be read: {exc.strerror}") from exc
     key = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _HEADERS_LOCK:
-        known = _HEADERS.get(key)
-    if known is not None:
-        return known
-    instance = _read_instance(path)
-    with _HEADERS_LOCK:
-        _HEADERS[key] = instance
-        while len(_HEADERS) > _HEADERS_KEPT:
-            _HEADERS.popitem(last=False)
+    instance = _HEADERS.get(key)
+    if instance is None:
+        instance = _read_instance(path)
+        _HEADERS.put(key, instance)
     return instance
 
 
@@ -244,9 +240,7 @@ class DicomSource(SlideSource):
 
     def __init__(self, path: Path) -> None:
         self.path = path  # messages name it while the series is parsed
-        self._cache: OrderedDict[tuple[str, int, int, int], np.ndarray | None] = OrderedDict()
-        self._cache_bytes = 0
-        self._cache_lock = threading.Lock()
+        self._cache: WeightedLRU[np.ndarray] = WeightedLRU(_DECODED_CACHE_BYTES, _nbytes)
         instances = series_instances(path)
         check_series(instances)
         self.files = tuple(sorted(i.path for i in instances))
@@ -373,18 +367,11 @@ class DicomSource(SlideSource):
         """The frame's pixels, from a small cache: views read neighbouring tiles of one frame
         (a 500-pixel frame under four 256-pixel tiles)."""
         key = (image.where, z, t_col, t_row)
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        pixels = self._decode(image, t_col, t_row, z)
-        size = 0 if pixels is None else pixels.nbytes
-        with self._cache_lock:
-            self._cache[key] = pixels
-            self._cache_bytes += size
-            while self._cache_bytes > _DECODED_CACHE_BYTES:
-                _, dropped = self._cache.popitem(last=False)
-                self._cache_bytes -= 0 if dropped is None else dropped.nbytes
+        pixels = self._cache.get(key)
+        if pixels is None:
+            pixels = self._decode(image, t_col, t_row, z)
+            if pixels is not None:
+                self._cache.put(key, pixels)
         return pixels
 
     def _decode(self, image: _Image, t_col: int, t_row: int, z: int) -> np.ndarray | None:
