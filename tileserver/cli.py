@@ -259,7 +259,9 @@ def _convert_on_cluster(args: argparse.Namespace) -> int:
         # TILESERVER_HOME with the same key-encryption key (a copied KEK file, or the same
         # token); with --keys store the data keys travel in the stores (decision 0004).
         home = str(args.settings.home) if args.scheduler.startswith("local:") else None
-        outcomes = convert_on_cluster(args.scheduler, slides, flags, home, done, started)
+        outcomes = convert_on_cluster(
+            args.scheduler, slides, flags, home, done, started, args.scheduler_timeout
+        )
     counts = {s: sum(o.status == s for o in outcomes) for s in ("converted", "skipped", "failed")}
     print(
         f"tileserver: {counts['converted']} converted, {counts['skipped']} skipped "
@@ -467,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         help="convert on a Dask cluster: a scheduler address (tcp://HOST:8786), or local:N "
         "for N worker processes here; one task per slide",
+    )
+    convert.add_argument(
+        "--scheduler-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to keep trying to reach the Dask scheduler (default 30)",
     )
     convert.add_argument(
         "--timeout",

@@ -72,6 +72,7 @@ def test_unreachable_scheduler_is_a_one_line_error(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
     args = [*CLI, str(slides[0]), "--out", str(tmp_path), "--scheduler", f"tcp://127.0.0.1:{port}"]
+    args += ["--scheduler-timeout", "2"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "cannot reach the Dask scheduler" in proc.stderr.splitlines()[-1]

@@ -87,13 +87,14 @@ def convert_on_cluster(
     home: str | None,
     on_done: Callable[[Outcome], None],
     on_start: Callable[[str], None] | None = None,
+    connect_timeout: float = 30.0,
 ) -> list[Outcome]:
     """Convert every slide on the cluster (``local:N`` or a scheduler's address), calling
     ``on_done`` as each finishes. A task whose worker dies is run again elsewhere by the
     scheduler; a slide that fails is reported, not retried."""
     cluster = _local_cluster(scheduler)
     try:
-        client = Client(cluster if cluster is not None else scheduler, timeout=30)
+        client = Client(cluster if cluster is not None else scheduler, timeout=connect_timeout)
     except (OSError, TimeoutError) as exc:
         if cluster is not None:
             cluster.close()
