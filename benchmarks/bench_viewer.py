@@ -10,8 +10,9 @@ converted once into ``benchmarks/.data/`` like the other benchmarks), ``tileserv
 runs over HTTPS with authentication on; a pathologist logs in with a one-time loopback login
 link, and headless Debian Chromium (the tests' launch) opens ``/view/ID`` with a fresh browser
 cache per run. The old viewer is ``REV``'s ``viewer.js`` (default: the last commit before the
-speed work), the new one the working tree's: both are served to the page by Playwright's
-``page.route`` over the same URL, so the server, the page and OpenSeadragon are the same.
+speed work) with an empty ``firstview.js`` (it had no first-view prefetch), the new one the
+working tree's: both are served to the page over the same URLs (``serve_scripts``), so the
+server, the page and OpenSeadragon are the same.
 A first run (not counted) warms the server's caches; then rounds alternate which viewer goes
 first. Each run, timed in the page:
 
@@ -182,7 +183,12 @@ def needed_level(max_level: int, power: float) -> int:
 
 
 def one_run(
-    browser: Any, base: str, storage: dict[str, Any], slide_id: str, script: str, args: Any
+    browser: Any,
+    base: str,
+    storage: dict[str, Any],
+    slide_id: str,
+    scripts: dict[str, str],
+    args: Any,
 ) -> dict[str, Any]:
     """One viewer on one slide in a fresh browser context (cold browser cache)."""
     width, height = args.viewport
@@ -196,7 +202,7 @@ def one_run(
     try:
         context.add_init_script(PROBE)
         page = context.new_page()
-        serve_viewer_js(page, script)
+        serve_scripts(page, scripts)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         requests = Requests()
@@ -238,20 +244,22 @@ def one_run(
         context.close()
 
 
-def serve_viewer_js(page: Any, script: str) -> None:
-    """The page gets ``script`` as /static/js/viewer.js. Through the DevTools protocol's Fetch
-    domain with that one URL pattern, not ``page.route``: a route makes Playwright hold every
-    request of the page (each tile too) for a round trip to its driver."""
+def serve_scripts(page: Any, scripts: dict[str, str]) -> None:
+    """The page gets ``scripts[name]`` as /static/js/NAME. Through the DevTools protocol's
+    Fetch domain with those URL patterns only, not ``page.route``: a route makes Playwright
+    hold every request of the page (each tile too) for a round trip to its driver."""
     cdp = page.context.new_cdp_session(page)
-    body = base64.b64encode(script.encode()).decode()
+    bodies = {name: base64.b64encode(text.encode()).decode() for name, text in scripts.items()}
     headers = [{"name": "Content-Type", "value": "text/javascript; charset=utf-8"}]
 
     def paused(event: dict[str, Any]) -> None:
+        body = bodies[event["request"]["url"].rsplit("/", 1)[-1]]
         fulfil = {"requestId": event["requestId"], "responseCode": 200, "body": body}
         cdp.send("Fetch.fulfillRequest", {**fulfil, "responseHeaders": headers})
 
     cdp.on("Fetch.requestPaused", paused)
-    cdp.send("Fetch.enable", {"patterns": [{"urlPattern": "*/static/js/viewer.js"}]})
+    patterns = [{"urlPattern": f"*/static/js/{name}"} for name in scripts]
+    cdp.send("Fetch.enable", {"patterns": patterns})
 
 
 def fast_pan(page: Any, requests: Requests, latency: float) -> dict[str, Any]:
@@ -409,7 +417,8 @@ def markdown(results: dict[str, Any]) -> str:
         "## Viewer: time to a sharp screen, old viewer against new (`benchmarks/bench_viewer.py`)",
         "",
         f"Command: `{results['command']}`  ",
-        f"Tree: {results['tree']}; old viewer: `{results['baseline']}`'s viewer.js; "
+        f"Tree: {results['tree']}; old viewer: `{results['baseline']}`'s viewer.js "
+        "and no first-view prefetch; "
         f"{results['rounds']} rounds (alternating which viewer goes first) after a warm-up run, "
         f"medians; viewport {results['viewport']}; Debian Chromium headless; the server over "
         "HTTPS with authentication on loopback; the pan under Chromium's throttling "
@@ -429,7 +438,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         'Reading it: "open" starts with a cold browser cache (the page, its scripts and '
         "OpenSeadragon are fetched too, the same page for both viewers: only viewer.js "
-        'differs); "scripts loaded" is from DOMContentLoaded (every script of the page has '
+        "differs, and the new one's firstview.js asks for the first view's tiles while the "
+        'rest of the page loads); "scripts loaded" is from DOMContentLoaded (every script of the page has '
         "run) on. The new viewer opens the slide from the facts and descriptor the page "
         "carries, the old one asks the API first; the new one's first view fetches only the "
         "level it displays, the old one coarser levels too (a blurry picture first): sharp is "
@@ -467,7 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         capture_output=True,
         text=True,
     ).stdout
-    scripts = {"old": old_js, "new": VIEWER_JS.read_text()}
+    # The old viewer had no first-view prefetch: its page gets an empty firstview.js.
+    scripts = {
+        "old": {"viewer.js": old_js, "firstview.js": ""},
+        "new": {"viewer.js": VIEWER_JS.read_text()},
+    }
     results: dict[str, Any] = {
         "command": ".venv/bin/python benchmarks/bench_viewer.py "
         + shlex.join(argv or sys.argv[1:]),

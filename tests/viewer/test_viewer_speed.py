@@ -163,3 +163,71 @@ def test_a_fast_pan_cancels_stale_requests_and_the_final_view_loads(
     mean, std = image_stats(page.locator("#osd").screenshot())
     assert std > 20 and mean < 235, (mean, std)
     assert not tiles.errors, tiles.errors
+
+
+def held_openseadragon(page: Any) -> list[Any]:
+    """OpenSeadragon's script held back (not answered) until the test continues it."""
+    held: list[Any] = []
+    page.route("**/openseadragon.min.js", lambda route: held.append(route))
+    return held
+
+
+def until_requested(page: Any, tiles: Tiles, held: list[Any], count: int) -> None:
+    for _ in range(200):
+        if held and len(tiles.started) >= count:
+            return
+        page.wait_for_timeout(25)
+
+
+def test_the_first_views_tiles_are_asked_for_while_openseadragon_loads(
+    carol: dict[str, Any], new_context: Any, viewer_site: Site
+) -> None:
+    """firstview.js asks for the whole slide at the level the viewer will draw before
+    OpenSeadragon has loaded; the viewer then takes those answers and asks for none again."""
+    page = new_context(carol).new_page()
+    tiles = Tiles(page)
+    held = held_openseadragon(page)
+    page.goto(f"/view/{viewer_site.a2}", wait_until="commit")
+    until_requested(page, tiles, held, 1)
+    page.wait_for_timeout(300)  # any more the page would ask for before OpenSeadragon runs
+    early = list(tiles.started)
+    assert held and early, "no tile asked for while OpenSeadragon's script was held back"
+    levels = {tile_level(url) for url in early}
+    assert len(levels) == 1, levels
+    level = levels.pop()
+    assert level is not None
+    # Every tile of that level: the whole slide (its home view).
+    dzi = page.evaluate("JSON.parse(document.getElementById('slide-data').textContent).dzi")
+    size = int(re.search(r'TileSize="(\d+)"', dzi).group(1))  # type: ignore[union-attr]
+    scale = 2 ** (MAX_LEVEL - level)
+    columns = math.ceil(math.ceil(WIDTH / scale) / size)
+    rows = math.ceil(math.ceil(HEIGHT / scale) / size)
+    cells = sorted(tuple(map(int, TILE.search(url).groups()[1:])) for url in early)  # type: ignore[union-attr]
+    assert cells == sorted((x, y) for x in range(columns) for y in range(rows))
+
+    held[0].continue_()
+    page.wait_for_selector("body[data-open=true]")
+    wait_sharp(page)
+    later = tiles.started[len(early) :]
+    # The viewer drew that level from the early answers: it asked for none of its tiles again,
+    # and nothing finer; the overview map's tiles are levels coarser.
+    assert len(set(tiles.started)) == len(tiles.started), "a tile was asked for twice"
+    assert all((tile_level(url) or 0) <= level - 2 for url in later), later
+    assert all(status in (200, 304) for status, _ in tiles.finished)
+    assert not tiles.failed and not tiles.errors, (tiles.failed, tiles.errors)
+
+
+def test_a_shared_view_asks_for_nothing_before_the_viewer_runs(
+    carol: dict[str, Any], new_context: Any, viewer_site: Site
+) -> None:
+    """A link to a position opens there, not at the whole slide: nothing is fetched ahead."""
+    page = new_context(carol).new_page()
+    tiles = Tiles(page)
+    held = held_openseadragon(page)
+    page.goto(f"/view/{viewer_site.a2}?x=1500.0&y=1000.0&zoom=0.5&rot=0", wait_until="commit")
+    until_requested(page, tiles, held, 1)
+    page.wait_for_timeout(300)
+    assert held and not tiles.started, tiles.started
+    held[0].continue_()
+    wait_sharp(page)
+    assert tiles.started and not tiles.errors, tiles.errors

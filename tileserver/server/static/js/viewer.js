@@ -352,10 +352,17 @@
     const controller = new AbortController();
     job.userData.controller = controller;
     if (isMainTile(job.tile)) inFlight.add(job);
-    fetch(job.src, { signal: controller.signal, credentials: "same-origin" })
-      .then(async (response) => {
+    const asked = () => fetch(job.src, { signal: controller.signal, credentials: "same-origin" })
+      .then((response) => {
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
-        const blob = await response.blob();
+        return response.blob();
+      });
+    // Asked for before OpenSeadragon loaded (firstview.js), else now; a failed early request
+    // is asked again. Cancelling one asked early only stops waiting for it.
+    const early = typeof TSFirstView === "undefined" ? null : TSFirstView.take(job.src);
+    (early ? early.catch(asked) : asked())
+      .then((blob) => {
+        if (controller.signal.aborted) return;
         inFlight.delete(job);
         if (!job.jobId) return; // timed out meanwhile: OpenSeadragon has failed it already
         if (blob.size === 0) job.fail("empty tile", null);
@@ -431,6 +438,7 @@
     };
     const done = (event) => {
       if (!event.fullyLoaded) return;
+      if (typeof TSFirstView !== "undefined") TSFirstView.drop();
       item.savedCutOffLevel = cutoff;
       viewer.removeHandler("viewport-change", hold);
       item.removeHandler("fully-loaded-change", done);
