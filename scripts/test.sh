@@ -7,4 +7,4 @@ scripts/setup-browser.sh
 scripts/setup-services.sh
 .venv/bin/ruff check tileserver sample_data tests benchmarks
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

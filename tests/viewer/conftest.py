@@ -176,8 +176,11 @@ def enrol_over_http(site: Site, person: Person, collection: str) -> None:
     _cli(site.home, "users", "grant", person.name, collection)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Headless Chromium for one test module. Not for the session: while Playwright's sync API
+    runs, its event loop counts as running in this thread, so the asyncio.run of tests that
+    come after in the same process (xdist gives each worker many modules) would fail."""
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"Chromium not found at {CHROMIUM}: {SETUP_HINT}")
     try:
