@@ -28,7 +28,7 @@ from tileserver.render.encode import decode, resize
 from tileserver.slide_ids import is_slide_id
 from tileserver.sources import open_slide
 from tileserver.sources.base import SlideSource
-from tileserver.sources.dicom import DicomSource, series_uid
+from tileserver.sources.dicom_files import is_dicom
 from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, pyramid_sizes
 from tileserver.store.location import open_location
 from tileserver.store.objects import ObjectStore
@@ -145,8 +145,7 @@ class SourcePyramid:
         self.tile = SOURCE_TILE
         self.levels = pyramid_sizes(source.info.dimensions, SOURCE_TILE)
         self.codec: str | None = None
-        files = source.files if isinstance(source, DicomSource) else (source.path,)
-        stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in source.files]
         self.generation = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
         info = source.info
         self.display = source_display(info, _source_windows(source))
@@ -254,6 +253,15 @@ def _source_windows(source: SlideSource) -> list[tuple[float, float]] | None:
     ]
 
 
+def _series_uid(path: Path) -> str | None:
+    """``dicom.series_uid``, imported (with wsidicom) only when a listing meets a DICOM file."""
+    if not is_dicom(path):
+        return None
+    from tileserver.sources.dicom import series_uid
+
+    return series_uid(path)
+
+
 class SlideLibrary:
     """Slide IDs -> open pyramids, with a bounded cache of open slides. Thread-safe."""
 
@@ -312,7 +320,7 @@ class SlideLibrary:
             key = (path, stat.st_size, stat.st_mtime_ns)
             uid = self._series_uids.get(key, "")
             if uid == "":
-                uid = series_uid(path)
+                uid = _series_uid(path)
                 self._series_uids[key] = uid
             if uid is not None:
                 series.setdefault(uid, []).append(path)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +275,23 @@ def test_a_label_instance_of_the_series_is_the_label(tmp_path: Path) -> None:
         assert source.info.associated == ("label",)
         assert source.read_associated("label").shape == (117, 234, 3)
         assert [tuple(lv.size) for lv in source.info.levels] == [(957, 715)]
+
+
+def test_wsidicom_is_imported_only_when_a_dicom_slide_is_opened() -> None:
+    """Importing wsidicom takes half a second: the CLI, the server and a listing of a folder
+    without DICOM files must not pay it (dicom_files.py recognises the files)."""
+    corpus = require_corpus()
+    script = f"""
+import sys
+from pathlib import Path
+import tileserver.cli, tileserver.library, tileserver.pyramid.jobs, tileserver.server.app
+from tileserver.library import SlideLibrary
+from tileserver.sources import open_slide
+open_slide(Path({str(corpus / SVS)!r})).close()
+assert SlideLibrary(Path({str(corpus / "svs")!r}), sources=True, keyring=None).slide_ids()
+assert "wsidicom" not in sys.modules
+open_slide(Path({str(_series())!r})).close()
+assert "wsidicom" in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -19,7 +19,6 @@ from tileserver.pyramid.plan import ConvertOptions
 from tileserver.security.keys import KeyRing
 from tileserver.slide_ids import is_slide_id, new_slide_id
 from tileserver.sources import SlideSource, open_slide
-from tileserver.sources.dicom import DicomSource
 from tileserver.store.layout import COMPLETE_MARKER
 from tileserver.store.location import open_location
 from tileserver.store.objects import ObjectStore
@@ -53,9 +52,7 @@ def series_fingerprint(files: tuple[Path, ...]) -> str:
 
 
 def source_fingerprint(source: SlideSource) -> str:
-    if isinstance(source, DicomSource):
-        return series_fingerprint(source.files)
-    return fingerprint(source.path)
+    return series_fingerprint(source.files)
 
 
 def slide_id_for(stores: ObjectStore, key: str) -> str:

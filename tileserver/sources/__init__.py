@@ -41,15 +41,23 @@ from tileserver.errors import (
     UnsupportedFormat,
 )
 from tileserver.sources.base import Level, RawTile, SlideInfo, SlideSource
-from tileserver.sources.dicom import DicomSource, holds_dicom, is_dicom
+from tileserver.sources.dicom_files import holds_dicom, is_dicom
 from tileserver.sources.openslide import OpenSlideSource, detect_vendor
 from tileserver.sources.tifffile import TiffSource, is_tiff
+
+
+def _open_dicom(path: Path) -> SlideSource:
+    # wsidicom and pydicom are imported only when a DICOM slide is opened (dicom_files.py).
+    from tileserver.sources.dicom import DicomSource
+
+    return DicomSource(path)
+
 
 # Each backend opens a path, or raises UnsupportedFormat when the file is not its kind.
 BACKENDS: dict[str, Callable[[Path], SlideSource]] = {
     "tifffile": TiffSource,
     "openslide": OpenSlideSource,
-    "dicom": DicomSource,
+    "dicom": _open_dicom,
 }
 
 __all__ = ["BACKENDS", "Level", "RawTile", "SlideInfo", "SlideSource", "open_slide"]
@@ -78,7 +86,7 @@ def open_slide(path: str | Path, backend: str = "auto") -> SlideSource:
     if not path.exists():
         raise SlideNotFound(f"{path.name}: no such file")
     if path.is_dir() and backend in ("auto", "dicom") and holds_dicom(path):
-        return DicomSource(path)
+        return _open_dicom(path)
     if not path.is_file():
         raise UnsupportedFormat(f"{path.name}: not a regular file")
     if backend != "auto":

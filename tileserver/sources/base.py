@@ -102,6 +102,7 @@ class SlideSource(ABC):
     def __init__(self, path: Path, info: SlideInfo) -> None:
         self.path = path
         self.info = info
+        self.files: tuple[Path, ...] = (path,)  # what the slide is read from (a series: all)
 
     @property
     def name(self) -> str:

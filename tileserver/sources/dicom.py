@@ -45,6 +45,7 @@ from tileserver.sources.codestreams import (
     j2k_declared,
     jpeg_declared,
 )
+from tileserver.sources.dicom_files import is_dicom
 from tileserver.sources.dicom_rules import (
     Instance,
     check_series,
@@ -69,24 +70,6 @@ _HEADERS: WeightedLRU[Instance] = WeightedLRU(4096, lambda _: 1)  # a few hundre
 _SETTINGS = Settings(
     strict_tile_size_check=False, decoded_frame_cache_size=0, encoded_frame_cache_size=4 << 20
 )
-
-
-def is_dicom(path: Path) -> bool:
-    """A DICOM Part 10 file: "DICM" after the 128-byte preamble."""
-    try:
-        with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def holds_dicom(directory: Path) -> bool:
-    """A folder with at least one DICOM file in it (not below it)."""
-    try:
-        return any(p.is_file() and is_dicom(p) for p in directory.iterdir())
-    except OSError:
-        return False
 
 
 def _nbytes(pixels: np.ndarray) -> int:
@@ -243,9 +226,9 @@ class DicomSource(SlideSource):
         self._cache: WeightedLRU[np.ndarray] = WeightedLRU(_DECODED_CACHE_BYTES, _nbytes)
         instances = series_instances(path)
         check_series(instances)
-        self.files = tuple(sorted(i.path for i in instances))
+        files = tuple(sorted(i.path for i in instances))
         try:
-            self._wsi = WsiDicom.open(list(self.files), settings=_SETTINGS)
+            self._wsi = WsiDicom.open(list(files), settings=_SETTINGS)
         except Exception as exc:  # the headers were read once already: broken past them
             raise CorruptSlide(f"{path.name}: wsidicom cannot open the series: {exc}") from exc
         try:
@@ -254,6 +237,7 @@ class DicomSource(SlideSource):
             self._wsi.close()
             raise
         super().__init__(path, info)
+        self.files = files
 
     def _parse(
         self, path: Path, instances: list[Instance]
@@ -499,8 +483,6 @@ def _objective_power(dataset: Any) -> float | None:
 __all__ = [
     "DicomSource",
     "Instance",
-    "holds_dicom",
-    "is_dicom",
     "series_instances",
     "series_uid",
 ]
