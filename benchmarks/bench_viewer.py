@@ -437,22 +437,21 @@ def markdown(results: dict[str, Any]) -> str:
         "else runs share the cores). Per-run figures: `benchmarks/results/viewer.json`.",
         "",
         'Reading it: "open" starts with a cold browser cache (the page, its scripts and '
-        "OpenSeadragon are fetched too, the same page for both viewers: only viewer.js "
-        "differs, and the new one's firstview.js asks for the first view's tiles while the "
-        'rest of the page loads); "scripts loaded" is from DOMContentLoaded (every script of the page has '
+        "OpenSeadragon are fetched too, the same page for both viewers: only viewer.js differs,"
+        " and the new one's firstview.js asks for the first view's tiles while the rest of the "
+        'page loads); "scripts loaded" is from DOMContentLoaded (every script of the page has '
         "run) on. The new viewer opens the slide from the facts and descriptor the page "
         "carries, the old one asks the API first; the new one's first view fetches only the "
         "level it displays, the old one coarser levels too (a blurry picture first): sharp is "
-        "the same for both, every tile of the level drawn. A preset's time is the key press "
-        "to the first sharp frame "
-        "(the new viewer jumps, the old one animates for 0.45 s); a preset already covered by"
-        ' the whole-slide view\'s tiles costs no request. "Finer than needed": tiles of a '
-        "level finer than the coarsest with at most one pixel per screen pixel (the old "
-        "viewer fetched the next finer level on every preset landing on a pyramid level). "
-        "After the tiles are asked for at once, the first view and the 40x preset wait on the"
-        " server's tile latency through Chromium's 6 HTTP/1.1 connections (no HTTP/2 on "
-        "aiohttp: docs/viewer.md). A cancelled request still in Chromium's queue costs "
-        "nothing; one already on the wire closes its connection.",
+        "the same for both, every tile of the level drawn. A preset's time is the key press to "
+        "the first sharp frame (the new viewer jumps, the old one animates for 0.45 s); a "
+        'preset already covered by the whole-slide view\'s tiles costs no request. "Finer than '
+        'needed": tiles of a level finer than the coarsest with at most one pixel per screen '
+        "pixel (the old viewer fetched the next finer level on every preset landing on a "
+        "pyramid level). After the tiles are asked for at once, the first view and the 40x "
+        "preset wait on the server's tile latency through Chromium's 6 HTTP/1.1 connections (no"
+        " HTTP/2 on aiohttp: docs/viewer.md). A cancelled request still in Chromium's queue "
+        "costs nothing; one already on the wire closes its connection.",
     ]
     return "\n".join(lines) + "\n"
 
