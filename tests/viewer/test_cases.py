@@ -123,6 +123,9 @@ def test_the_lis_link_after_login_opens_the_first_slide_with_the_strip(
     captions = page.eval_on_selector_all(".strip-caption", "c => c.map(n => n.textContent)")
     assert captions == ["A2 · H&E", "A2 · Ki-67", "B1 · H&E"]
     poll(page, "[...document.querySelectorAll('.strip-thumb')].every(i => i.naturalWidth > 0)")
+    # Rendered thumbnails queue behind the slide's own tiles, not beside them.
+    priorities = page.eval_on_selector_all(".strip-thumb", "ns => ns.map(n => n.fetchPriority)")
+    assert priorities == ["low"] * 3
     assert page.text_content("#slide-labels") == "A2 · H&E · 2026-03-01"
     assert page.get_attribute("#slide-labels", "title") == "Block A2 · H&E · scanned 2026-03-01"
     assert page.eval_on_selector("#slide-labels", "n => n.clientWidth >= n.scrollWidth")  # whole

@@ -234,13 +234,13 @@
 
   // -- measurements --------------------------------------------------------------------------
   function area(um2, px2) {
-    if (um2 === undefined) return `${Math.round(px2).toLocaleString()} px²`;
+    if (um2 === undefined) return `${TS.formatCount(Math.round(px2))} px²`;
     if (um2 >= 1e6) return `${(um2 / 1e6).toPrecision(3)} mm²`;
-    return `${um2 >= 100 ? Math.round(um2).toLocaleString() : um2.toPrecision(3)} µm²`;
+    return `${um2 >= 100 ? TS.formatCount(Math.round(um2)) : um2.toPrecision(3)} µm²`;
   }
 
   function length(um, px) {
-    return um === undefined ? `${Math.round(px).toLocaleString()} px` : TS.formatLength(um);
+    return um === undefined ? `${TS.formatCount(Math.round(px))} px` : TS.formatLength(um);
   }
 
   function measurementText(m) {

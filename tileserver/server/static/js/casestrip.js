@@ -33,6 +33,7 @@
       class: "strip-thumb",
       alt: "",
       decoding: "async",
+      fetchpriority: "low", // after the slide's own tiles: the strip opens with the viewer
       src: `/api/slides/${id}/thumbnail?max=128`,
     });
     thumb.addEventListener("error", () => thumb.classList.add("broken"));
@@ -117,6 +118,7 @@
       });
       $("fit").after(button);
     }, { once: true });
+    img.fetchPriority = "low"; // after the slide's own tiles
     img.src = `/api/slides/${slideId}/associated/macro`;
   }
 

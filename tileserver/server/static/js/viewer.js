@@ -284,6 +284,7 @@
       $("label-panel").classList.toggle("hidden", labelHidden);
     });
     img.addEventListener("error", () => { labelLoaded = false; }); // not allowed or not kept
+    img.fetchPriority = "low"; // after the slide's own tiles
     img.src = `/api/slides/${slideId}/associated/label`;
   }
 
@@ -456,7 +457,7 @@
   }
 
   function facts(info) {
-    const parts = [`${info.width.toLocaleString()} × ${info.height.toLocaleString()} px`];
+    const parts = [`${TS.formatCount(info.width)} × ${TS.formatCount(info.height)} px`];
     parts.push(mpp ? `${mpp[0].toFixed(3)} µm/px` : "pixel size unknown (no µm measurements)");
     if (info.objective_power) parts.push(`scanned at ${+info.objective_power}×`);
     if (info.vendor) parts.push(info.vendor);

@@ -37,7 +37,7 @@
     const available = slide.available !== false;
     const meta = available
       ? [
-          `${slide.width.toLocaleString()} × ${slide.height.toLocaleString()} px`,
+          `${TS.formatCount(slide.width)} × ${TS.formatCount(slide.height)} px`,
           slide.mpp ? `${slide.mpp[0].toFixed(3)} µm/px` : "pixel size unknown",
           magnification(slide),
           slide.vendor || "",
