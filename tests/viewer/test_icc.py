@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -95,3 +96,45 @@ def test_an_untagged_slide_asks_nothing_more(lab: Lab, page: Any) -> None:
     poll(page, "document.body.dataset.fullyLoaded === 'true'")
     tiles = _answers(page, page.tiles[lab.plain])
     assert tiles and all(query == {} and profile is None for query, profile in tiles), tiles
+
+
+def _slide_mean(page: Any) -> tuple[float, float, float]:
+    """Mean colour of the slide as drawn on the viewer's canvas (the dark background left out)."""
+    mean: list[float] = page.evaluate(
+        """() => {
+          const canvas = document.querySelector("#osd .openseadragon-canvas canvas");
+          const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+          const sum = [0, 0, 0];
+          let n = 0;
+          for (let i = 0; i < data.length; i += 4) {
+            if (data[i] + data[i + 1] + data[i + 2] < 120) continue; // the page's background
+            sum[0] += data[i]; sum[1] += data[i + 1]; sum[2] += data[i + 2]; n += 1;
+          }
+          return sum.map((s) => s / n);
+        }"""
+    )
+    return (mean[0], mean[1], mean[2])
+
+
+def _thumbnail_mean(page: Any, slide: str, icc: str) -> tuple[float, float, float]:
+    reply = page.request.get(f"/api/slides/{slide}/thumbnail?max=600&icc={icc}")
+    assert reply.ok, reply.status
+    with Image.open(io.BytesIO(reply.body())) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3)
+    kept = pixels[pixels.sum(axis=1) >= 120]
+    r, g, b = kept.mean(axis=0)
+    return (float(r), float(g), float(b))
+
+
+def test_the_canvas_shows_the_profiles_colours(lab: Lab, page: Any) -> None:
+    """What the screen shows is the slide's colours converted from its profile (as the server's
+    icc=srgb render converts them), not its raw samples read as sRGB."""
+    page.goto(f"/view/{lab.tagged}")
+    poll(page, "document.body.dataset.fullyLoaded === 'true'")
+    shown = _slide_mean(page)
+    managed = _thumbnail_mean(page, lab.tagged, "srgb")
+    raw = _thumbnail_mean(page, lab.tagged, "none")
+    apart = max(abs(a - b) for a, b in zip(managed, raw, strict=True))
+    assert apart > 6, (managed, raw)  # the profile moves these colours visibly
+    to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
+    assert to_managed < apart / 3, {"shown": shown, "managed": managed, "raw": raw}

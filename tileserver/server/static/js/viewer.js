@@ -362,18 +362,25 @@
     // is asked again. Cancelling one asked early only stops waiting for it.
     const early = typeof TSFirstView === "undefined" ? null : TSFirstView.take(job.src);
     (early ? early.catch(asked) : asked())
-      .then((blob) => {
+      .then(async (blob) => {
         if (controller.signal.aborted) return;
         inFlight.delete(job);
         if (!job.jobId) return; // timed out meanwhile: OpenSeadragon has failed it already
         if (blob.size === 0) job.fail("empty tile", null);
-        else job.finish(blob, null, "rasterBlob");
+        else job.finish(await decoded(blob), null, "imageBitmap");
       })
       .catch((error) => {
         inFlight.delete(job);
         if (controller.signal.aborted || !job.jobId) return; // cancelled, or timed out
         job.fail(`tile request failed: ${error.message}`, null);
       });
+  }
+
+  /** A tile's pixels in the screen's colours: decoded off the main thread, through the ICC
+      profile the tile carries (icc=embed). Handing OpenSeadragon the blob would not do:
+      its decoder ignores profiles (createImageBitmap with colorSpaceConversion "none"). */
+  function decoded(blob) {
+    return createImageBitmap(blob, { colorSpaceConversion: "default" });
   }
 
   function abortTile(job) {
