@@ -98,11 +98,11 @@ def test_an_untagged_slide_asks_nothing_more(lab: Lab, page: Any) -> None:
     assert tiles and all(query == {} and profile is None for query, profile in tiles), tiles
 
 
-def _slide_mean(page: Any) -> tuple[float, float, float]:
-    """Mean colour of the slide as drawn on the viewer's canvas (the dark background left out)."""
+def _slide_mean(page: Any, pane: str = "#osd") -> tuple[float, float, float]:
+    """Mean colour of the slide as drawn on a viewer's canvas (the dark background left out)."""
     mean: list[float] = page.evaluate(
-        """() => {
-          const canvas = document.querySelector("#osd .openseadragon-canvas canvas");
+        """(pane) => {
+          const canvas = document.querySelector(`${pane} .openseadragon-canvas canvas`);
           const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
           const sum = [0, 0, 0];
           let n = 0;
@@ -111,7 +111,8 @@ def _slide_mean(page: Any) -> tuple[float, float, float]:
             sum[0] += data[i]; sum[1] += data[i + 1]; sum[2] += data[i + 2]; n += 1;
           }
           return sum.map((s) => s / n);
-        }"""
+        }""",
+        pane,
     )
     return (mean[0], mean[1], mean[2])
 
@@ -138,3 +139,18 @@ def test_the_canvas_shows_the_profiles_colours(lab: Lab, page: Any) -> None:
     assert apart > 6, (managed, raw)  # the profile moves these colours visibly
     to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
     assert to_managed < apart / 3, {"shown": shown, "managed": managed, "raw": raw}
+
+
+def test_a_side_by_side_pane_shows_the_profiles_colours(lab: Lab, page: Any) -> None:
+    """A comparison pane (OpenSeadragon's own image loading) is colour-managed too."""
+    page.goto(f"/view/{lab.plain}?with={lab.tagged}")
+    poll(
+        page, "(document.querySelector('#pane-1') || {dataset: {}}).dataset.fullyLoaded === 'true'"
+    )
+    page.wait_for_timeout(300)  # the blend of the last tiles
+    shown = _slide_mean(page, "#pane-1")
+    managed = _thumbnail_mean(page, lab.tagged, "srgb")
+    raw = _thumbnail_mean(page, lab.tagged, "none")
+    to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
+    to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
+    assert to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
