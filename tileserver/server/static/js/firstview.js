@@ -71,5 +71,5 @@ const TSFirstView = (() => {
   }
 
   start();
-  return { take, drop, homeTiles };
+  return { take, drop };
 })();

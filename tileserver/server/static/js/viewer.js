@@ -362,12 +362,13 @@
     // is asked again. Cancelling one asked early only stops waiting for it.
     const early = typeof TSFirstView === "undefined" ? null : TSFirstView.take(job.src);
     (early ? early.catch(asked) : asked())
-      .then(async (blob) => {
+      .then((blob) => (blob.size === 0 ? null : decoded(blob)))
+      .then((bitmap) => {
         if (controller.signal.aborted) return;
         inFlight.delete(job);
         if (!job.jobId) return; // timed out meanwhile: OpenSeadragon has failed it already
-        if (blob.size === 0) job.fail("empty tile", null);
-        else job.finish(await decoded(blob), null, "imageBitmap");
+        if (bitmap === null) job.fail("empty tile", null);
+        else job.finish(bitmap, null, "imageBitmap");
       })
       .catch((error) => {
         inFlight.delete(job);
