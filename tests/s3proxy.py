@@ -105,7 +105,11 @@ class FaultyProxy:
             handler.send_header("Content-Type", "application/xml")
             handler.send_header("Content-Length", str(len(error)))
             handler.end_headers()
-            handler.wfile.write(error)
+            # No body after a HEAD answer: the client would read it as the start of the next
+            # answer on this kept-alive connection (the next call then failed "connection
+            # failed" instead of "answered HTTP 503", whenever it reused the connection).
+            if method != "HEAD":
+                handler.wfile.write(error)
             return
         if fault and fault.kind == "delay" and self._closed.wait(fault.seconds):
             return  # the proxy is closing
