@@ -28,7 +28,6 @@ from tileserver.render.encode import decode, resize
 from tileserver.slide_ids import is_slide_id
 from tileserver.sources import open_slide
 from tileserver.sources.base import SlideSource
-from tileserver.sources.dicom_files import is_dicom
 from tileserver.store.layout import COMPLETE_MARKER, FILL_VALUE, pyramid_sizes
 from tileserver.store.location import open_location
 from tileserver.store.objects import ObjectStore
@@ -254,9 +253,7 @@ def _source_windows(source: SlideSource) -> list[tuple[float, float]] | None:
 
 
 def _series_uid(path: Path) -> str | None:
-    """``dicom.series_uid``, imported (with wsidicom) only when a listing meets a DICOM file."""
-    if not is_dicom(path):
-        return None
+    """``dicom.series_uid``, imported (with wsidicom) only when a listing meets a .dcm file."""
     from tileserver.sources.dicom import series_uid
 
     return series_uid(path)

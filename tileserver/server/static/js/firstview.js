@@ -10,9 +10,6 @@
 "use strict";
 
 const TSFirstView = (() => {
-  const MIN_PIXEL_RATIO = 0.51; // TS.viewerOptions' minPixelRatio: the level rule below is
-  // OpenSeadragon's (the finest level drawn at >= that many device pixels per level pixel)
-
   const early = new Map(); // tile URL -> Promise<Blob>
 
   /** The tile URLs of the level OpenSeadragon draws ``source`` at when the whole slide fits
@@ -25,8 +22,10 @@ const TSFirstView = (() => {
     if (!(w > 0 && h > 0 && tile > 0 && width > 0 && height > 0)) return [];
     const maxLevel = Math.ceil(Math.log2(Math.max(w, h)));
     const devicePerLevel0 = Math.min(width / w, height / h) * (window.devicePixelRatio || 1);
+    // OpenSeadragon's rule: the finest level drawn at >= minPixelRatio device px per level px.
+    const minPixelRatio = TS.viewerOptions({}).minPixelRatio;
     let level = maxLevel;
-    while (level > 0 && devicePerLevel0 * 2 ** (maxLevel - level) < MIN_PIXEL_RATIO) level -= 1;
+    while (level > 0 && devicePerLevel0 * 2 ** (maxLevel - level) < minPixelRatio) level -= 1;
     const scale = 2 ** (maxLevel - level);
     const columns = Math.ceil(Math.ceil(w / scale) / tile);
     const rows = Math.ceil(Math.ceil(h / scale) / tile);
