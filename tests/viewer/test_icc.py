@@ -98,11 +98,13 @@ def test_an_untagged_slide_asks_nothing_more(lab: Lab, page: Any) -> None:
     assert tiles and all(query == {} and profile is None for query, profile in tiles), tiles
 
 
-def _slide_mean(page: Any, pane: str = "#osd") -> tuple[float, float, float]:
+def _slide_mean(
+    page: Any, pane: str = "#osd", canvas: str = ".openseadragon-canvas canvas"
+) -> tuple[float, float, float]:
     """Mean colour of the slide as drawn on a viewer's canvas (the dark background left out)."""
     mean: list[float] = page.evaluate(
-        """(pane) => {
-          const canvas = document.querySelector(`${pane} .openseadragon-canvas canvas`);
+        """([pane, selector]) => {
+          const canvas = document.querySelector(`${pane} ${selector}`);
           const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
           const sum = [0, 0, 0];
           let n = 0;
@@ -112,7 +114,7 @@ def _slide_mean(page: Any, pane: str = "#osd") -> tuple[float, float, float]:
           }
           return sum.map((s) => s / n);
         }""",
-        pane,
+        [pane, canvas],
     )
     return (mean[0], mean[1], mean[2])
 
@@ -139,6 +141,24 @@ def test_the_canvas_shows_the_profiles_colours(lab: Lab, page: Any) -> None:
     assert apart > 6, (managed, raw)  # the profile moves these colours visibly
     to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
     assert to_managed < apart / 3, {"shown": shown, "managed": managed, "raw": raw}
+
+
+def test_the_first_view_painted_before_openseadragon_shows_the_profiles_colours(
+    lab: Lab, page: Any
+) -> None:
+    """firstview.js's painting (OpenSeadragon's script held back meanwhile) is colour-managed
+    as the viewer's canvas is."""
+    held: list[Any] = []
+    page.route("**/openseadragon.min.js", lambda route: held.append(route))
+    page.goto(f"/view/{lab.tagged}", wait_until="commit")
+    poll(page, "document.getElementById('osd').dataset.firstView === 'painted'")
+    shown = _slide_mean(page, canvas="canvas.first-view")
+    managed = _thumbnail_mean(page, lab.tagged, "srgb")
+    raw = _thumbnail_mean(page, lab.tagged, "none")
+    to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
+    to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
+    assert held and to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
+    held[0].continue_()
 
 
 def test_a_side_by_side_pane_shows_the_profiles_colours(lab: Lab, page: Any) -> None:

@@ -6,6 +6,7 @@ Chromium's own throttling (DevTools protocol), not a stand-in server."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from collections.abc import Iterator
@@ -214,6 +215,48 @@ def test_the_first_views_tiles_are_asked_for_while_openseadragon_loads(
     assert len(set(tiles.started)) == len(tiles.started), "a tile was asked for twice"
     assert all((tile_level(url) or 0) <= level - 2 for url in later), later
     assert all(status in (200, 304) for status, _ in tiles.finished)
+    assert not tiles.failed and not tiles.errors, (tiles.failed, tiles.errors)
+
+
+def pixels(png: bytes) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_the_first_view_is_painted_before_openseadragon_runs_and_is_its_picture(
+    carol: dict[str, Any], new_context: Any, viewer_site: Site
+) -> None:
+    """firstview.js paints the whole slide, sharp, while OpenSeadragon's script is still held
+    back; OpenSeadragon's own view, once complete, is the same picture in the same place, and
+    the painting is gone."""
+    page = new_context(carol).new_page()
+    tiles = Tiles(page)
+    held = held_openseadragon(page)
+    page.goto(f"/view/{viewer_site.a2}", wait_until="commit")
+    poll(page, "document.getElementById('osd').dataset.firstView === 'painted'")
+    assert held and page.evaluate("typeof OpenSeadragon") == "undefined"
+    painted = pixels(page.locator("#osd").screenshot())
+
+    held[0].continue_()
+    page.wait_for_selector("body[data-open=true]")
+    wait_sharp(page)
+    poll(page, "document.getElementById('osd').dataset.firstView === 'handed-over'")
+    assert page.locator("canvas.first-view").count() == 0
+    drawn = pixels(page.locator("#osd").screenshot())
+
+    # The slide's pixels, left of the overview map (top right) and above the scale bar
+    # (bottom left), both OpenSeadragon's.
+    assert painted.shape == drawn.shape
+    height, width = painted.shape[:2]
+    region = (slice(0, height * 3 // 4), slice(width // 5, width * 4 // 5))
+    a, b = painted[region], drawn[region]
+    assert b.std() > 20, "OpenSeadragon's view shows no slide"
+    same = abs(a - b).mean()
+    # The measure tells placements apart: the same view one pixel to the side differs more.
+    shifted = abs(b[:, 1:] - b[:, :-1]).mean()
+    assert same < 1 and shifted > 3 * same, (same, shifted)
     assert not tiles.failed and not tiles.errors, (tiles.failed, tiles.errors)
 
 

@@ -1,8 +1,15 @@
-/* The first view's tiles, asked for as soon as the page is parsed: the whole slide at the
-   level OpenSeadragon will draw it, computed from the facts and descriptor the page carries
-   (server/routes/viewer.py) and the viewer's size. Without this they would wait for
-   OpenSeadragon (350 KB) and the page's other scripts to load and run first. viewer.js takes
-   them (TSFirstView.take) instead of asking again; a tile nobody takes is dropped.
+/* The first view, before OpenSeadragon: the whole slide's tiles at the level OpenSeadragon will
+   draw it, asked for as soon as the page is parsed (computed from the facts and descriptor the
+   page carries, server/routes/viewer.py, and the viewer's size), and painted where
+   OpenSeadragon will draw them. Without this the screen would stay empty until OpenSeadragon
+   (350 KB) and the page's other scripts have loaded and run, and only then ask for the tiles.
+
+   viewer.js starts OpenSeadragon once the painting is on screen (TSFirstView.painted), takes
+   the decoded tiles (TSFirstView.take) instead of asking again, and hands over
+   (TSFirstView.handOver) once its own view is complete or moves: the painting goes, what
+   nobody took is dropped. The painting is OpenSeadragon's picture, pixel for pixel
+   (tests/viewer/test_viewer_speed.py), so the hand-over does not show. ``#osd[data-first-view]`` says where it stands: "painting",
+   "painted" (every tile drawn), "handed-over".
 
    Only for the plain opening: a view in the address (a shared link, side-by-side panes,
    channel settings) or a slide with channels or focal planes opens elsewhere or asks with
@@ -10,32 +17,89 @@
 "use strict";
 
 const TSFirstView = (() => {
-  const early = new Map(); // tile URL -> Promise<Blob>
+  const WAIT_MS = 2000;
+  const early = new Map(); // tile URL -> Promise<HTMLImageElement>, decoded
+  let canvas = null; // the painting, above OpenSeadragon's canvas until handed over
+  let stopPainting = () => {};
+  let shown = Promise.resolve(); // see painted()
 
-  /** The tile URLs of the level OpenSeadragon draws ``source`` at when the whole slide fits
-      an element of ``width`` x ``height`` CSS pixels (its home view), ``query`` appended. */
-  function homeTiles(source, slideId, width, height, query) {
+  /** The whole slide of ``source`` fitted to ``width`` x ``height`` CSS pixels and centred, as
+      OpenSeadragon's home view: CSS px = offset + level-0 px x ``fit``. */
+  function homePlacement(source, width, height) {
+    const w = Number(source.Image.Size.Width);
+    const h = Number(source.Image.Size.Height);
+    const fit = Math.min(width / w, height / h);
+    return { fit, offsetX: (width - w * fit) / 2, offsetY: (height - h * fit) / 2 };
+  }
+
+  /** The level OpenSeadragon draws the home view at (``fit`` CSS px per level-0 px), and its
+      tiles: URL (``query`` appended), left and top in level pixels. */
+  function homeTiles(source, slideId, fit, query) {
     const image = source.Image;
     const w = Number(image.Size.Width);
     const h = Number(image.Size.Height);
     const tile = Number(image.TileSize);
-    if (!(w > 0 && h > 0 && tile > 0 && width > 0 && height > 0)) return [];
+    const overlap = Number(image.Overlap) || 0;
     const maxLevel = Math.ceil(Math.log2(Math.max(w, h)));
-    const devicePerLevel0 = Math.min(width / w, height / h) * (window.devicePixelRatio || 1);
+    const devicePerLevel0 = fit * (window.devicePixelRatio || 1);
     // OpenSeadragon's rule: the finest level drawn at >= minPixelRatio device px per level px.
     const minPixelRatio = TS.viewerOptions({}).minPixelRatio;
     let level = maxLevel;
     while (level > 0 && devicePerLevel0 * 2 ** (maxLevel - level) < minPixelRatio) level -= 1;
-    const scale = 2 ** (maxLevel - level);
-    const columns = Math.ceil(Math.ceil(w / scale) / tile);
-    const rows = Math.ceil(Math.ceil(h / scale) / tile);
-    const urls = [];
+    const levelScale = 2 ** (maxLevel - level); // level-0 pixels per level pixel
+    const columns = Math.ceil(Math.ceil(w / levelScale) / tile);
+    const rows = Math.ceil(Math.ceil(h / levelScale) / tile);
+    const tiles = [];
     for (let y = 0; y < rows; y++) {
       for (let x = 0; x < columns; x++) {
-        urls.push(`/deepzoom/${slideId}_files/${level}/${x}_${y}.${image.Format}${query}`);
+        tiles.push({
+          url: `/deepzoom/${slideId}_files/${level}/${x}_${y}.${image.Format}${query}`,
+          // A DeepZoom tile carries its neighbours' edges (the overlap) above and left.
+          left: x * tile - (x > 0 ? overlap : 0),
+          top: y * tile - (y > 0 ? overlap : 0),
+          levelScale,
+          // OpenSeadragon's canvas drawer draws tiles without overlap 1 CSS px larger (no seams).
+          grow: overlap > 0 ? 0 : 1,
+          image: null,
+        });
       }
     }
-    return urls;
+    return tiles;
+  }
+
+  /** The tile at ``url`` as an image, decoded. An image, not fetch() and createImageBitmap:
+      fewer hops between the browser's processes, which on a busy machine paints the first
+      view sooner; decoded like any image, through the ICC profile a tile carries. */
+  function loadTile(url) {
+    const image = new Image();
+    image.fetchPriority = "high"; // as fetch(): an image starts low until laid out
+    image.src = url;
+    return image.decode().then(() => image);
+  }
+
+  /** ``tile`` drawn on ``canvas`` where OpenSeadragon's home view puts it; every tile decoded so
+      far when ``tile`` is null or ``element`` has changed size (the canvas covers it in device
+      pixels, so it is as sharp as OpenSeadragon's). */
+  function paint(canvas, element, source, tiles, tile) {
+    const width = element.clientWidth;
+    const height = element.clientHeight;
+    const ratio = window.devicePixelRatio || 1;
+    let drawn = tile ? [tile] : tiles;
+    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+      canvas.width = Math.round(width * ratio); // and cleared
+      canvas.height = Math.round(height * ratio);
+      canvas.style.width = `${width}px`;
+      canvas.style.height = `${height}px`;
+      drawn = tiles;
+    }
+    const { fit, offsetX, offsetY } = homePlacement(source, width, height);
+    const context = canvas.getContext("2d");
+    for (const { image, left, top, levelScale, grow } of drawn) {
+      if (!image) continue;
+      const k = fit * levelScale * ratio; // device px per level px
+      context.drawImage(image, offsetX * ratio + left * k, offsetY * ratio + top * k,
+        image.naturalWidth * k + grow * ratio, image.naturalHeight * k + grow * ratio);
+    }
   }
 
   function start() {
@@ -47,28 +111,61 @@ const TSFirstView = (() => {
     const query = TS.tileQuery(info);
     const source = TS.dziSource(data.dzi, slideId, query);
     const element = document.getElementById("osd");
-    if (!source || !element) return;
-    for (const url of homeTiles(source, slideId, element.clientWidth, element.clientHeight, query)) {
-      early.set(url, fetch(url, { credentials: "same-origin" }).then((response) => {
-        if (!response.ok) throw new Error(`HTTP ${response.status}`);
-        return response.blob();
-      }));
-      early.get(url).catch(() => {}); // a failure is the taker's to see (it asks again)
+    if (!source || !element || !(element.clientWidth > 0 && element.clientHeight > 0)) return;
+    const tiles = homeTiles(source, slideId, homePlacement(source, element.clientWidth,
+      element.clientHeight).fit, query);
+    if (tiles.length === 0 || !(tiles[0].levelScale > 0)) return;
+    const painting = document.createElement("canvas");
+    painting.className = "first-view";
+    canvas = painting;
+    element.append(painting);
+    element.dataset.firstView = "painting";
+    let left = tiles.length;
+    for (const tile of tiles) {
+      const loaded = loadTile(tile.url);
+      early.set(tile.url, loaded);
+      loaded.then((image) => {
+        if (canvas !== painting) return;
+        tile.image = image;
+        paint(painting, element, source, tiles, tile);
+        left -= 1;
+        if (left === 0) element.dataset.firstView = "painted";
+      }, () => {}); // a failure is the taker's to see (it asks again)
     }
+    // Every tile drawn or failed, then one frame to show them; a tile that hangs holds
+    // OpenSeadragon back no longer than WAIT_MS.
+    const drawn = Promise.allSettled(early.values()).then(() => new Promise((resolve) => {
+      requestAnimationFrame(() => setTimeout(resolve, 0));
+    }));
+    shown = Promise.race([drawn, new Promise((resolve) => setTimeout(resolve, WAIT_MS))]);
+    // The page's header fills in meanwhile: the viewer's height may change, and the home view
+    // with it (OpenSeadragon refits on its first frame).
+    const resized = new ResizeObserver(() => paint(painting, element, source, tiles, null));
+    resized.observe(element);
+    stopPainting = () => resized.disconnect();
   }
 
-  /** The early request for ``url`` (a Promise of its Blob), once, or null. */
+  /** The early answer for ``url`` (a Promise of its decoded image), once, or null. */
   function take(url) {
     const promise = early.get(url) || null;
     early.delete(url);
     return promise;
   }
 
-  /** Tiles not taken by now are not needed (the first view is complete). */
-  function drop() {
+  /** OpenSeadragon's view is complete or has moved on: the painting goes, and tiles nobody
+      took by now are not needed. */
+  function handOver() {
     early.clear();
+    if (!canvas) return;
+    stopPainting();
+    canvas.parentNode.dataset.firstView = "handed-over";
+    canvas.remove();
+    canvas = null;
   }
 
   start();
-  return { take, drop };
+  /** A Promise: the painting is on screen (every tile drawn or failed), or WAIT_MS have
+      passed. viewer.js starts OpenSeadragon then: the two would compete for the same CPU. */
+  const painted = () => shown;
+  return { take, handOver, painted };
 })();

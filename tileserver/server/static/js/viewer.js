@@ -357,18 +357,18 @@
       .then((response) => {
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         return response.blob();
-      });
-    // Asked for before OpenSeadragon loaded (firstview.js), else now; a failed early request
-    // is asked again. Cancelling one asked early only stops waiting for it.
+      })
+      .then((blob) => (blob.size === 0 ? null : decoded(blob)));
+    // Loaded before OpenSeadragon (firstview.js: a decoded image), else asked for now; a failed
+    // early request is asked again. Cancelling one asked early only stops waiting for it.
     const early = typeof TSFirstView === "undefined" ? null : TSFirstView.take(job.src);
     (early ? early.catch(asked) : asked())
-      .then((blob) => (blob.size === 0 ? null : decoded(blob)))
-      .then((bitmap) => {
+      .then((pixels) => {
         if (controller.signal.aborted) return;
         inFlight.delete(job);
         if (!job.jobId) return; // timed out meanwhile: OpenSeadragon has failed it already
-        if (bitmap === null) job.fail("empty tile", null);
-        else job.finish(bitmap, null, "imageBitmap");
+        if (pixels === null) job.fail("empty tile", null);
+        else job.finish(pixels, null, pixels instanceof ImageBitmap ? "imageBitmap" : "image");
       })
       .catch((error) => {
         inFlight.delete(job);
@@ -447,7 +447,7 @@
     };
     const done = (event) => {
       if (!event.fullyLoaded) return;
-      if (typeof TSFirstView !== "undefined") TSFirstView.drop();
+      handOver();
       item.savedCutOffLevel = cutoff;
       viewer.removeHandler("viewport-change", hold);
       item.removeHandler("fully-loaded-change", done);
@@ -455,6 +455,22 @@
     hold();
     viewer.addHandler("viewport-change", hold); // e.g. a shared link's view, set on opening
     item.addHandler("fully-loaded-change", done);
+  }
+
+  /** firstview.js's painting of the home view goes once OpenSeadragon's own first view is
+      complete (drawn in this frame), or as soon as the view leaves home (a key, a drag). */
+  function handOver() {
+    if (typeof TSFirstView !== "undefined") TSFirstView.handOver();
+  }
+
+  /** The view is heading for the home view (the zoom and centre it is animating to). */
+  function atHome() {
+    const viewport = viewer.viewport;
+    const home = viewport.getHomeBounds().getCenter();
+    const centre = viewport.getCenter();
+    const near = (a, b) => Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b));
+    return near(viewport.getZoom(), viewport.getHomeZoom()) && near(centre.x, home.x) &&
+      near(centre.y, home.y);
   }
 
   /** ``#osd[data-sharp]``: the view is still and every tile of the displayed level is in. */
@@ -513,11 +529,13 @@
     });
     viewer.addHandler("viewport-change", prioritise); // after this frame's tiles are chosen
     viewer.addHandler("animation-start", showSharpness);
+    viewer.addHandler("viewport-change", () => { if (!atHome()) handOver(); });
     viewer.addHandler("animation-finish", () => {
       prioritise(); // the end view is the view: nothing is held any more
       showSharpness();
     });
     viewer.addHandler("open-failed", async () => {
+      handOver();
       if (await TS.checkSession()) message("The slide could not be opened.");
     });
     viewer.addHandler("tile-loaded", () => {
@@ -591,6 +609,7 @@
     // The page's later scripts lay it out (the case strip, side-by-side panes) as they run:
     // the viewer measures its element once they have (this deferred script runs before them).
     await pageScriptsRun;
+    if (typeof TSFirstView !== "undefined") await TSFirstView.painted(); // on screen first
     startViewer(dzi); // first: its tile requests go out before the rest of the page's work
     if (typeof TSChannels !== "undefined") TSChannels.attach(viewer, info); // channels.js
     facts(info);
