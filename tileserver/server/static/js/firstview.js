@@ -67,16 +67,6 @@ const TSFirstView = (() => {
     return tiles;
   }
 
-  /** The tile at ``url`` as an image, decoded. An image, not fetch() and createImageBitmap:
-      fewer hops between the browser's processes, which on a busy machine paints the first
-      view sooner; decoded like any image, through the ICC profile a tile carries. */
-  function loadTile(url) {
-    const image = new Image();
-    image.fetchPriority = "high"; // as fetch(): an image starts low until laid out
-    image.src = url;
-    return image.decode().then(() => image);
-  }
-
   /** ``tile`` drawn on ``canvas`` where OpenSeadragon's home view puts it; every tile decoded so
       far when ``tile`` is null or ``element`` has changed size (the canvas covers it in device
       pixels, so it is as sharp as OpenSeadragon's). */
@@ -122,7 +112,7 @@ const TSFirstView = (() => {
     element.dataset.firstView = "painting";
     let left = tiles.length;
     for (const tile of tiles) {
-      const loaded = loadTile(tile.url);
+      const loaded = TS.loadTile(tile.url);
       early.set(tile.url, loaded);
       loaded.then((image) => {
         if (canvas !== painting) return;

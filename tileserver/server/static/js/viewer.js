@@ -353,35 +353,22 @@
     const controller = new AbortController();
     job.userData.controller = controller;
     if (isMainTile(job.tile)) inFlight.add(job);
-    const asked = () => fetch(job.src, { signal: controller.signal, credentials: "same-origin" })
-      .then((response) => {
-        if (!response.ok) throw new Error(`HTTP ${response.status}`);
-        return response.blob();
-      })
-      .then((blob) => (blob.size === 0 ? null : decoded(blob)));
-    // Loaded before OpenSeadragon (firstview.js: a decoded image), else asked for now; a failed
-    // early request is asked again. Cancelling one asked early only stops waiting for it.
+    const asked = () => TS.loadTile(job.src, controller.signal);
+    // Loaded before OpenSeadragon (firstview.js), else now; a failed early load is asked
+    // again. Cancelling one asked early only stops waiting for it.
     const early = typeof TSFirstView === "undefined" ? null : TSFirstView.take(job.src);
     (early ? early.catch(asked) : asked())
-      .then((pixels) => {
+      .then((image) => {
         if (controller.signal.aborted) return;
         inFlight.delete(job);
         if (!job.jobId) return; // timed out meanwhile: OpenSeadragon has failed it already
-        if (pixels === null) job.fail("empty tile", null);
-        else job.finish(pixels, null, pixels instanceof ImageBitmap ? "imageBitmap" : "image");
+        job.finish(image, null, "image");
       })
-      .catch((error) => {
+      .catch(() => {
         inFlight.delete(job);
         if (controller.signal.aborted || !job.jobId) return; // cancelled, or timed out
-        job.fail(`tile request failed: ${error.message}`, null);
+        job.fail("the tile could not be loaded (refused, missing or not an image)", null);
       });
-  }
-
-  /** A tile's pixels in the screen's colours: decoded off the main thread, through the ICC
-      profile the tile carries (icc=embed). Handing OpenSeadragon the blob would not do:
-      its decoder ignores profiles (createImageBitmap with colorSpaceConversion "none"). */
-  function decoded(blob) {
-    return createImageBitmap(blob, { colorSpaceConversion: "default" });
   }
 
   function abortTile(job) {
