@@ -260,6 +260,21 @@ def test_the_first_view_is_painted_before_openseadragon_runs_and_is_its_picture(
     assert not tiles.failed and not tiles.errors, (tiles.failed, tiles.errors)
 
 
+def test_the_users_first_key_removes_the_painting(
+    carol: dict[str, Any], new_context: Any, viewer_site: Site
+) -> None:
+    """A key (or click, or wheel) may move OpenSeadragon's view: the painting must not hide it."""
+    page = new_context(carol).new_page()
+    held = held_openseadragon(page)
+    page.goto(f"/view/{viewer_site.a2}", wait_until="commit")
+    poll(page, "document.getElementById('osd').dataset.firstView === 'painted'")
+    page.keyboard.press("4")
+    assert page.get_attribute("#osd", "data-first-view") == "handed-over"
+    assert page.locator("canvas.first-view").count() == 0
+    held[0].continue_()
+    wait_sharp(page)
+
+
 def test_a_shared_view_asks_for_nothing_before_the_viewer_runs(
     carol: dict[str, Any], new_context: Any, viewer_site: Site
 ) -> None:

@@ -6,8 +6,8 @@
 
    viewer.js starts OpenSeadragon once the painting is on screen (TSFirstView.painted), takes
    the decoded tiles (TSFirstView.take) instead of asking again, and hands over
-   (TSFirstView.handOver) once its own view is complete or moves: the painting goes, what
-   nobody took is dropped. The painting is OpenSeadragon's picture, pixel for pixel
+   (TSFirstView.handOver) once its own view is complete: the painting goes, what nobody took
+   is dropped. The user's first key, click or wheel before that removes the painting too. The painting is OpenSeadragon's picture, pixel for pixel
    (tests/viewer/test_viewer_speed.py), so the hand-over does not show. ``#osd[data-first-view]`` says where it stands: "painting",
    "painted" (every tile drawn), "handed-over".
 
@@ -132,7 +132,14 @@ const TSFirstView = (() => {
     // with it (OpenSeadragon refits on its first frame).
     const resized = new ResizeObserver(() => paint(painting, element, source, tiles, null));
     resized.observe(element);
-    stopPainting = () => resized.disconnect();
+    // The user's first key, click, touch or wheel may move OpenSeadragon's view: the painting
+    // would hide it. (Not OpenSeadragon's own view changes: on opening it refits itself.)
+    const moves = ["keydown", "pointerdown", "wheel"];
+    for (const type of moves) window.addEventListener(type, unpaint, { capture: true });
+    stopPainting = () => {
+      resized.disconnect();
+      for (const type of moves) window.removeEventListener(type, unpaint, { capture: true });
+    };
   }
 
   /** The early answer for ``url`` (a Promise of its decoded image), once, or null. */
@@ -142,15 +149,19 @@ const TSFirstView = (() => {
     return promise;
   }
 
-  /** OpenSeadragon's view is complete or has moved on: the painting goes, and tiles nobody
-      took by now are not needed. */
-  function handOver() {
-    early.clear();
+  function unpaint() {
     if (!canvas) return;
     stopPainting();
     canvas.parentNode.dataset.firstView = "handed-over";
     canvas.remove();
     canvas = null;
+  }
+
+  /** OpenSeadragon's first view is complete: the painting goes, and tiles nobody took by now
+      are not needed. */
+  function handOver() {
+    early.clear();
+    unpaint();
   }
 
   start();

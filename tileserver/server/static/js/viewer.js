@@ -444,20 +444,10 @@
     item.addHandler("fully-loaded-change", done);
   }
 
-  /** firstview.js's painting of the home view goes once OpenSeadragon's own first view is
-      complete (drawn in this frame), or as soon as the view leaves home (a key, a drag). */
+  /** firstview.js's painting goes once OpenSeadragon's own first view is complete (drawn in
+      this frame; firstview.js itself removes it earlier if the user moves the view). */
   function handOver() {
     if (typeof TSFirstView !== "undefined") TSFirstView.handOver();
-  }
-
-  /** The view is heading for the home view (the zoom and centre it is animating to). */
-  function atHome() {
-    const viewport = viewer.viewport;
-    const home = viewport.getHomeBounds().getCenter();
-    const centre = viewport.getCenter();
-    const near = (a, b) => Math.abs(a - b) <= 1e-6 * Math.max(1, Math.abs(b));
-    return near(viewport.getZoom(), viewport.getHomeZoom()) && near(centre.x, home.x) &&
-      near(centre.y, home.y);
   }
 
   /** ``#osd[data-sharp]``: the view is still and every tile of the displayed level is in. */
@@ -516,7 +506,6 @@
     });
     viewer.addHandler("viewport-change", prioritise); // after this frame's tiles are chosen
     viewer.addHandler("animation-start", showSharpness);
-    viewer.addHandler("viewport-change", () => { if (!atHome()) handOver(); });
     viewer.addHandler("animation-finish", () => {
       prioritise(); // the end view is the view: nothing is held any more
       showSharpness();
