@@ -174,3 +174,30 @@ def test_a_side_by_side_pane_shows_the_profiles_colours(lab: Lab, page: Any) -> 
     to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
     to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
     assert to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
+
+
+def test_a_signed_link_shows_the_profiles_colours(lab: Lab, page: Any, browser: Any) -> None:
+    """A guest with a signed link (no account, no cookies) sees the colours the pathologist
+    sees, not the raw samples."""
+    reply = page.request.post(
+        f"/api/slides/{lab.tagged}/share?scope=tiles", headers={"Origin": lab.server.base}
+    )
+    assert reply.ok, reply.status
+    query = reply.json()["query"]
+    context = browser.new_context(
+        base_url=lab.server.base, ignore_https_errors=True, viewport=VIEWPORT
+    )
+    try:
+        guest = watch_errors(context.new_page())
+        guest.goto(f"/static/signed.html?slide={lab.tagged}&{query}")
+        poll(guest, "document.body.dataset.fullyLoaded === 'true'")
+        guest.wait_for_timeout(300)  # the blend of the last tiles
+        shown = _slide_mean(guest)
+        managed = _thumbnail_mean(page, lab.tagged, "srgb")
+        raw = _thumbnail_mean(page, lab.tagged, "none")
+        to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
+        to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
+        assert to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
+        assert not guest.errors, guest.errors
+    finally:
+        context.close()
