@@ -200,11 +200,12 @@ def new_context(browser: Any, viewer_site: Site) -> Iterator[Any]:
     """Fresh browser contexts (own cookie jar) on the test server; closed after the test."""
     contexts = []
 
-    def make(storage: dict[str, Any] | None = None) -> Any:
+    def make(storage: dict[str, Any] | None = None, scale: float = 1) -> Any:
         context = browser.new_context(
             base_url=viewer_site.server.base,
             ignore_https_errors=True,  # the server's self-signed certificate
             viewport=VIEWPORT,
+            device_scale_factor=scale,  # device pixels per CSS pixel
             storage_state=storage or None,
         )
         context.set_default_timeout(20_000)

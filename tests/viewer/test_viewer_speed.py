@@ -225,13 +225,14 @@ def pixels(png: bytes) -> Any:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
+@pytest.mark.parametrize("scale", [1, 2])  # a plain screen, and a HiDPI one
 def test_the_first_view_is_painted_before_openseadragon_runs_and_is_its_picture(
-    carol: dict[str, Any], new_context: Any, viewer_site: Site
+    carol: dict[str, Any], new_context: Any, viewer_site: Site, scale: float
 ) -> None:
     """firstview.js paints the whole slide, sharp, while OpenSeadragon's script is still held
     back; OpenSeadragon's own view, once complete, is the same picture in the same place, and
     the painting is gone."""
-    page = new_context(carol).new_page()
+    page = new_context(carol, scale).new_page()
     tiles = Tiles(page)
     held = held_openseadragon(page)
     page.goto(f"/view/{viewer_site.a2}", wait_until="commit")
