@@ -177,7 +177,8 @@ const TS = (() => {
   function loadTile(url, signal) {
     const image = new Image();
     image.fetchPriority = "high"; // as a fetch(): an image outside the page starts low
-    if (signal) signal.addEventListener("abort", () => image.removeAttribute("src"), { once: true });
+    const cancel = () => image.removeAttribute("src");
+    if (signal) signal.addEventListener("abort", cancel, { once: true });
     image.src = url;
     return image.decode().then(() => image);
   }

@@ -7,9 +7,10 @@
    viewer.js starts OpenSeadragon once the painting is on screen (TSFirstView.painted), takes
    the decoded tiles (TSFirstView.take) instead of asking again, and hands over
    (TSFirstView.handOver) once its own view is complete: the painting goes, what nobody took
-   is dropped. The user's first key, click or wheel before that removes the painting too. The painting is OpenSeadragon's picture, pixel for pixel
-   (tests/viewer/test_viewer_speed.py), so the hand-over does not show. ``#osd[data-first-view]`` says where it stands: "painting",
-   "painted" (every tile drawn), "handed-over".
+   is dropped. The painting is OpenSeadragon's picture, pixel for pixel
+   (tests/viewer/test_viewer_speed.py), so the hand-over does not show. The user's first key,
+   click or wheel before that removes the painting too. ``#osd[data-first-view]`` says where
+   it stands: "painting", "painted" (every tile drawn), "handed-over".
 
    Only for the plain opening: a view in the address (a shared link, side-by-side panes,
    channel settings) or a slide with channels or focal planes opens elsewhere or asks with
@@ -40,6 +41,7 @@ const TSFirstView = (() => {
     const h = Number(image.Size.Height);
     const tile = Number(image.TileSize);
     const overlap = Number(image.Overlap) || 0;
+    if (!(w > 0 && h > 0 && tile > 0)) return [];
     const maxLevel = Math.ceil(Math.log2(Math.max(w, h)));
     const devicePerLevel0 = fit * (window.devicePixelRatio || 1);
     // OpenSeadragon's rule: the finest level drawn at >= minPixelRatio device px per level px.
@@ -67,23 +69,24 @@ const TSFirstView = (() => {
     return tiles;
   }
 
-  /** ``tile`` drawn on ``canvas`` where OpenSeadragon's home view puts it; every tile decoded so
-      far when ``tile`` is null or ``element`` has changed size (the canvas covers it in device
-      pixels, so it is as sharp as OpenSeadragon's). */
-  function paint(canvas, element, source, tiles, tile) {
+  /** ``tile`` drawn on ``painting`` where OpenSeadragon's home view puts it; every tile
+      decoded so far when ``tile`` is null or ``element`` has changed size (the painting covers
+      it in device pixels, so it is as sharp as OpenSeadragon's canvas). */
+  function paint(painting, element, source, tiles, tile) {
     const width = element.clientWidth;
     const height = element.clientHeight;
     const ratio = window.devicePixelRatio || 1;
     let drawn = tile ? [tile] : tiles;
-    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
-      canvas.width = Math.round(width * ratio); // and cleared
-      canvas.height = Math.round(height * ratio);
-      canvas.style.width = `${width}px`;
-      canvas.style.height = `${height}px`;
+    if (painting.width !== Math.round(width * ratio) ||
+        painting.height !== Math.round(height * ratio)) {
+      painting.width = Math.round(width * ratio); // and cleared
+      painting.height = Math.round(height * ratio);
+      painting.style.width = `${width}px`;
+      painting.style.height = `${height}px`;
       drawn = tiles;
     }
     const { fit, offsetX, offsetY } = homePlacement(source, width, height);
-    const context = canvas.getContext("2d");
+    const context = painting.getContext("2d");
     for (const { image, left, top, levelScale, grow } of drawn) {
       if (!image) continue;
       const k = fit * levelScale * ratio; // device px per level px
@@ -104,7 +107,7 @@ const TSFirstView = (() => {
     if (!source || !element || !(element.clientWidth > 0 && element.clientHeight > 0)) return;
     const tiles = homeTiles(source, slideId, homePlacement(source, element.clientWidth,
       element.clientHeight).fit, query);
-    if (tiles.length === 0 || !(tiles[0].levelScale > 0)) return;
+    if (tiles.length === 0) return;
     const painting = document.createElement("canvas");
     painting.className = "first-view";
     canvas = painting;
