@@ -172,15 +172,21 @@ const TS = (() => {
    *  createImageBitmap: no trip through the browser's blob store, which on a busy machine held
    *  each tile 50-90 ms between its arrival and its pixels (docs/viewer.md); and an image is
    *  colour-managed through the ICC profile it carries (icc=embed), where OpenSeadragon's own
-   *  blob decoder ignores profiles. ``signal`` aborting drops the image's source, and Chromium
-   *  cancels the request. */
+   *  blob decoder ignores profiles. ``signal`` aborting drops the image's source (Chromium
+   *  cancels the request) and rejects, as an aborted fetch() does: Chromium leaves the
+   *  image's decode() pending when its source goes. */
   function loadTile(url, signal) {
     const image = new Image();
     image.fetchPriority = "high"; // as a fetch(): an image outside the page starts low
-    const cancel = () => image.removeAttribute("src");
-    if (signal) signal.addEventListener("abort", cancel, { once: true });
-    image.src = url;
-    return image.decode().then(() => image);
+    return new Promise((resolve, reject) => {
+      const cancel = () => {
+        image.removeAttribute("src");
+        reject(new DOMException("the tile's load was cancelled", "AbortError"));
+      };
+      if (signal) signal.addEventListener("abort", cancel, { once: true });
+      image.src = url;
+      image.decode().then(() => resolve(image), reject);
+    });
   }
 
   /** The DZI descriptor ``text`` of ``slideId`` as the object form OpenSeadragon takes (it
