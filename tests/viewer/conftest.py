@@ -217,6 +217,13 @@ def new_context(browser: Any, viewer_site: Site) -> Iterator[Any]:
         context.close()
 
 
+def held_openseadragon(page: Any) -> list[Any]:
+    """OpenSeadragon's script held back (not answered) until the test continues it."""
+    held: list[Any] = []
+    page.route("**/openseadragon.min.js", lambda route: held.append(route))
+    return held
+
+
 def image_stats(png: bytes) -> tuple[float, float]:
     """(mean, standard deviation) of the grey levels of a screenshot."""
     import numpy as np

@@ -19,7 +19,16 @@ from PIL import Image
 from sample_data.icc import wide_gamut_profile, write_icc
 from sample_data.synthetic import write_svs
 from tests.server.conftest import Server, converted, run_server
-from tests.viewer.conftest import VIEWPORT, Person, _cli, enrol, poll, session_of, watch_errors
+from tests.viewer.conftest import (
+    VIEWPORT,
+    Person,
+    _cli,
+    enrol,
+    held_openseadragon,
+    poll,
+    session_of,
+    watch_errors,
+)
 from tileserver.security.keys import KeyRing
 
 PASSWORD = "colour test password fay"  # test-only
@@ -129,6 +138,16 @@ def _thumbnail_mean(page: Any, slide: str, icc: str) -> tuple[float, float, floa
     return (float(r), float(g), float(b))
 
 
+def _assert_managed(page: Any, slide: str, shown: tuple[float, float, float]) -> None:
+    """``shown`` is the slide's colours through its profile (the server's icc=srgb render),
+    not its raw samples read as sRGB."""
+    managed = _thumbnail_mean(page, slide, "srgb")
+    raw = _thumbnail_mean(page, slide, "none")
+    to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
+    to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
+    assert to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
+
+
 def test_the_canvas_shows_the_profiles_colours(lab: Lab, page: Any) -> None:
     """What the screen shows is the slide's colours converted from its profile (as the server's
     icc=srgb render converts them), not its raw samples read as sRGB."""
@@ -148,16 +167,11 @@ def test_the_first_view_painted_before_openseadragon_shows_the_profiles_colours(
 ) -> None:
     """firstview.js's painting (OpenSeadragon's script held back meanwhile) is colour-managed
     as the viewer's canvas is."""
-    held: list[Any] = []
-    page.route("**/openseadragon.min.js", lambda route: held.append(route))
+    held = held_openseadragon(page)
     page.goto(f"/view/{lab.tagged}", wait_until="commit")
     poll(page, "document.getElementById('osd').dataset.firstView === 'painted'")
-    shown = _slide_mean(page, canvas="canvas.first-view")
-    managed = _thumbnail_mean(page, lab.tagged, "srgb")
-    raw = _thumbnail_mean(page, lab.tagged, "none")
-    to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
-    to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
-    assert held and to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
+    assert held
+    _assert_managed(page, lab.tagged, _slide_mean(page, canvas="canvas.first-view"))
     held[0].continue_()
 
 
@@ -168,12 +182,7 @@ def test_a_side_by_side_pane_shows_the_profiles_colours(lab: Lab, page: Any) -> 
         page, "(document.querySelector('#pane-1') || {dataset: {}}).dataset.fullyLoaded === 'true'"
     )
     page.wait_for_timeout(300)  # the blend of the last tiles
-    shown = _slide_mean(page, "#pane-1")
-    managed = _thumbnail_mean(page, lab.tagged, "srgb")
-    raw = _thumbnail_mean(page, lab.tagged, "none")
-    to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
-    to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
-    assert to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
+    _assert_managed(page, lab.tagged, _slide_mean(page, "#pane-1"))
 
 
 def test_a_signed_link_shows_the_profiles_colours(lab: Lab, page: Any, browser: Any) -> None:
@@ -192,12 +201,7 @@ def test_a_signed_link_shows_the_profiles_colours(lab: Lab, page: Any, browser: 
         guest.goto(f"/static/signed.html?slide={lab.tagged}&{query}")
         poll(guest, "document.body.dataset.fullyLoaded === 'true'")
         guest.wait_for_timeout(300)  # the blend of the last tiles
-        shown = _slide_mean(guest)
-        managed = _thumbnail_mean(page, lab.tagged, "srgb")
-        raw = _thumbnail_mean(page, lab.tagged, "none")
-        to_managed = max(abs(a - b) for a, b in zip(shown, managed, strict=True))
-        to_raw = max(abs(a - b) for a, b in zip(shown, raw, strict=True))
-        assert to_managed < to_raw / 3, {"shown": shown, "managed": managed, "raw": raw}
+        _assert_managed(page, lab.tagged, _slide_mean(guest))
         assert not guest.errors, guest.errors
     finally:
         context.close()

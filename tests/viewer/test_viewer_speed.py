@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.viewer.conftest import VIEWPORT, Person, Site, enrol_over_http, image_stats, poll
+from tests.viewer.conftest import (
+    VIEWPORT,
+    Person,
+    Site,
+    enrol_over_http,
+    held_openseadragon,
+    image_stats,
+    poll,
+)
 
 OBJECTIVE = 40  # the synthetic slide: AppMag 40, 0.25 µm/px
 WIDTH, HEIGHT = 3000, 2000
@@ -164,13 +172,6 @@ def test_a_fast_pan_cancels_stale_requests_and_the_final_view_loads(
     mean, std = image_stats(page.locator("#osd").screenshot())
     assert std > 20 and mean < 235, (mean, std)
     assert not tiles.errors, tiles.errors
-
-
-def held_openseadragon(page: Any) -> list[Any]:
-    """OpenSeadragon's script held back (not answered) until the test continues it."""
-    held: list[Any] = []
-    page.route("**/openseadragon.min.js", lambda route: held.append(route))
-    return held
 
 
 def until_requested(page: Any, tiles: Tiles, held: list[Any], count: int) -> None:

@@ -40,9 +40,9 @@ def fingerprint(path: Path) -> str:
 
 
 def series_fingerprint(files: tuple[Path, ...]) -> str:
-    """A DICOM series' fingerprint: over its files' fingerprints, sorted, so the series has
-    one whether it is named by its folder or by any of its files, and whatever the names.
-    A one-file series keeps that file's fingerprint."""
+    """A slide's fingerprint over the files it is read from: one file's own, or for a DICOM
+    series over its files' fingerprints, sorted, so the series has one whether it is named by
+    its folder or by any of its files, and whatever the names."""
     if len(files) == 1:
         return fingerprint(files[0])
     digest = hashlib.sha256(b"dicom-series")

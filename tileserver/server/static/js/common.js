@@ -185,7 +185,9 @@ const TS = (() => {
       };
       if (signal) signal.addEventListener("abort", cancel, { once: true });
       image.src = url;
-      image.decode().then(() => resolve(image), reject);
+      // Once settled, a late abort must not blank an image already handed on.
+      image.decode().then(() => resolve(image), reject)
+        .finally(() => signal && signal.removeEventListener("abort", cancel));
     });
   }
 
