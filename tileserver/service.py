@@ -221,7 +221,7 @@ class SlideService:
 
     # -- DeepZoom --------------------------------------------------------------------------
     def _grid(self, p: Pyramid) -> deepzoom.DeepZoomGrid:
-        return deepzoom.DeepZoomGrid(
+        return deepzoom.grid_of(
             p.levels[0], self.settings.dzi_tile or p.tile, self.settings.dzi_overlap
         )
 

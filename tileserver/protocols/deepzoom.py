@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 from xml.etree.ElementTree import Element, SubElement, tostring
 
@@ -56,7 +57,7 @@ class DeepZoomGrid:
         if self.overlap < 0:
             raise ValueError(f"overlap must not be negative, got {self.overlap}")
 
-    @property
+    @cached_property
     def level_count(self) -> int:
         # ceil(log2(max(w, h))) + 1, in integers so huge sizes cannot hit float error.
         return (max(self.l0_size) - 1).bit_length() + 1
@@ -67,19 +68,31 @@ class DeepZoomGrid:
         return 1 << (self.level_count - 1 - z)
 
     def level_size(self, z: int) -> Size:
-        # Iterated ceil-halving equals one ceil division: ceil(ceil(a/2)/2) == ceil(a/4).
-        d = self.downsample(z)
-        return Size(ceil_div(self.l0_size.width, d), ceil_div(self.l0_size.height, d))
+        self._check_level(z)
+        return self._levels[z][0]
 
     def tile_grid(self, z: int) -> Size:
         """Tiles across and down at level ``z``."""
-        size = self.level_size(z)
-        return Size(ceil_div(size.width, self.tile), ceil_div(size.height, self.tile))
+        self._check_level(z)
+        return self._levels[z][1]
+
+    @cached_property
+    def _levels(self) -> tuple[tuple[Size, Size], ...]:
+        """(level size, tile grid) per level, worked out once: every tile request asks."""
+        levels = []
+        for z in range(self.level_count):
+            # Iterated ceil-halving equals one ceil division: ceil(ceil(a/2)/2) == ceil(a/4).
+            d = 1 << (self.level_count - 1 - z)
+            size = Size(ceil_div(self.l0_size.width, d), ceil_div(self.l0_size.height, d))
+            levels.append(
+                (size, Size(ceil_div(size.width, self.tile), ceil_div(size.height, self.tile)))
+            )
+        return tuple(levels)
 
     def tile_region(self, z: int, t_col: int, t_row: int) -> Region:
         """The tile's pixels in level ``z``, overlap included on sides with a neighbour."""
-        size = self.level_size(z)
-        grid = self.tile_grid(z)
+        self._check_level(z)
+        size, grid = self._levels[z]
         self._check_tile(z, t_col, t_row, grid)
         x, w = self._span(t_col, grid.width, size.width)
         y, h = self._span(t_row, grid.height, size.height)
@@ -132,6 +145,12 @@ class DeepZoomGrid:
                 f"Deep Zoom tile {t_col}_{t_row} outside the {grid.width}x{grid.height} "
                 f"grid of level {z}"
             )
+
+
+@lru_cache(maxsize=1024)
+def grid_of(l0_size: Size, tile: int, overlap: int) -> DeepZoomGrid:
+    """One grid per geometry, shared, so its levels are worked out once per slide."""
+    return DeepZoomGrid(l0_size, tile, overlap)
 
 
 def passthrough_chunk(

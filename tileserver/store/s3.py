@@ -62,8 +62,13 @@ _CODE = re.compile(r"<Code>(\w+)</Code>|\(code: (\w+)\)")
 _CREDENTIALS = "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
 _CREDENTIAL_CODES = {
-    "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken",
-    "TokenRefreshRequired", "InvalidSecurity", "MissingSecurityHeader",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidSecurity",
+    "MissingSecurityHeader",
 }
 _ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 
@@ -110,8 +115,10 @@ class S3Objects:
         )
         config: S3Config = {}
         for name, value in (
-            ("endpoint", endpoint), ("access_key_id", access_key_id),
-            ("secret_access_key", secret_access_key), ("token", session_token),
+            ("endpoint", endpoint),
+            ("access_key_id", access_key_id),
+            ("secret_access_key", secret_access_key),
+            ("token", session_token),
             ("region", region),
         ):
             if value:
@@ -234,7 +241,9 @@ class S3Objects:
     def put(self, key: str, data: bytes) -> None:
         try:
             obstore.put(
-                self._bucket.store, self._path(key), data,
+                self._bucket.store,
+                self._path(key),
+                data,
                 use_multipart=len(data) > MULTIPART_ABOVE,
             )
         except (BaseError, OSError, ValueError) as exc:
@@ -364,15 +373,24 @@ def _codes(text: str) -> set[str]:
 def _is_transport(text: str) -> bool:
     return any(
         marker in text
-        for marker in ("HTTP error", "error sending request", "timed out", "TimedOut",
-                       "connection", "Connection", "body error", "IncompleteMessage")
+        for marker in (
+            "HTTP error",
+            "error sending request",
+            "timed out",
+            "TimedOut",
+            "connection",
+            "Connection",
+            "body error",
+            "IncompleteMessage",
+        )
     )
 
 
 def _transport_reason(text: str) -> str:
     for marker, reason in (
         ("Connection refused", "unreachable (connection refused)"),
-        ("TimedOut", "timed out"), ("timed out", "timed out"),
+        ("TimedOut", "timed out"),
+        ("timed out", "timed out"),
         ("Connection reset", "connection reset"),
         ("IncompleteMessage", "answer cut off"),
         ("body error", "answer cut off"),
