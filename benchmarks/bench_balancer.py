@@ -103,12 +103,14 @@ def measure(
     args: argparse.Namespace, stores: Path, home: Path, slide_id: str, token: str, tmp: Path
 ) -> list[dict[str, Any]]:
     settings = LoadSettings(
-        traces=tuple(args.traces), concurrency=tuple(args.concurrency),
-        max_requests=args.max_requests, max_seconds=args.max_seconds,
+        traces=tuple(args.traces),
+        concurrency=tuple(args.concurrency),
+        max_requests=args.max_requests,
+        max_seconds=args.max_seconds,
     )
     cells: list[dict[str, Any]] = []
     for r in range(args.rounds):
-        order = SETUPS[r % len(SETUPS):] + SETUPS[: r % len(SETUPS)]
+        order = SETUPS[r % len(SETUPS) :] + SETUPS[: r % len(SETUPS)]
         for trace in settings.traces:
             for c in settings.concurrency:
                 for name in order:
@@ -121,16 +123,26 @@ def measure(
                         connections = spread()
                     ok = max(1, sum(run["ok"] for run in runs))
                     servers = used[:-1] if name == "haproxy-2" else used
-                    balancer = sum(used[len(servers):])
+                    balancer = sum(used[len(servers) :])
                     for run in runs:
-                        cells.append({"setup": name, "round": r, "trace": trace, "c": c, **run,
-                                      "server_cpu_ms_per_tile": 1000 * sum(servers) / ok,
-                                      "balancer_cpu_ms_per_tile": 1000 * balancer / ok,
-                                      "backend_connections": connections})
-                        log(f"round {r + 1} {trace} c={c} {name} {run['pass']}: "
+                        cells.append(
+                            {
+                                "setup": name,
+                                "round": r,
+                                "trace": trace,
+                                "c": c,
+                                **run,
+                                "server_cpu_ms_per_tile": 1000 * sum(servers) / ok,
+                                "balancer_cpu_ms_per_tile": 1000 * balancer / ok,
+                                "backend_connections": connections,
+                            }
+                        )
+                        log(
+                            f"round {r + 1} {trace} c={c} {name} {run['pass']}: "
                             f"{run['tiles_per_s']} tiles/s, p99 "
                             f"{(run['latency_ms'] or {}).get('p99')} ms, {run['errors']} err"
-                            + (f", connections per server {connections}" if connections else ""))
+                            + (f", connections per server {connections}" if connections else "")
+                        )
     return cells
 
 
@@ -141,6 +153,7 @@ def _median(cells: list[dict[str, Any]], key: str, **where: Any) -> float:
 
 def _pairs(cells: list[dict[str, Any]], a: str, b: str, **where: Any) -> list[float]:
     """Per round, tiles/s of set-up ``a`` over ``b`` (same trace, concurrency and pass)."""
+
     def rate(name: str, r: int) -> float:
         return _median(cells, "tiles_per_s", setup=name, round=r, **where)
 
@@ -148,8 +161,9 @@ def _pairs(cells: list[dict[str, Any]], a: str, b: str, **where: Any) -> list[fl
     return [rate(a, r) / rate(b, r) for r in rounds]
 
 
-def markdown(args: argparse.Namespace, cells: list[dict[str, Any]], loads: list[str],
-             command: str) -> str:
+def markdown(
+    args: argparse.Namespace, cells: list[dict[str, Any]], loads: list[str], command: str
+) -> str:
     facts = report.machine_facts()
     rows = []
     for trace in args.traces:
@@ -159,7 +173,8 @@ def markdown(args: argparse.Namespace, cells: list[dict[str, Any]], loads: list[
                 rate = {s: _median(cells, "tiles_per_s", setup=s, **where) for s in SETUPS}
                 p99 = {
                     s: statistics.median(
-                        x["latency_ms"]["p99"] for x in cells
+                        x["latency_ms"]["p99"]
+                        for x in cells
                         if x["setup"] == s and all(x[k] == v for k, v in where.items())
                     )
                     for s in SETUPS
@@ -183,36 +198,38 @@ def markdown(args: argparse.Namespace, cells: list[dict[str, Any]], loads: list[
             for backend, n in cell["backend_connections"].items():
                 spread[backend] = spread.get(backend, 0) + n
     w, h = args.size
-    return "\n".join([
-        "## Behind a load balancer: HAProxy + 2 servers vs 1 server "
-        "(`benchmarks/bench_balancer.py`)",
-        "",
-        f"Command: `{command}`; {facts['date']}; tileserver {git_state()}; machine: "
-        f"{facts['CPU']}, {facts['cores']} cores; slide {w} x {h}. Every process (servers, "
-        "HAProxy, the load client) shares these cores.",
-        "",
-        "| trace, pass | direct tiles/s | haproxy-2 tiles/s | workers-2 tiles/s | "
-        "haproxy-2 / direct | haproxy-2 / workers-2 | p99 ms direct / haproxy-2 / workers-2 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-        f"CPU ms per tile of the serve processes (median over cells, both passes together): "
-        f"direct {cpu['direct']:.2f}, haproxy-2 {cpu['haproxy-2']:.2f} (plus HAProxy "
-        f"{balancer_cpu:.2f}), workers-2 {cpu['workers-2']:.2f}. {errors} errors in all "
-        f"passes. Connections HAProxy gave each backend, all cells: {spread}.",
-        "",
-        "direct = one `serve --workers 1` reached directly; haproxy-2 = two `serve --workers 1` "
-        "behind HAProxy 2.6 (TLS passthrough, round robin per connection, health checks); "
-        "workers-2 = one `serve --workers 2` reached directly. HTTPS and a bearer token on "
-        "every request; detection off (`--no-detect`: the random trace is a crawl to it). "
-        "Tiles/s: median of "
-        f"{args.rounds} rounds; ratios: median of the rounds' pairs [lowest-highest]. Fresh "
-        "servers per cell, so cold passes start with empty caches. Each serve process has its own "
-        "caches: in a warm pass through two processes a tile is a cache hit only when its "
-        "connection reaches the process that served it in the cold pass.",
-        "",
-        "Machine load before and after: " + "; ".join(loads) + ".",
-    ])
+    return "\n".join(
+        [
+            "## Behind a load balancer: HAProxy + 2 servers vs 1 server "
+            "(`benchmarks/bench_balancer.py`)",
+            "",
+            f"Command: `{command}`; {facts['date']}; tileserver {git_state()}; machine: "
+            f"{facts['CPU']}, {facts['cores']} cores; slide {w} x {h}. Every process (servers, "
+            "HAProxy, the load client) shares these cores.",
+            "",
+            "| trace, pass | direct tiles/s | haproxy-2 tiles/s | workers-2 tiles/s | "
+            "haproxy-2 / direct | haproxy-2 / workers-2 | p99 ms direct / haproxy-2 / workers-2 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"CPU ms per tile of the serve processes (median over cells, both passes together): "
+            f"direct {cpu['direct']:.2f}, haproxy-2 {cpu['haproxy-2']:.2f} (plus HAProxy "
+            f"{balancer_cpu:.2f}), workers-2 {cpu['workers-2']:.2f}. {errors} errors in all "
+            f"passes. Connections HAProxy gave each backend, all cells: {spread}.",
+            "",
+            "direct = one `serve --workers 1` reached directly; haproxy-2 = two "
+            "`serve --workers 1` behind HAProxy 2.6 (TLS passthrough, round robin per connection, "
+            "health checks); workers-2 = one `serve --workers 2` reached directly. HTTPS and a "
+            "bearer token on every request; detection off (`--no-detect`: the random trace is a "
+            f"crawl to it). Tiles/s: median of {args.rounds} rounds; ratios: median of the "
+            "rounds' pairs [lowest-highest]. Fresh servers per cell, so cold passes start with "
+            "empty caches. Each serve process has its own caches: in a warm pass through two "
+            "processes a tile is a cache hit only when its connection reaches the process that "
+            "served it in the cold pass.",
+            "",
+            "Machine load before and after: " + "; ".join(loads) + ".",
+        ]
+    )
 
 
 def main() -> int:

@@ -6,5 +6,6 @@ scripts/setup.sh
 scripts/setup-browser.sh
 scripts/setup-services.sh
 .venv/bin/ruff check tileserver sample_data tests benchmarks
+.venv/bin/ruff format --check tileserver sample_data tests benchmarks
 .venv/bin/mypy
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -84,8 +84,10 @@ class HaProxy:
         """Until ``name`` is in ``status``; "UP" also needs a passed check (HAProxy assumes a
         server is up before its first check)."""
         deadline = time.monotonic() + timeout
-        while (now := self.stats().get(name)) is None or now.status != status or (
-            status == "UP" and now.check != "L7OK"
+        while (
+            (now := self.stats().get(name)) is None
+            or now.status != status
+            or (status == "UP" and now.check != "L7OK")
         ):
             if self.process.poll() is not None:
                 code = self.process.returncode
@@ -103,11 +105,16 @@ def haproxy_binary() -> str:
 
 
 def config(
-    host: str, port: int, admin_socket: Path, backends: Sequence[Backend], ca_file: Path,
+    host: str,
+    port: int,
+    admin_socket: Path,
+    backends: Sequence[Backend],
+    ca_file: Path,
     balance: str,
 ) -> str:
     checks = [
-        "check check-ssl", f"verify required ca-file {ca_file} verifyhost localhost",
+        "check check-ssl",
+        f"verify required ca-file {ca_file} verifyhost localhost",
         "inter 500ms fall 2 rise 1",
         "observe layer4 error-limit 1 on-error mark-down",
     ]
@@ -165,8 +172,12 @@ def haproxy(
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [binary, "-db", "-f", str(path)],  # -db: in the foreground, a child of ours
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
-            start_new_session=True, preexec_fn=die_with_parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     balancer = HaProxy(host, port, admin_socket, process, log)
     try:

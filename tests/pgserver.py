@@ -98,25 +98,53 @@ def postgresql() -> Iterator[PgServer]:
     try:
         subprocess.run(
             [
-                str(binaries / "initdb"), "-D", str(data), "-U", SUPERUSER,
-                f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
-                "--locale=C", "--no-sync",
+                str(binaries / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
             ],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            cwd=directory, **_as_owner(),  # type: ignore[call-overload]
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=directory,
+            **_as_owner(),  # type: ignore[call-overload]
         )
         pwfile.unlink()
         port = free_port()
         command = [
-            str(binaries / "postgres"), "-D", str(data), "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=200",
+            str(binaries / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={directory}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
         ]  # fsync off: throwaway data, and the suite must not wait on the disk
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=directory, start_new_session=True, preexec_fn=die_with_parent,
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=directory,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
                 **_as_owner(),  # type: ignore[call-overload]
             )
         server = PgServer("127.0.0.1", port, password, directory)

@@ -185,8 +185,14 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
     started = time.monotonic()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=workdir, env=env, start_new_session=True, preexec_fn=die_with_parent,
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", admin_key, admin_secret, ro_key, ro_secret)
     try:

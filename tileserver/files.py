@@ -28,7 +28,17 @@ def is_orphan(name: str, age: float) -> bool:
         return True
     except PermissionError:  # alive, someone else's
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Dead but not yet reaped: a killed converter's worker keeps its ID until whoever
+    adopted it collects it, and writes nothing more."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):  # gone meanwhile, or no /proc: the signal test decided
+        return False
 
 
 def write_atomic(

@@ -81,7 +81,10 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tileserver.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -98,10 +101,26 @@ def start_node(
     log = root / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tileserver.cli", "serve", location,
-             "--host", host, "--port", "0", "--database", env["TILESERVER_DATABASE"],
-             "--cert", str(tls / "cert.pem"), "--key", str(tls / "key.pem")],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "tileserver.cli",
+                "serve",
+                location,
+                "--host",
+                host,
+                "--port",
+                "0",
+                "--database",
+                env["TILESERVER_DATABASE"],
+                "--cert",
+                str(tls / "cert.pem"),
+                "--key",
+                str(tls / "key.pem"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**env, "TILESERVER_HOME": str(home), "TILESERVER_DATABASE": ""},
         )
     # Requests verify the one certificate every server presents (the admin home's).
@@ -132,12 +151,15 @@ def admin_env(root: Path, s3: S3Server, pg: PgServer) -> dict[str, str]:
     """The operator's environment: S3, a fresh state database and the audit database's
     append-only role (made by ``audit init-db``); passwords only in variables."""
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if k not in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT", "AWS_SESSION_TOKEN", "AWS_PROFILE")
     }
     database = f"postgresql://{SUPERUSER}@{pg.host}:{pg.port}/{pg.create_database()}"
     env.update(
-        s3.env(), TILESERVER_HOME=str(root / "admin"), TILESERVER_DATABASE=database,
+        s3.env(),
+        TILESERVER_HOME=str(root / "admin"),
+        TILESERVER_DATABASE=database,
         PGPASSWORD=pg.password,
     )
     role = f"audit_{secrets.token_hex(4)}"
@@ -164,14 +186,21 @@ def site(
     slides = [write_svs(root / f"s{seed}.svs", 2400, 1800, seed=seed) for seed in (41, 42)]
     location = f"s3://{s3_server.bucket}/multi-host-{secrets.token_hex(4)}"
     converted = run_cli(
-        env, "convert", "--quiet", *map(str, slides), "--out", location,
-        "--scheduler", "local:2", "--collection", COLLECTION, timeout=180,
+        env,
+        "convert",
+        "--quiet",
+        *map(str, slides),
+        "--out",
+        location,
+        "--scheduler",
+        "local:2",
+        "--collection",
+        COLLECTION,
+        timeout=180,
     )
     assert converted.returncode == 0, converted.stderr
     assert "2 converted, 0 skipped (already complete), 0 failed" in converted.stderr
-    nodes = [
-        start_node(f"s{i}", h, location, admin, env, root) for i, h in enumerate(HOSTS, 1)
-    ]
+    nodes = [start_node(f"s{i}", h, location, admin, env, root) for i, h in enumerate(HOSTS, 1)]
     try:
         for node in nodes:
             wait_announced(node)
@@ -236,8 +265,16 @@ def test_a_pan_through_the_balancer_is_spread_over_every_server(site: Site) -> N
 
 
 def test_a_revoked_token_is_refused_by_every_server_at_once(site: Site) -> None:
-    made = run_cli(site.env, "tokens", "create", "lis-mh", "--scope", "tiles,metadata",
-                   "--collection", COLLECTION)
+    made = run_cli(
+        site.env,
+        "tokens",
+        "create",
+        "lis-mh",
+        "--scope",
+        "tiles,metadata",
+        "--collection",
+        COLLECTION,
+    )
     assert made.returncode == 0, made.stderr
     bearer = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
     tile = level_tiles(site.front, site.slides[1], bearer)[0]

@@ -96,7 +96,10 @@ def site(tmp_path_factory: pytest.TempPathFactory, synthetic_svs: Path) -> Itera
     for _ in range(2):
         slide_id = new_slide_id()
         with open_slide(synthetic_svs) as source:
-            convert(source, LocalObjects(out / slide_id), slide_id,
+            convert(
+                source,
+                LocalObjects(out / slide_id),
+                slide_id,
                 ConvertOptions(keep_associated=True),
                 KeyRing(home),
             )

@@ -201,8 +201,11 @@ class StoreContract:
 
     @pytest.mark.parametrize("prefix", BAD_PREFIXES)
     def test_invalid_prefixes_are_refused(self, store: ObjectStore, prefix: str) -> None:
-        for call in (lambda: list(store.list_keys(prefix)), lambda: store.children(prefix),
-                     lambda: store.child(prefix)):
+        for call in (
+            lambda: list(store.list_keys(prefix)),
+            lambda: store.children(prefix),
+            lambda: store.child(prefix),
+        ):
             with pytest.raises(StoreError, match="invalid"):
                 call()
 

@@ -155,9 +155,7 @@ def test_rotation_rewraps_without_touching_chunks(store: Path, keyring: KeyRing)
     assert not (keyring.root / "kek" / f"{old}.key").exists()
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
     fresh = KeyRing(keyring.root.parent)  # no cached data keys: unwraps under the new KEK
-    assert np.array_equal(
-        open_reader(store, fresh).read_region(0, Region(0, 0, 900, 700)), pixels
-    )
+    assert np.array_equal(open_reader(store, fresh).read_region(0, Region(0, 0, 900, 700)), pixels)
     assert [k.key_id for k in fresh.keks()] == [new]
 
 

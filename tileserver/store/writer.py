@@ -176,6 +176,8 @@ class StoreWriter:
         completed the store first (its marker stands)."""
         if self._pending:
             raise StoreError(f"{self.layout.slide_id}: chunk rows were never completed")
+        if isinstance(self.raw, LocalObjects):  # a killed run's worker may have died since
+            self.raw.remove_temporaries()  # the sweep at the start spared its temporaries
         marker = {
             **summary,
             "format_version": self.layout.format_version,
