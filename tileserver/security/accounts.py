@@ -27,14 +27,22 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from tileserver.errors import ConfigError, TileserverError
 from tileserver.security.accounts_schema import MIGRATIONS
+from tileserver.security.change_mark import ChangeMark
 from tileserver.security.crypto import Sealer
-from tileserver.security.database import Database, Row, Transaction, migrate, open_database
+from tileserver.security.database import (
+    Database,
+    Row,
+    SqliteDatabase,
+    Transaction,
+    migrate,
+    open_database,
+)
 
 ROLES = ("admin", "pathologist", "viewer")
 SCOPES = ("metadata", "thumbnails", "tiles", "regions", "labels", "annotations")
@@ -119,6 +127,11 @@ class Accounts:
         self.db = open_database(database) if isinstance(database, Path | str) else database
         # Across a network: the server keeps every lookup off its event loop (server/auth.py).
         self.remote = self.db.dialect != "sqlite"
+        # SQLite: the counter's read is skipped while the mark beside the file says that no
+        # write has committed since (change_mark.py).
+        db = self.db
+        self._changes = ChangeMark.beside(db.path) if isinstance(db, SqliteDatabase) else None
+        self._seen: tuple[int, int] | None = None  # (mark, counter read after seeing it)
         self.now = now
         self._sealer = Sealer(totp_key)
         # Its own key for user-name tags, derived with a label so it is never the sealing key.
@@ -156,7 +169,8 @@ class Accounts:
         """A write transaction, serial with every other one on every host (read-modify-write
         code such as the login throttle relies on it); ``bump=False`` only for writes no
         authorization answer depends on (see the module docstring)."""
-        with self.db.transaction(serial="accounts") as tx:
+        marking = self._changes.writing() if bump and self._changes else nullcontext()
+        with marking, self.db.transaction(serial="accounts") as tx:
             yield tx
             if bump:
                 tx.execute("UPDATE generation SET n = n + 1 WHERE id = 1")
@@ -164,7 +178,14 @@ class Accounts:
     def generation(self) -> int:
         """The change counter: unchanged means no write since that could change a principal,
         a grant, a slide's collection or a token (read on every authenticated request)."""
-        return int(self._read("SELECT n FROM generation WHERE id = 1")[0][0])
+        mark = self._changes.settled() if self._changes else None
+        seen = self._seen
+        if mark is not None and seen is not None and seen[0] == mark:
+            return seen[1]
+        n = int(self._read("SELECT n FROM generation WHERE id = 1")[0][0])
+        if mark is not None:
+            self._seen = (mark, n)
+        return n
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Row]:
         return self.db.read(sql, args)
