@@ -199,8 +199,8 @@ class SqliteDatabase:
         return conn
 
     def read(self, sql: str, args: Args = ()) -> list[Row]:
-        # Not _sqlite_errors(): this runs on every request (the change counter, on the event
-        # loop), and the context manager cost more than the read itself (~6.5 against ~4 us).
+        # Not _sqlite_errors(): this runs on the event loop (the change counter, after a
+        # write), and the context manager cost more than the read itself (~6.5 against ~4 us).
         try:
             return self._connection().execute(sql, tuple(args)).fetchall()
         except sqlite3.Error as exc:

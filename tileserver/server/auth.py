@@ -12,8 +12,9 @@ principal and minute (security/refusals.py). Not counted: sending a browser with
 credentials to the login page (normal), and cross-origin refusals (before authentication).
 
 Who the caller is and what it may do come from ``authz_cache`` under the change counter read
-once per request on the event loop (a few microseconds: the measured exception next to
-docs/decisions/0001); what the cache cannot answer is looked up in a worker thread.
+once per request on the event loop (on SQLite through the change mark beside the file, about
+a microsecond while nothing changed: the measured exception next to docs/decisions/0001);
+what the cache cannot answer is looked up in a worker thread.
 """
 
 from __future__ import annotations
@@ -457,7 +458,7 @@ async def read_generation(request: web.Request, authenticator: Authenticator) ->
     if authenticator.accounts.remote:  # PostgreSQL: a network round trip, never on the loop
         loop = asyncio.get_running_loop()
         generation = await loop.run_in_executor(None, authenticator.authz.generation)
-    else:  # SQLite: one indexed read of a local file, ~5 us (benchmarks/bench_authz.py)
+    else:  # SQLite: the change mark, and the file only after a write (change_mark.py)
         generation = authenticator.authz.generation()
     request[GENERATION] = generation
     return generation
