@@ -177,7 +177,8 @@ class Accounts:
 
     def generation(self) -> int:
         """The change counter: unchanged means no write since that could change a principal,
-        a grant, a slide's collection or a token (read on every authenticated request)."""
+        a grant, a slide's collection or a token (read on every authenticated request; on
+        SQLite from the file only when the change mark moved since the last read)."""
         mark = self._changes.settled() if self._changes else None
         seen = self._seen
         if mark is not None and seen is not None and seen[0] == mark:
