@@ -13,8 +13,8 @@ credentials to the login page (normal), and cross-origin refusals (before authen
 
 Who the caller is and what it may do come from ``authz_cache`` under the change counter read
 once per request on the event loop (on SQLite through the change mark beside the file, about
-a microsecond while nothing changed: the measured exception next to docs/decisions/0001);
-what the cache cannot answer is looked up in a worker thread.
+2 us while nothing changed: the measured exception next to docs/decisions/0001); what the
+cache cannot answer is looked up in a worker thread.
 """
 
 from __future__ import annotations
