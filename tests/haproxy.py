@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.processes import die_with_parent, free_port, log_tail, stop
+from tests.processes import free_port, log_tail, spawn, stop
 
 START_TIMEOUT = 30.0
 BACKEND = "tileservers"
@@ -169,16 +169,7 @@ def haproxy(
     if check.returncode != 0:
         raise RuntimeError(f"haproxy refused its configuration: {check.stdout}{check.stderr}")
     log = workdir / "haproxy.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [binary, "-db", "-f", str(path)],  # -db: in the foreground, a child of ours
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+    process = spawn([binary, "-db", "-f", str(path)], log, workdir)  # -db: in the foreground
     balancer = HaProxy(host, port, admin_socket, process, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.processes import die_with_parent, free_port, log_tail, stop
+from tests.processes import free_port, log_tail, spawn, stop
 
 START_TIMEOUT = 60.0
 SUPERUSER = "tileserver_test"
@@ -136,17 +136,7 @@ def postgresql() -> Iterator[PgServer]:
             "-c",
             "max_connections=200",
         ]  # fsync off: throwaway data, and the suite must not wait on the disk
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=directory,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-                **_as_owner(),  # type: ignore[call-overload]
-            )
+        process = spawn(command, log, directory, **_as_owner())
         server = PgServer("127.0.0.1", port, password, directory)
         try:
             _wait_ready(server, process, log)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -24,6 +25,22 @@ def die_with_parent() -> None:
     """A ``preexec_fn``: a killed test run must not leave a server behind. Runs after any
     user switch in Popen, which matters: changing credentials clears the death signal."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(command: list[str], log: Path, cwd: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """``command`` started in ``cwd`` in a session of its own, its output in ``log``, dying
+    with the test run (``popen``: more of Popen's arguments, such as ``env`` or ``user``)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            **popen,
+        )
 
 
 def log_tail(log: Path, lines: int = 30) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.processes import die_with_parent, free_port, log_tail, stop
+from tests.processes import free_port, log_tail, spawn, stop
 
 REGION = "us-east-1"
 START_TIMEOUT = 60.0
@@ -183,17 +183,7 @@ def seaweedfs(workdir: Path) -> Iterator[S3Server]:
     # Each bucket is a collection; grow it one volume at a time, not seven.
     env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
     started = time.monotonic()
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            env=env,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+    process = spawn(command, log, workdir, env=env)
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", admin_key, admin_secret, ro_key, ro_secret)
     try:
         _wait_ready(server, process, log, started)
