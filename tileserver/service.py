@@ -247,7 +247,6 @@ class SlideService:
         p = await self.pyramid(slide_id)
         d = parse_display(display or {}, p.display)
         grid = self._grid(p)
-        grid.tile_region(z, t_col, t_row)  # TileNotFound before any work
         chunk = deepzoom.passthrough_chunk(grid, z, t_col, t_row, p.tile, len(p.levels))
         key = keyed(("dz", grid.tile, grid.overlap, z, t_col, t_row, fmt), p, d)
         stored = chunk is not None and p.codec == fmt and plain(p, d)
